@@ -1,0 +1,346 @@
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from huggingface_hub.dataclasses import StrictDataclassClassValidationError
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
+
+from storm_hf import StormConfig, StormForConditionalGeneration, StormModel
+from storm_hf.modeling.modeling_storm import (
+    StormMambaMixer,
+    StormPixelShuffle,
+    reverse_sequences,
+    spatial_pool,
+    temporal_pool,
+    temporal_sample,
+)
+
+from modeling_utils import IMAGE_SIZE, IMAGE_TOKEN_ID, tiny_config, tiny_model, unpad_sample, video_inputs, video_tokens
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_default_config_is_the_papers_7b_model():
+    config = StormConfig()
+    assert config.vision_config.model_type == "siglip_vision_model"
+    assert (config.vision_config.image_size, config.vision_config.patch_size) == (448, 14)
+    assert config.vision_config.hidden_size == 1152
+    assert config.text_config.model_type == "qwen2" and config.text_config.hidden_size == 3584
+    assert config.vision_feature_layer == -2
+    assert (config.temporal_pool_size, config.spatial_pool_size, config.temporal_sampling_stride) == (4, 1, 1)
+    assert config.merged_grid_size == 16
+    assert config.mamba_time_step_rank == 3584 // 16
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"temporal_pool_size": 0}, "temporal_pool_size"),
+        ({"spatial_pool_size": 0}, "spatial_pool_size"),
+        ({"temporal_sampling_stride": 0}, "temporal_sampling_stride"),
+        ({"mamba_num_layers": 0}, "mamba_num_layers"),
+        ({"spatial_pool_size": 3}, "does not divide the 2x2 token grid"),
+        ({"vision_feature_layer": -4}, "vision_feature_layer"),
+    ],
+)
+def test_impossible_config_values_raise_at_construction(overrides, message):
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        tiny_config(**overrides)
+
+
+def test_auto_classes_resolve_storm():
+    config = tiny_config()
+    assert isinstance(AutoConfig.for_model("storm"), StormConfig)
+    assert type(AutoModel.from_config(config)) is StormModel
+    assert type(AutoModelForImageTextToText.from_config(config)) is StormForConditionalGeneration
+    assert type(AutoModelForMultimodalLM.from_config(config)) is StormForConditionalGeneration
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def test_pixel_shuffle_matches_explicit_windows_and_pads_odd_grids():
+    features = torch.randn(2, 5, 3, 4)
+    shuffled = StormPixelShuffle(2)(features)
+    assert shuffled.shape == (2, 3, 2, 16)
+    padded = torch.zeros(2, 6, 4, 4)
+    padded[:, :5, :3] = features
+    for row, column in itertools.product(range(3), range(2)):
+        window = padded[:, 2 * row : 2 * row + 2, 2 * column : 2 * column + 2]  # (2, 2, 2, C) raster order
+        torch.testing.assert_close(shuffled[:, row, column], window.reshape(2, -1), rtol=0, atol=0)
+
+
+def test_pooling_operators_against_explicit_means():
+    tokens = torch.randn(7, 4, 4, 3)
+    pooled = temporal_pool(tokens, 3)
+    expected = torch.stack([tokens[0:3].mean(0), tokens[3:6].mean(0), tokens[6:7].mean(0)])
+    torch.testing.assert_close(pooled, expected)
+    spatial = spatial_pool(tokens, 2)
+    torch.testing.assert_close(spatial[:, 1, 0], tokens[:, 2:4, 0:2].mean(dim=(1, 2)))
+    assert torch.equal(temporal_sample(tokens, 3), tokens[[0, 3, 6]])
+
+
+def test_reverse_sequences_keeps_padding_in_place():
+    x = torch.arange(10.0).reshape(2, 1, 5)
+    reversed_ = reverse_sequences(x, torch.tensor([5, 3]))
+    assert reversed_[0, 0].tolist() == [4, 3, 2, 1, 0]
+    assert reversed_[1, 0].tolist() == [7, 6, 5, 8, 9]
+    assert torch.equal(reverse_sequences(reversed_, torch.tensor([5, 3])), x)
+
+
+def _initialised_mixer(bidirectional: bool) -> StormMambaMixer:
+    model = tiny_model(mamba_bidirectional=bidirectional)
+    return model.model.temporal_projector.layers[0].mixer
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_mixer_never_mixes_padding_or_neighbouring_sequences(bidirectional):
+    mixer = _initialised_mixer(bidirectional)
+    torch.manual_seed(0)
+    long, short = torch.randn(1, 11, 64), torch.randn(1, 6, 64)
+    batch = torch.zeros(2, 11, 64)
+    batch[0], batch[1, :6] = long[0], short[0]
+    batch[1, 6:] = 100.0  # garbage in the padding must not leak into real tokens
+    output, _ = mixer(batch, lengths=torch.tensor([11, 6]))
+    torch.testing.assert_close(output[0:1], mixer(long)[0])
+    torch.testing.assert_close(output[1:2, :6], mixer(short)[0])
+
+
+def test_bidirectional_mixer_sees_the_future_and_causal_does_not():
+    torch.manual_seed(0)
+    x = torch.randn(1, 12, 64)
+    changed = x.clone()
+    changed[:, -1] += 1.0
+    for bidirectional, first_token_changes in ((True, True), (False, False)):
+        mixer = _initialised_mixer(bidirectional)
+        difference = (mixer(x)[0][:, 0] - mixer(changed)[0][:, 0]).abs().max()
+        assert (difference > 1e-6) == first_token_changes
+
+
+def test_causal_mixer_carries_its_state_across_calls():
+    mixer = _initialised_mixer(bidirectional=False)
+    torch.manual_seed(0)
+    x = torch.randn(2, 17, 64)
+    full, _ = mixer(x)
+    first, state = mixer(x[:, :7])
+    second, state = mixer(x[:, 7:12], state=state)
+    third, _ = mixer(x[:, 12:], state=state)
+    torch.testing.assert_close(torch.cat([first, second, third], dim=1), full)
+
+
+def test_bidirectional_mixer_rejects_a_streaming_state():
+    mixer = _initialised_mixer(bidirectional=False)
+    _, state = mixer(torch.randn(1, 4, 64))
+    with pytest.raises(ValueError, match="mamba_bidirectional=False"):
+        _initialised_mixer(bidirectional=True)(torch.randn(1, 4, 64), state=state)
+
+
+# ---------------------------------------------------------------- token counting
+
+
+@pytest.mark.parametrize("temporal_pool_size, spatial_pool_size", [(1, 1), (2, 1), (4, 1), (3, 2), (4, 2)])
+def test_token_count_function_equals_tokens_produced(temporal_pool_size, spatial_pool_size):
+    model = tiny_model(
+        temporal_pool_size=temporal_pool_size,
+        spatial_pool_size=spatial_pool_size,
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, image_size=112, patch_size=14, vision_use_head=False,
+        ),
+    )
+    for num_frames, stride in itertools.product([1, 2, 3, 5, 8, 9], [1, 2, 3]):
+        pixels = torch.randn(1, num_frames, 3, 112, 112)
+        features = model.get_video_features(pixels, temporal_sampling_stride=stride).pooler_output
+        assert features[0].shape[0] == video_tokens(model.config, num_frames, stride), (num_frames, stride)
+
+
+# ---------------------------------------------------------------- model behaviour
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[3]])
+    model.save_pretrained(tmp_path)
+    loaded, info = StormForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+    auto = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert type(auto) is StormForConditionalGeneration
+
+
+def test_greedy_generate_with_and_without_cache_are_equal():
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[5], [2, 3]])
+    cached = model.generate(**inputs, max_new_tokens=8, do_sample=False, use_cache=True)
+    uncached = model.generate(**inputs, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_left_padded_batch_with_different_frame_counts_equals_each_sample_alone():
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[7], [2], [3, 4], []], text_length=4)
+    batched = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    prompt_length = inputs["input_ids"].shape[1]
+    for sample in range(4):
+        alone = model.generate(**unpad_sample(inputs, sample), max_new_tokens=6, do_sample=False)
+        assert batched[sample, prompt_length:].tolist() == alone[0, -6:].tolist(), sample
+
+
+def test_beam_search_expands_visual_inputs_per_sample():
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[3], [5, 2]])
+    settings = dict(max_new_tokens=4, do_sample=False, num_beams=3, num_return_sequences=2)
+    batched = model.generate(**inputs, **settings)
+    for sample in range(2):
+        alone = model.generate(**unpad_sample(inputs, sample), **settings)
+        assert batched[2 * sample : 2 * sample + 2, -4:].tolist() == alone[:, -4:].tolist()
+
+
+def test_vision_features_are_computed_once_during_generate():
+    model = tiny_model()
+    calls = []
+    model.model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    model.generate(**video_inputs(model.config, [[3]]), max_new_tokens=5, do_sample=False)
+    assert len(calls) == 1
+
+
+def test_images_videos_and_text_only_samples_in_one_batch():
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[3], []])
+    tokens_per_image = video_tokens(model.config, 1)
+    image_prompt = [IMAGE_TOKEN_ID] * tokens_per_image + [5, 6]
+    inputs["input_ids"][1, -len(image_prompt) :] = torch.tensor(image_prompt)
+    inputs["pixel_values"] = torch.zeros(2, 1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    inputs["pixel_values"][1, 0] = torch.randn(3, IMAGE_SIZE, IMAGE_SIZE)
+    inputs["num_images"] = torch.tensor([0, 1])
+    output = model(**inputs)
+    assert output.image_hidden_states.shape == (tokens_per_image, 64)
+    assert output.video_hidden_states.shape == (video_tokens(model.config, 3), 64)
+    assert torch.isfinite(output.logits).all()
+
+
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_placeholder_count_mismatch_names_both_counts(kind):
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[3]])
+    expected = video_tokens(model.config, 3)
+    if kind == "video":
+        inputs["input_ids"][0, -1] = model.config.video_token_id  # one placeholder too many
+        match = f"{expected + 1} video placeholder tokens .* produce {expected} tokens"
+    else:
+        inputs["pixel_values"] = torch.randn(1, 1, 3, IMAGE_SIZE, IMAGE_SIZE)
+        match = f"0 image placeholder tokens .* produce {video_tokens(model.config, 1)} tokens"
+    with pytest.raises(ValueError, match=match):
+        model(**inputs)
+
+
+def test_sampling_stride_disagreement_raises():
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[8]], stride=1)
+    inputs["temporal_sampling_stride"] = torch.tensor([2])
+    with pytest.raises(ValueError, match="video placeholder tokens"):
+        model(**inputs)
+
+
+def test_temporal_sampling_is_test_time_only():
+    model = tiny_model().train()
+    with pytest.raises(ValueError, match="test-time"):
+        model(**video_inputs(model.config, [[8]], stride=2))
+
+
+def _loss_and_grads(model, inputs):
+    model.zero_grad()
+    output = model(**inputs, labels=inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100))
+    output.loss.backward()
+    return output.loss, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _training_inputs(model):
+    inputs = video_inputs(model.config, [[3], [5, 2]], text_length=6)
+    tokens_per_image = video_tokens(model.config, 1)
+    inputs["input_ids"][:, -tokens_per_image:] = IMAGE_TOKEN_ID
+    inputs["pixel_values"] = torch.randn(2, 1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    return inputs
+
+
+def test_loss_is_finite_and_backward_reaches_every_parameter():
+    model = tiny_model().train()
+    loss, grads = _loss_and_grads(model, _training_inputs(model))
+    assert torch.isfinite(loss)
+    # Features of the second-to-last vision layer never use the last layer and the final norm.
+    unused_by_design = ("vision_tower.encoder.layers.1.", "vision_tower.post_layernorm")
+    missing = [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and not any(part in name for part in unused_by_design) and name not in grads
+    ]
+    assert not missing
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert any(g.abs().sum() > 0 for name, g in grads.items() if "A_b_log" in name)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = tiny_model().train()
+    inputs = _training_inputs(model)
+    loss, grads = _loss_and_grads(model, inputs)
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.model.temporal_projector.layers)
+    loss_checkpointed, grads_checkpointed = _loss_and_grads(model, inputs)
+    torch.testing.assert_close(loss_checkpointed, loss)
+    assert grads.keys() == grads_checkpointed.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_checkpointed[name], grads[name], msg=name)
+
+
+def test_sdpa_by_default_and_bfloat16_on_cpu(tmp_path):
+    model = tiny_model()
+    assert model.config._attn_implementation == "sdpa"
+    assert model.config.text_config._attn_implementation == "sdpa"
+    model.save_pretrained(tmp_path)
+    bf16 = StormForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+    inputs = video_inputs(model.config, [[3]])
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].bfloat16()
+    with torch.no_grad():
+        logits = bf16(**inputs).logits
+        reference = model(**video_inputs(model.config, [[3]])).logits
+    assert logits.dtype == torch.bfloat16
+    assert (logits.float().softmax(-1) - reference.softmax(-1)).abs().max() < 0.05
+    generated = bf16.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_trust_remote_code_loading_without_storm_hf(tmp_path):
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[3]])
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_storm.StormConfig",
+        "AutoModelForImageTextToText": "modeling_storm.StormForConditionalGeneration",
+    }
+    torch.save({"inputs": inputs, "logits": model(**inputs).logits.detach()}, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["storm_hf"] = None  # storm_hf is not importable in this process
+        import torch
+        from transformers import AutoModelForImageTextToText
+        model = AutoModelForImageTextToText.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
+        assert "storm_hf" not in type(model).__module__, type(model).__module__
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        with torch.no_grad():
+            torch.testing.assert_close(model(**expected["inputs"]).logits, expected["logits"], rtol=0, atol=0)
+        print("REMOTE-OK", type(model).__module__)
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert "REMOTE-OK" in result.stdout, result.stderr[-3000:]
