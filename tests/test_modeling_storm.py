@@ -344,3 +344,19 @@ def test_trust_remote_code_loading_without_storm_hf(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert "REMOTE-OK" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda inputs: inputs.update(pixel_values_videos=inputs["pixel_values_videos"][0]), "must be batch-major"),
+        (lambda inputs: inputs.update(temporal_sampling_stride=torch.tensor([0])), "temporal_sampling_stride"),
+        (lambda inputs: inputs.update(video_num_frames=torch.tensor([[9]])), "exceed"),
+    ],
+)
+def test_malformed_visual_inputs_raise_clear_errors(change, message):
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[3]])
+    change(inputs)
+    with pytest.raises(ValueError, match=message):
+        model(**inputs)

@@ -166,9 +166,10 @@ class StormMambaMixer(nn.Module):
         if self.bidirectional:
             reversed_output, _ = self._scan(reverse_sequences(x, lengths), reverse_sequences(gate, lengths), "_b", None)
             output = output + reverse_sequences(reversed_output, lengths)
-        if lengths is not None and not self.bidirectional and bool((lengths < hidden_states.shape[1]).any()):
             new_state = None
-        return self.out_proj(output.transpose(1, 2)), (None if self.bidirectional else new_state)
+        elif lengths is not None and bool((lengths < hidden_states.shape[1]).any()):
+            new_state = None  # the scan ran into padding: its final state is no sequence's state
+        return self.out_proj(output.transpose(1, 2)), new_state
 
     def _scan(
         self, x: torch.Tensor, gate: torch.Tensor, suffix: str, state: StormMambaState | None
@@ -355,10 +356,20 @@ class StormPreTrainedModel(PreTrainedModel):
             init.ones_(getattr(mixer, f"D{suffix}"))
 
 
-def _select_padded(padded: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def _check_visual_shape(name: str, pixels: torch.Tensor, expected: str):
+    if pixels.dim() != 5:
+        raise ValueError(
+            f"`{name}` must be batch-major with shape {expected}, got shape {tuple(pixels.shape)}; StormProcessor "
+            "builds it (add a batch dimension with `.unsqueeze(0)` for a single sample)."
+        )
+
+
+def _select_padded(padded: torch.Tensor, counts: torch.Tensor, name: str) -> torch.Tensor:
     """Rows `[b, :counts[b]]` of a batch-major padded tensor, concatenated: `(batch, max, ...)` -> `(sum(counts), ...)`."""
     if bool((counts > padded.shape[1]).any()):
-        raise ValueError(f"Counts {counts.tolist()} exceed the {padded.shape[1]} padded entries per sample.")
+        raise ValueError(
+            f"The per-sample counts {counts.tolist()} exceed the {padded.shape[1]} entries per sample of `{name}`."
+        )
     mask = torch.arange(padded.shape[1], device=counts.device)[None, :] < counts[:, None]
     return padded[mask.to(padded.device)]
 
@@ -420,14 +431,20 @@ class StormModel(StormPreTrainedModel):
         Returns `pooler_output`: one `(num_llm_tokens, hidden_size)` tensor per video, in sample then prompt order, and
         `last_hidden_state`: the projector's `(num_frames, grid_height, grid_width, hidden_size)` tokens per video.
         """
+        _check_visual_shape("pixel_values_videos", pixel_values_videos, "(batch_size, max_total_frames, 3, height, width)")
         batch_size, max_frames = pixel_values_videos.shape[:2]
         if video_num_frames is None:
             video_num_frames = torch.full((batch_size, 1), max_frames, dtype=torch.long)
         video_num_frames = video_num_frames.to(pixel_values_videos.device)
         if temporal_sampling_stride is None:
             temporal_sampling_stride = self.config.temporal_sampling_stride
-        strides = torch.as_tensor(temporal_sampling_stride, device=video_num_frames.device).expand(batch_size)
-        frames = _select_padded(pixel_values_videos, video_num_frames.sum(dim=1))
+        strides = torch.as_tensor(temporal_sampling_stride, device=video_num_frames.device)
+        if strides.numel() not in (1, batch_size) or bool((strides < 1).any()):
+            raise ValueError(
+                f"`temporal_sampling_stride` must be one integer >= 1 or one per sample ({batch_size}), got {strides.tolist()}."
+            )
+        strides = strides.reshape(-1).expand(batch_size)
+        frames = _select_padded(pixel_values_videos, video_num_frames.sum(dim=1), "pixel_values_videos")
         video_mask = video_num_frames > 0
         num_frames = video_num_frames[video_mask].tolist()
         strides = strides[:, None].expand_as(video_num_frames)[video_mask].tolist()
@@ -445,10 +462,11 @@ class StormModel(StormPreTrainedModel):
 
         Returns `pooler_output`: one `(num_llm_tokens, hidden_size)` tensor per image, in sample then prompt order.
         """
+        _check_visual_shape("pixel_values", pixel_values, "(batch_size, max_images_per_sample, 3, height, width)")
         batch_size, max_images = pixel_values.shape[:2]
         if num_images is None:
             num_images = torch.full((batch_size,), max_images, dtype=torch.long)
-        images = _select_padded(pixel_values, num_images.to(pixel_values.device))
+        images = _select_padded(pixel_values, num_images.to(pixel_values.device), "pixel_values")
         return self._encode(images, [1] * images.shape[0], [1] * images.shape[0])
 
     def get_placeholder_mask(
