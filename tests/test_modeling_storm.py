@@ -19,6 +19,7 @@ from storm_hf.modeling.modeling_storm import (
     temporal_pool,
     temporal_sample,
 )
+from storm_hf.modeling.selective_scan import is_mamba_ssm_available
 
 from modeling_utils import IMAGE_SIZE, IMAGE_TOKEN_ID, tiny_config, tiny_model, unpad_sample, video_inputs, video_tokens
 
@@ -360,3 +361,16 @@ def test_malformed_visual_inputs_raise_clear_errors(change, message):
     change(inputs)
     with pytest.raises(ValueError, match=message):
         model(**inputs)
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and is_mamba_ssm_available), reason="needs CUDA and mamba-ssm (the `[cuda]` extra)"
+)
+def test_mamba_ssm_kernels_and_pytorch_scan_agree_on_the_same_checkpoint():
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[5], [2, 3]])
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        cuda_inputs = {name: tensor.cuda() for name, tensor in inputs.items()}
+        kernel = model.cuda()(**cuda_inputs).logits.cpu()
+    torch.testing.assert_close(kernel, reference, rtol=1e-3, atol=1e-3)
