@@ -1,0 +1,5 @@
+"""The `video-text-to-text` pipeline task (transformers has none)."""
+
+
+def register_pipelines():
+    """Register the `video-text-to-text` task."""
