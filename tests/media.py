@@ -87,6 +87,7 @@ def write_video(
             stream.time_base = stream.codec_context.time_base = fractions.Fraction(1, 1000)
         if rotation is not None:
             stream.set_display_rotation(rotation)
+        container.start_encoding()  # writes the header even when there are no frames
         pts = 0
         for index, array in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(array, format="rgb24")

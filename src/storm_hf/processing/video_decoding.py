@@ -118,7 +118,7 @@ def read_video(
                 '`{"type": "image"}` chat entry) instead.'
             )
         if not container.streams.video:
-            raise VideoDecodingError(f"{name} has no video stream; pass a file that contains video.")
+            raise VideoDecodingError(f"{name} contains no video frames (no video stream); pass a video file.")
         stream = container.streams.video[0]
         try:
             index = _FrameIndex.from_demux(container, stream, name)
@@ -127,6 +127,7 @@ def read_video(
         if len(index.pts) == 0:
             raise VideoDecodingError(f"{name} contains no video frames; pass a video with at least one frame.")
         metadata = _metadata(stream, index)
+        _check_complete(container, stream, index, metadata, name)
         indices = np.arange(len(index.pts)) if sample_indices_fn is None else sample_indices_fn(metadata=metadata)
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= len(index.pts)):
@@ -160,10 +161,22 @@ def _metadata(stream, index: _FrameIndex) -> StormVideoMetadata:
     )
 
 
+def _check_complete(container, stream, index: _FrameIndex, metadata: StormVideoMetadata, name: str):
+    """Raise when the frames end well before the duration the container declares (a cut-off download or recording)."""
+    if not container.duration:
+        return
+    declared_end = ((container.start_time or 0) + container.duration) / 1_000_000  # container times are microseconds
+    frames_end = float(index.pts[-1] * stream.time_base) + (1 / metadata.fps if metadata.fps else 0)
+    if frames_end + max(1.0, 0.1 * container.duration / 1_000_000) < declared_end:
+        raise VideoDecodingError(
+            f"{name} is truncated: its header declares {declared_end:.2f}s but its frames end at {frames_end:.2f}s. "
+            "Re-download or re-encode the complete file."
+        )
+
+
 def _decode_frames(container, stream, index: _FrameIndex, wanted_pts: np.ndarray, name: str) -> dict[int, np.ndarray]:
     """Decode the frames with pts in `wanted_pts`, returned as {pts: (height, width, 3) uint8 RGB}."""
     codec = stream.codec_context
-    codec.thread_type = "AUTO"
     wanted = set(wanted_pts.tolist())
     frames: dict[int, np.ndarray] = {}
     decoded = None  # iterator over the decoded frames from the last seek on

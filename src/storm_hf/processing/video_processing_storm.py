@@ -72,7 +72,7 @@ class StormVideoProcessor(BaseVideoProcessor):
 
     Returns a `BatchFeature` with `pixel_values_videos`, float (num_videos, max_frames, 3, 448, 448) zero-padded after
     each video's frames, and `video_num_frames`, long (num_videos,). With `return_tensors=None`, `pixel_values_videos`
-    is a list of (num_frames, 3, 448, 448) tensors instead.
+    is a list of (num_frames, 3, 448, 448) tensors (no padding) and `video_num_frames` a list.
     """
 
     resample = PILImageResampling.BICUBIC
@@ -88,6 +88,7 @@ class StormVideoProcessor(BaseVideoProcessor):
     fps = None
     min_frames = None
     max_frames = None
+    return_tensors = "pt"
     valid_kwargs = StormVideosKwargs
     model_input_names = ["pixel_values_videos", "video_num_frames"]
 
@@ -205,11 +206,13 @@ def pad_videos(videos: list[torch.Tensor], num_videos_per_sample: list[int] | No
     num_frames = torch.zeros(len(samples), max(counts), dtype=torch.long)
     for row, sample in enumerate(samples):
         num_frames[row, : len(sample)] = torch.tensor([len(video) for video in sample], dtype=torch.long)
-    pixel_values = videos[0].new_zeros((len(samples), int(num_frames.sum(-1).max()), *videos[0].shape[1:]))
+    pixel_values = videos[0].new_empty((len(samples), int(num_frames.sum(-1).max()), *videos[0].shape[1:]))
     for row, sample in enumerate(samples):
-        if sample:
-            frames = torch.cat(sample)
-            pixel_values[row, : len(frames)] = frames
+        end = 0
+        for video in sample:
+            pixel_values[row, end : end + len(video)] = video
+            end += len(video)
+        pixel_values[row, end:] = 0
     if num_videos_per_sample is None:
         num_frames = num_frames[:, 0]
     return {"pixel_values_videos": pixel_values, "video_num_frames": num_frames}
