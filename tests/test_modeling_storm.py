@@ -45,7 +45,7 @@ def test_default_config_is_the_papers_7b_model():
         ({"temporal_pool_size": 0}, "temporal_pool_size"),
         ({"spatial_pool_size": 0}, "spatial_pool_size"),
         ({"temporal_sampling_stride": 0}, "temporal_sampling_stride"),
-        ({"mamba_num_layers": 0}, "mamba_num_layers"),
+        ({"mamba_num_layers": -1}, "mamba_num_layers"),
         ({"spatial_pool_size": 3}, "does not divide the 2x2 token grid"),
         ({"vision_feature_layer": -4}, "vision_feature_layer"),
     ],
@@ -53,6 +53,19 @@ def test_default_config_is_the_papers_7b_model():
 def test_impossible_config_values_raise_at_construction(overrides, message):
     with pytest.raises(StrictDataclassClassValidationError, match=message):
         tiny_config(**overrides)
+
+
+def test_zero_mamba_layers_is_a_linear_projector_with_independent_frames():
+    model = tiny_model(mamba_num_layers=0)
+    assert len(model.model.temporal_projector.layers) == 0
+    inputs = video_inputs(model.config, [[4]])
+    with torch.no_grad():
+        features = model.get_video_features(inputs["pixel_values_videos"], inputs["video_num_frames"]).last_hidden_state[0]
+        reversed_features = model.get_video_features(
+            inputs["pixel_values_videos"].flip(1), inputs["video_num_frames"]
+        ).last_hidden_state[0]
+        assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape
+    torch.testing.assert_close(features.flip(0), reversed_features)  # no frame sees another
 
 
 def test_auto_classes_resolve_storm():

@@ -33,6 +33,8 @@ class StormConfig(PreTrainedConfig):
         mamba_num_layers (`int`, defaults to 2):
             Pre-norm residual Mamba layers in the temporal projector. Not given by the paper; two layers keep the
             projector far below the 3% of latency the paper reports while mixing every token with both neighbours.
+            `0` removes the temporal encoder: the projector is the pixel-shuffle and the Linear alone, frames stay
+            independent until the token compressor (the paper's VILA-style baseline, for ablations).
         mamba_state_size (`int`, defaults to 16):
             SSM state size per channel (`d_state`). Not given by the paper; Mamba's default.
         mamba_conv_kernel (`int`, defaults to 4):
@@ -128,9 +130,12 @@ class StormConfig(PreTrainedConfig):
     def validate_architecture(self):
         """Rejects settings no STORM model can run with, naming the setting and what would work."""
         super().validate_architecture()
+        if self.mamba_num_layers < 0:
+            raise ValueError(
+                f"`mamba_num_layers` must be >= 0 (0: no temporal encoder), got {self.mamba_num_layers}."
+            )
         for name in (
             "downsample_ratio",
-            "mamba_num_layers",
             "mamba_state_size",
             "mamba_conv_kernel",
             "mamba_expand",
