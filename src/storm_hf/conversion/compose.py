@@ -1,0 +1,211 @@
+"""Compose a STORM checkpoint from a pretrained SigLIP vision tower and a Qwen2 (or Qwen2-VL) language model.
+
+This is the paper's starting point for alignment (stage 1): the vision tower and the LLM come pretrained, the temporal
+projector (Linear + Mamba stack) is freshly initialised.
+
+Accepted vision layouts (by the `model_type` of the vision checkpoint's config):
+
+| model_type | kept | dropped (and why) |
+|---|---|---|
+| `siglip_vision_model` | `[vision_model.]{embeddings,encoder,post_layernorm}.*` | `head.*`: attention-pooling head, STORM uses patch features |
+| `siglip` | `vision_model.{embeddings,encoder,post_layernorm}.*` | `text_model.*` (text tower), `logit_scale`/`logit_bias` (contrastive loss), `vision_model.head.*` |
+| `paligemma` | `[model.]vision_tower[.vision_model].{embeddings,encoder,post_layernorm}.*` | `multi_modal_projector.*` (replaced by STORM's projector), `language_model.*`/`lm_head.*` (Gemma) |
+
+Accepted language layouts:
+
+| model_type | kept | dropped (and why) |
+|---|---|---|
+| `qwen2` | `model.*` -> `model.language_model.*`, `lm_head.weight` | nothing |
+| `qwen2_vl`, `qwen2_5_vl` | `model.language_model.*` or legacy `model.*`, `lm_head.weight` | `[model.]visual.*`: Qwen2-VL's own vision encoder and merger, replaced by SigLIP + the temporal projector |
+
+Qwen2-VL's language model is a Qwen2 decoder with multimodal RoPE; with text-like (1-D) positions its three RoPE
+sections share one position, which is ordinary RoPE, so it is loaded as Qwen2 (`mrope_section` is dropped from the
+RoPE parameters). Every dropped group is reported; any key outside these layouts fails the composition.
+"""
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, Qwen2Config
+
+from ..modeling import StormConfig
+from .checkpoint_io import (
+    ConversionError,
+    KeyMapping,
+    MappedKeys,
+    Rule,
+    check_complete,
+    load_storm_model,
+    model_shapes,
+    open_state_dict,
+    resolve_checkpoint,
+    resolve_dtype,
+)
+from .processor import add_vision_tokens, build_processor
+
+
+VISION_PARTS = r"(embeddings|encoder|post_layernorm)\.(.*)"
+VISION_TARGET = r"model.vision_tower.\1.\2"
+HEAD_REASON = "SigLIP's attention-pooling head; STORM feeds patch features of `vision_feature_layer` to its projector"
+
+VISION_RULES = {
+    "siglip_vision_model": [
+        Rule(rf"(?:vision_model\.)?{VISION_PARTS}", VISION_TARGET),
+        Rule(r"(?:vision_model\.)?head\..*", None, HEAD_REASON),
+    ],
+    "siglip": [
+        Rule(rf"vision_model\.{VISION_PARTS}", VISION_TARGET),
+        Rule(r"vision_model\.head\..*", None, HEAD_REASON),
+        Rule(r"text_model\..*", None, "SigLIP's text tower, used only for contrastive pre-training"),
+        Rule(r"logit_(scale|bias)", None, "SigLIP's contrastive-loss temperature and bias"),
+    ],
+    "paligemma": [
+        Rule(rf"(?:model\.)?vision_tower\.(?:vision_model\.)?{VISION_PARTS}", VISION_TARGET),
+        Rule(r"(?:model\.)?vision_tower\.(?:vision_model\.)?head\..*", None, HEAD_REASON),
+        Rule(
+            r"(?:model\.)?multi_modal_projector\..*",
+            None,
+            "PaliGemma's projector into Gemma; STORM's freshly initialised Linear + Mamba projector replaces it",
+        ),
+        Rule(
+            r"(?:model\.)?language_model\..*|lm_head\..*",
+            None,
+            "PaliGemma's Gemma language model; STORM's language model comes from the language checkpoint",
+        ),
+    ],
+}
+
+QWEN2_VL_VISUAL_REASON = (
+    "Qwen2-VL's own vision encoder and patch merger; STORM sees through SigLIP and its temporal projector instead"
+)
+LANGUAGE_RULES = {
+    "qwen2": [
+        Rule(r"model\.(.*)", r"model.language_model.\1"),
+        Rule(r"(embed_tokens|layers|norm)\.(.*)", r"model.language_model.\1.\2"),  # a bare Qwen2Model
+        Rule(r"lm_head\.weight", "lm_head.weight"),
+    ],
+    "qwen2_vl": [
+        Rule(r"model\.language_model\.(.*)", r"model.language_model.\1"),
+        Rule(r"(?:model\.)?visual\..*", None, QWEN2_VL_VISUAL_REASON),
+        Rule(r"model\.(.*)", r"model.language_model.\1"),  # layout written by transformers < 4.52 (and by 5.x saves)
+        Rule(r"lm_head\.weight", "lm_head.weight"),
+    ],
+}
+LANGUAGE_RULES["qwen2_5_vl"] = LANGUAGE_RULES["qwen2_vl"]
+
+# Config fields that describe a checkpoint rather than the decoder; not copied into STORM's text config.
+_CHECKPOINT_FIELDS = {"architectures", "transformers_version", "_name_or_path", "dtype", "id2label", "label2id"}
+
+
+def vision_config_of(config) -> dict:
+    """The SigLIP vision config of a SiglipVisionModel, SiglipModel or PaliGemma config, without the pooling head."""
+    model_type = config.model_type
+    if model_type not in VISION_RULES:
+        raise ConversionError(
+            f"Vision checkpoint of type '{model_type}' is not supported; pass a SiglipVisionModel, SiglipModel or "
+            f"PaliGemma checkpoint ({sorted(VISION_RULES)})."
+        )
+    vision = config if model_type == "siglip_vision_model" else config.vision_config
+    settings = {k: v for k, v in vision.to_dict().items() if k not in _CHECKPOINT_FIELDS}
+    settings.update(model_type="siglip_vision_model", vision_use_head=False)
+    return settings
+
+
+def text_config_of(config) -> tuple[dict, bool]:
+    """A Qwen2 text config from a Qwen2 or Qwen2-VL config, and whether the LM ties its input and output embeddings."""
+    model_type = config.model_type
+    if model_type not in LANGUAGE_RULES:
+        raise ConversionError(
+            f"Language checkpoint of type '{model_type}' is not supported; pass a Qwen2 or Qwen2-VL checkpoint "
+            f"({sorted(LANGUAGE_RULES)})."
+        )
+    text = config.get_text_config()
+    qwen2_fields = set(Qwen2Config().to_dict())
+    settings = {k: v for k, v in text.to_dict().items() if k in qwen2_fields and k not in _CHECKPOINT_FIELDS}
+    rope = dict(settings.get("rope_parameters") or {})
+    if "mrope_section" in rope:  # 1-D positions: multimodal RoPE is ordinary RoPE (module docstring)
+        rope = {"rope_type": "default", "rope_theta": rope["rope_theta"]}
+    settings.update(model_type="qwen2", rope_parameters=rope or None)
+    tie = bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
+    settings["tie_word_embeddings"] = tie
+    return settings, tie
+
+
+def compose_storm(
+    vision: str | Path,
+    language: str | Path,
+    output_dir: str | Path | None = None,
+    *,
+    tokenizer: str | Path | None = None,
+    dtype: str | torch.dtype | None = None,
+    num_frames: int = 32,
+    max_shard_size: str | int = "5GB",
+    **config_overrides,
+):
+    """Build a STORM model from a SigLIP vision checkpoint and a Qwen2/Qwen2-VL checkpoint (local folders or Hub ids).
+
+    Args:
+        vision: SiglipVisionModel, SiglipModel or PaliGemma checkpoint.
+        language: Qwen2 (`Qwen2ForCausalLM`) or Qwen2-VL / Qwen2.5-VL checkpoint; its tokenizer is used unless
+            `tokenizer` names another. Missing Qwen2-VL vision tokens are added to the tokenizer.
+        output_dir: when given, the checkpoint is written there: sharded safetensors (`max_shard_size`), config with
+            `auto_map` and the model code, processor with chat template, generation config and a model card.
+        dtype: weights' dtype; default: the language model's.
+        num_frames: frames the processor samples per video by default.
+        config_overrides: `StormConfig` fields (e.g. `mamba_num_layers`, `temporal_pool_size`, `vision_feature_layer`).
+
+    Returns `(model, processor, report)`; the report (text) lists what was dropped from each source and why.
+    """
+    vision_folder, language_folder = resolve_checkpoint(vision), resolve_checkpoint(language)
+    tokenizer_folder = resolve_checkpoint(tokenizer) if tokenizer is not None else language_folder
+    vision_source_config = AutoConfig.from_pretrained(vision_folder)
+    language_source_config = AutoConfig.from_pretrained(language_folder)
+    text_config, _ = text_config_of(language_source_config)
+    report = []
+
+    tokenizer_object = AutoTokenizer.from_pretrained(tokenizer_folder)
+    added = add_vision_tokens(tokenizer_object, text_config["vocab_size"])
+    if added:
+        report.append(f"added special tokens {added} to the tokenizer (ids below the LM's {text_config['vocab_size']} embedding rows)")
+    config = StormConfig(
+        vision_config=vision_config_of(vision_source_config),
+        text_config=text_config,
+        image_token_id=tokenizer_object.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer_object.convert_tokens_to_ids("<|video_pad|>"),
+        tie_word_embeddings=text_config["tie_word_embeddings"],
+        **config_overrides,
+    )
+    shapes = model_shapes(config)
+    fresh = {key for key in shapes if key.startswith("model.temporal_projector.")}
+
+    with open_state_dict(vision_folder) as vision_tensors, open_state_dict(language_folder) as language_tensors:
+        mapped_vision = KeyMapping(f"vision checkpoint '{vision}'", VISION_RULES[vision_source_config.model_type]).apply(vision_tensors)
+        mapped_language = KeyMapping(f"language checkpoint '{language}'", LANGUAGE_RULES[language_source_config.model_type]).apply(language_tensors)
+        mapped = MappedKeys()
+        mapped.update(mapped_vision)
+        mapped.update(mapped_language)
+        tensors = {**{("v", k): t for k, t in vision_tensors.items()}, **{("l", k): t for k, t in language_tensors.items()}}
+        sources = {target: ("v", source) for target, source in mapped_vision.renamed.items()}
+        sources.update({target: ("l", source) for target, source in mapped_language.renamed.items()})
+        check_complete(MappedKeys(renamed=sources, dropped=mapped.dropped), tensors, shapes, fresh)
+        state_dict = {target: tensors[source] for target, source in sources.items()}
+        model = load_storm_model(config, state_dict, fresh, resolve_dtype(dtype, language_source_config))
+
+    report += [f"vision: {line}" for line in mapped_vision.describe_dropped()]
+    report += [f"language: {line}" for line in mapped_language.describe_dropped()]
+    report.append(f"freshly initialised: {len(fresh)} temporal-projector tensor(s) (Linear + {config.mamba_num_layers} Mamba layers)")
+    if (language_folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(language_folder)
+    processor = build_processor(tokenizer_object, config, num_frames=num_frames)
+
+    if output_dir is not None:
+        from ..hub import save_checkpoint
+
+        save_checkpoint(
+            model, processor, output_dir, base_models=[str(vision), str(language)], max_shard_size=max_shard_size,
+            provenance="\n".join(report),
+        )
+    return model, processor, "\n".join(report)
+
+
+__all__ = ["compose_storm"]

@@ -1,0 +1,358 @@
+"""Conversion: compose (SigLIP + Qwen2/Qwen2-VL) and VILA/NVILA checkpoints -> STORM, checked against hand-wired parts."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import (
+    AutoProcessor,
+    GemmaConfig,
+    PaliGemmaConfig,
+    PaliGemmaForConditionalGeneration,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2Tokenizer,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    SiglipConfig,
+    SiglipModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+import storm_hf
+from storm_hf import StormForConditionalGeneration
+from storm_hf.conversion import ConversionError, compose_storm, convert_vila_checkpoint
+from storm_hf.modeling.modeling_storm import StormMambaLayer, StormPixelShuffle
+
+from media import _bytes_to_unicode, make_frames, make_tokenizer
+from modeling_utils import tiny_config
+
+
+IMAGE_SIZE, PATCH = 56, 14  # 4x4 patches -> 2x2 tokens per frame after the pixel-shuffle
+VOCAB = 272  # the test tokenizer has 268 tokens
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH)
+TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+# ---------------------------------------------------------------- source checkpoints in their own layouts
+
+
+def save_with_keys(model, folder: Path, rename=lambda key: key, pickle: bool = False) -> Path:
+    """Save `model`'s config and its in-memory state dict under renamed keys (the layout a given version writes).
+
+    Tied weights are stored once, under the first name, as transformers does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    state_dict, seen = {}, set()
+    for key, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            state_dict[rename(key)] = tensor.contiguous()
+    if pickle:
+        torch.save(state_dict, folder / "pytorch_model.bin")
+    else:
+        save_file(state_dict, folder / "model.safetensors")
+    return folder
+
+
+def tokenizer_without_vision_tokens() -> Qwen2Tokenizer:
+    """A Qwen2 *text* tokenizer: ChatML tokens but none of Qwen2-VL's vision tokens."""
+    vocab = {char: index for index, char in enumerate(_bytes_to_unicode())}
+    return Qwen2Tokenizer(vocab=vocab, merges=[], extra_special_tokens=["<|im_start|>", "<|im_end|>"])
+
+
+def siglip_source(layout: str, folder: Path):
+    """A tiny SigLIP vision tower saved as `layout`; returns the in-memory vision module (the reference)."""
+    torch.manual_seed(1)
+    if layout == "siglip_vision_model":  # legacy `vision_model.` prefix, with the pooling head
+        model = SiglipVisionModel(SiglipVisionConfig(**VISION, vision_use_head=True)).eval()
+        save_with_keys(model, folder, lambda key: f"vision_model.{key}")
+        return model
+    if layout == "siglip":
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=50, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+        model = SiglipModel(SiglipConfig(vision_config=VISION, text_config=text)).eval()
+        model.save_pretrained(folder)
+        return model.vision_model
+    if layout == "paligemma":  # the layout transformers >= 4.52 holds in memory: `model.vision_tower.*`
+        gemma = GemmaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16, bos_token_id=0, eos_token_id=1, pad_token_id=0)
+        config = PaliGemmaConfig(vision_config={**VISION, "model_type": "siglip_vision_model"}, text_config=gemma, image_token_index=256, projection_dim=32)
+        model = PaliGemmaForConditionalGeneration(config).eval()
+        save_with_keys(model, folder)
+        return model.model.vision_tower
+    raise ValueError(layout)
+
+
+def qwen_source(layout: str, folder: Path):
+    """A tiny Qwen2 / Qwen2-VL language model saved as `layout`, with a tokenizer.
+
+    Returns (embedding module, function inputs_embeds -> logits): the reference language model.
+    """
+    torch.manual_seed(2)
+    if layout == "qwen2-tied":  # like Qwen2-0.5B/1.5B: tied embeddings, no lm_head in the checkpoint
+        model = Qwen2ForCausalLM(Qwen2Config(**TEXT, tie_word_embeddings=True)).eval()
+        model.save_pretrained(folder)
+        assert "lm_head.weight" not in load_file(folder / "model.safetensors")
+        tokenizer_without_vision_tokens().save_pretrained(folder)
+        return model.get_input_embeddings(), lambda embeds: model(inputs_embeds=embeds).logits
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    config = Qwen2VLConfig(text_config={**TEXT, "rope_parameters": rope}, vision_config=vision, image_token_id=266, video_token_id=267, tie_word_embeddings=False)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    if layout == "qwen2_vl-legacy":  # `model.*` + `visual.*`: the published Qwen2-VL checkpoints (and 5.x saves)
+        model.save_pretrained(folder)
+        assert any(key.startswith("visual.") for key in load_file(folder / "model.safetensors"))
+    else:  # `model.language_model.*` + `model.visual.*`
+        save_with_keys(model, folder)
+    make_tokenizer().save_pretrained(folder)
+    return model.get_input_embeddings(), lambda embeds: model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state)
+
+
+def prompt_and_frames(video_token_id: int, num_video_tokens: int, num_frames: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    text = lambda n: torch.randint(1, 250, (n,), generator=generator)  # noqa: E731
+    input_ids = torch.cat([text(4), torch.full((num_video_tokens,), video_token_id), text(3)])[None]
+    frames = torch.randn(num_frames, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    return input_ids, frames
+
+
+def hand_wired_logits(vision, feature_layer, project, embed, language_model, input_ids, frames, video_token_id):
+    """The source parts wired by hand: vision tower -> projected, pooled tokens -> placeholders -> language model."""
+    features = vision(frames, output_hidden_states=True).hidden_states[feature_layer]
+    grid = features.unflatten(1, (IMAGE_SIZE // PATCH, IMAGE_SIZE // PATCH))
+    tokens = project(grid)  # (num_tokens, hidden)
+    embeds = embed(input_ids).clone()
+    mask = input_ids[0] == video_token_id
+    assert int(mask.sum()) == tokens.shape[0]
+    embeds[0, mask] = tokens
+    return language_model(embeds)
+
+
+# ---------------------------------------------------------------- compose
+
+
+@pytest.mark.parametrize(
+    "vision_layout, language_layout, dropped",
+    [
+        ("siglip_vision_model", "qwen2-tied", ["attention-pooling head"]),
+        ("siglip", "qwen2_vl-legacy", ["text tower", "contrastive-loss", "attention-pooling head", "Qwen2-VL's own vision"]),
+        ("paligemma", "qwen2_vl", ["projector into Gemma", "Gemma language model", "attention-pooling head", "Qwen2-VL's own vision"]),
+    ],
+)
+def test_compose_gives_the_logits_of_the_hand_wired_parts(tmp_path, vision_layout, language_layout, dropped):
+    vision = siglip_source(vision_layout, tmp_path / "vision")
+    embed, language_model = qwen_source(language_layout, tmp_path / "language")
+    output = tmp_path / "storm"
+    _, _, report = compose_storm(
+        tmp_path / "vision", tmp_path / "language", output, max_shard_size="100KB", mamba_state_size=4, temporal_pool_size=2
+    )
+    for reason in dropped:
+        assert reason in report, report
+    if language_layout == "qwen2-tied":
+        assert "added special tokens" in report
+
+    # sharded safetensors, config with auto_map, processor with chat template, model card
+    index = json.loads((output / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    assert not any(key.startswith("model.vision_tower.head") for key in index["weight_map"])
+    assert json.loads((output / "config.json").read_text())["auto_map"]["AutoModelForImageTextToText"]
+    assert (output / "chat_template.jinja").is_file() and (output / "README.md").is_file()
+
+    model = StormForConditionalGeneration.from_pretrained(output).eval()
+    assert model.config.tie_word_embeddings == (language_layout == "qwen2-tied")
+    mixer = model.model.temporal_projector.layers[0].mixer  # freshly initialised the Mamba way
+    torch.testing.assert_close(mixer.A_log.exp(), torch.arange(1, 5.0).expand(mixer.intermediate_size, 4))
+    assert torch.equal(mixer.D, torch.ones_like(mixer.D))
+
+    video_token_id = model.config.video_token_id
+    assert AutoProcessor.from_pretrained(output).tokenizer.convert_ids_to_tokens(video_token_id) == "<|video_pad|>"
+    num_frames = 4
+    input_ids, frames = prompt_and_frames(video_token_id, storm_hf.num_visual_tokens(num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH, temporal_pool_size=2), num_frames)
+
+    def project(grid):  # the composed model's fresh projector, then temporal pooling of 2 by hand
+        videos, _ = model.model.temporal_projector(grid, [num_frames])
+        pooled = videos[0].unflatten(0, (num_frames // 2, 2)).mean(1)
+        return pooled.reshape(-1, pooled.shape[-1])
+
+    with torch.no_grad():
+        expected = hand_wired_logits(vision, -2, project, embed, language_model, input_ids, frames, video_token_id)
+        logits = model(input_ids=input_ids, pixel_values_videos=frames[None]).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_compose_fails_on_unknown_and_missing_keys(tmp_path):
+    siglip_source("siglip_vision_model", tmp_path / "vision")
+    qwen_source("qwen2-tied", tmp_path / "language")
+    weights = tmp_path / "vision" / "model.safetensors"
+    original = load_file(weights)
+    save_file({**original, "vision_model.adapter.weight": torch.zeros(2)}, weights)
+    with pytest.raises(ConversionError, match=r"vision_model\.adapter\.weight"):
+        compose_storm(tmp_path / "vision", tmp_path / "language")
+    save_file({k: v for k, v in original.items() if k != "vision_model.post_layernorm.bias"}, weights)
+    with pytest.raises(ConversionError, match=r"model\.vision_tower\.post_layernorm\.bias"):
+        compose_storm(tmp_path / "vision", tmp_path / "language")
+
+
+def test_compose_rejects_unsupported_architectures(tmp_path):
+    siglip_source("siglip_vision_model", tmp_path / "vision")
+    with pytest.raises(ConversionError, match="Qwen2"):
+        compose_storm(tmp_path / "vision", tmp_path / "vision")
+    with pytest.raises(ConversionError, match="does not exist"):
+        compose_storm(tmp_path / "missing", tmp_path / "vision")
+
+
+# ---------------------------------------------------------------- VILA / NVILA checkpoints
+
+
+def nvila_flat_square(x: torch.Tensor) -> torch.Tensor:
+    """NVILA's `DownSampleBlock.flat_square` (llava/model/multimodal_projector/base_projector.py), verbatim logic."""
+    n, w, h, c = x.size()
+    if w % 2 == 1:
+        x = torch.concat([x, torch.zeros((n, 1, h, c), dtype=x.dtype)], dim=1).contiguous()
+        n, w, h, c = x.size()
+    if h % 2 == 1:
+        x = torch.concat([x, torch.zeros((n, w, 1, c), dtype=x.dtype)], dim=2).contiguous()
+        n, w, h, c = x.size()
+    x = x.contiguous()
+    x = x.view(n, w, int(h / 2), int(c * 2))
+    x = x.permute(0, 2, 1, 3).contiguous()
+    x = x.view(n, int(h / 2), int(w / 2), int(c * 4))
+    x = x.permute(0, 2, 1, 3).contiguous()
+    return x
+
+
+@pytest.mark.parametrize("side", [4, 5])
+def test_nvila_downsample_and_storm_pixel_shuffle_agree(side):
+    features = torch.randn(3, side, side, 8)
+    assert torch.equal(StormPixelShuffle(2)(features), nvila_flat_square(features))
+
+
+def projector_state_dict(config, seed: int = 3) -> dict[str, torch.Tensor]:
+    """Random (not init-valued) NVILA-style mm_projector weights: layers.1 Linear, layers.2+i Mamba layers."""
+    torch.manual_seed(seed)
+    linear = nn.Linear(4 * VISION["hidden_size"], TEXT["hidden_size"])
+    state = {f"layers.1.{k}": v for k, v in linear.state_dict().items()}
+    for index in range(config.mamba_num_layers):
+        layer = StormMambaLayer(config)
+        state.update({f"layers.{2 + index}.{k}": torch.randn_like(v) * 0.1 for k, v in layer.state_dict().items()})
+    return state
+
+
+def write_vila_checkpoint(root: Path, config, vision_pickle: bool = True):
+    """llm/ (Qwen2ForCausalLM + tokenizer), vision_tower/ (SiglipVisionModel, pickled), mm_projector/, config.json."""
+    torch.manual_seed(4)
+    llm = Qwen2ForCausalLM(Qwen2Config(**TEXT)).eval()
+    llm.save_pretrained(root / "llm")
+    make_tokenizer().save_pretrained(root / "llm")
+    vision = SiglipVisionModel(SiglipVisionConfig(**VISION, vision_use_head=False)).eval()
+    save_with_keys(vision, root / "vision_tower", lambda key: f"vision_model.{key}", pickle=vision_pickle)
+    (root / "mm_projector").mkdir()
+    projector = projector_state_dict(config)
+    save_file(projector, root / "mm_projector" / "model.safetensors")
+    settings = {"mm_projector_type": "storm_mamba", "temporal_pool_size": config.temporal_pool_size, "spatial_pool_size": 1}
+    (root / "mm_projector" / "config.json").write_text(json.dumps(settings))
+    (root / "config.json").write_text(json.dumps({"model_type": "llava_llama", "mm_vision_select_layer": -1, "num_video_frames": 6}))
+    return llm, vision, projector
+
+
+def test_vila_conversion_gives_the_logits_of_the_hand_wired_parts(tmp_path):
+    config = tiny_config(vision_config={**VISION, "model_type": "siglip_vision_model", "vision_use_head": False}, text_config={**TEXT, "model_type": "qwen2"}, mamba_state_size=4, temporal_pool_size=2)
+    llm, vision, projector = write_vila_checkpoint(tmp_path / "vila", config)
+    convert_vila_checkpoint(tmp_path / "vila", tmp_path / "storm", max_shard_size="100KB")
+    model = StormForConditionalGeneration.from_pretrained(tmp_path / "storm").eval()
+    assert model.config.vision_feature_layer == -1 and model.config.mamba_num_layers == 2
+    assert AutoProcessor.from_pretrained(tmp_path / "storm").video_processor.num_frames == 6
+
+    linear = nn.Linear(4 * VISION["hidden_size"], TEXT["hidden_size"])
+    linear.load_state_dict({k: projector[f"layers.1.{k}"] for k in ("weight", "bias")})
+    layers = [StormMambaLayer(config) for _ in range(2)]
+    for index, layer in enumerate(layers):
+        prefix = f"layers.{2 + index}."
+        layer.load_state_dict({k[len(prefix):]: v for k, v in projector.items() if k.startswith(prefix)})
+
+    num_frames = 5  # the last temporal pool group has 1 frame
+
+    def project(grid):  # NVILA's downsample -> Linear -> Mamba stack -> temporal pooling by hand
+        tokens = linear(nvila_flat_square(grid))
+        hidden = tokens.reshape(1, -1, tokens.shape[-1])
+        for layer in layers:
+            hidden, _ = layer(hidden)
+        frames = hidden.reshape(num_frames, -1, hidden.shape[-1])
+        pooled = torch.stack([frames[0:2].mean(0), frames[2:4].mean(0), frames[4:5].mean(0)])
+        return pooled.reshape(-1, pooled.shape[-1])
+
+    video_token_id = model.config.video_token_id
+    num_tokens = storm_hf.num_visual_tokens(num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH, temporal_pool_size=2)
+    input_ids, frames = prompt_and_frames(video_token_id, num_tokens, num_frames)
+    with torch.no_grad():
+        expected = hand_wired_logits(vision, -1, project, llm.get_input_embeddings(), lambda e: llm(inputs_embeds=e).logits, input_ids, frames, video_token_id)
+        logits = model(input_ids=input_ids, pixel_values_videos=frames[None]).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def vila_checkpoint(tmp_path):
+    config = tiny_config(vision_config={**VISION, "model_type": "siglip_vision_model"}, text_config={**TEXT, "model_type": "qwen2"}, mamba_state_size=4)
+    write_vila_checkpoint(tmp_path / "vila", config, vision_pickle=False)
+    return tmp_path / "vila"
+
+
+def _edit_projector(root: Path, edit):
+    path = root / "mm_projector" / "model.safetensors"
+    weights = load_file(path)
+    edit(weights)
+    save_file(weights, path)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda w: w.update({"layers.2.mixer.extra_scale": torch.ones(1)}), r"layers\.2\.mixer\.extra_scale"),
+        (lambda w: w.update({"layers.5.norm.weight": torch.ones(64)}), r"numbered"),
+        (lambda w: w.pop("layers.1.bias"), r"model\.temporal_projector\.linear\.bias"),
+        (lambda w: w.pop("layers.3.mixer.D_b"), r"model\.temporal_projector\.layers\.1\.mixer\.D_b"),
+        (lambda w: w.update({"layers.1.weight": torch.zeros(64, 100)}), r"shape mismatch.*linear\.weight"),
+    ],
+)
+def test_vila_mapping_is_strict(vila_checkpoint, edit, message):
+    _edit_projector(vila_checkpoint, edit)
+    with pytest.raises(ConversionError, match=message):
+        convert_vila_checkpoint(vila_checkpoint)
+
+
+def test_vila_rejects_other_layouts(vila_checkpoint):
+    config_path = vila_checkpoint / "mm_projector" / "config.json"
+    config_path.write_text(json.dumps({"mm_projector_type": "mlp_downsample"}))
+    with pytest.raises(ConversionError, match="storm_mamba"):
+        convert_vila_checkpoint(vila_checkpoint)
+    config_path.write_text(json.dumps({"mm_projector_type": "storm_mamba", "mamba_state_size": 8}))
+    with pytest.raises(ConversionError, match="mamba_state_size"):
+        convert_vila_checkpoint(vila_checkpoint)
+    os.rename(vila_checkpoint / "mm_projector", vila_checkpoint / "projector")
+    with pytest.raises(ConversionError, match="mm_projector"):
+        convert_vila_checkpoint(vila_checkpoint)
+
+
+class _Payload:
+    """Unpickling this runs code (touches a file): what `weights_only=True` must refuse."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_weights_are_loaded_with_weights_only(vila_checkpoint, tmp_path):
+    marker = tmp_path / "code-ran"
+    vision = vila_checkpoint / "vision_tower"
+    weights = load_file(vision / "model.safetensors")
+    (vision / "model.safetensors").unlink()
+    torch.save({**weights, "payload": _Payload(marker)}, vision / "pytorch_model.bin")
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+        convert_vila_checkpoint(vila_checkpoint)
+    assert not marker.exists()
