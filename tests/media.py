@@ -111,3 +111,19 @@ def decode_all(path: Path) -> tuple[np.ndarray, list[float]]:
 def write_image(path: Path, height: int = 48, width: int = 64) -> Path:
     Image.fromarray(make_frames(1, height, width)[0]).save(path)
     return path
+
+
+def make_processor(image_size: int = 56, num_frames: int = 4, temporal_pool_size: int = 2, **kwargs):
+    """A StormProcessor for `image_size` pixels (the tiny test models use 56 = 4x4 patches of 14)."""
+    from transformers import SiglipImageProcessor
+
+    from storm_hf.processing import StormProcessor, StormVideoProcessor
+
+    size = {"height": image_size, "width": image_size}
+    return StormProcessor(
+        image_processor=SiglipImageProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        tokenizer=make_tokenizer(),
+        video_processor=StormVideoProcessor(size=size, num_frames=num_frames),
+        temporal_pool_size=temporal_pool_size,
+        **kwargs,
+    )

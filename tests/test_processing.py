@@ -1,0 +1,192 @@
+"""StormProcessor: chat template, placeholder expansion (counted by `num_visual_tokens`), batch-major inputs."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from media import make_frames, make_processor, write_video
+from PIL import Image
+
+from storm_hf.processing import StormProcessor, StormVideoProcessor, num_visual_tokens, register_processing
+
+
+def tokens_per_video(num_frames, stride=1, image_size=56, temporal_pool_size=2):
+    return num_visual_tokens(
+        num_frames,
+        image_size,
+        image_size,
+        patch_size=14,
+        temporal_pool_size=temporal_pool_size,
+        temporal_sampling_stride=stride,
+    )
+
+
+def video_chat(*videos, question="What happens?", answer=None):
+    content = [{"type": "video", "video": video} for video in videos] + [{"type": "text", "text": question}]
+    chat = [{"role": "user", "content": content}]
+    if answer is not None:
+        chat.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return chat
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return make_processor()
+
+
+def test_chat_template_is_chatml_with_vision_placeholders(processor):
+    chat = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "Compare."}]},
+        {"role": "assistant", "content": "They match."},
+        {"role": "user", "content": "Sure?"},
+    ]
+    assert processor.apply_chat_template(chat, add_generation_prompt=True) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>"
+        "Compare.<|im_end|>\n"
+        "<|im_start|>assistant\nThey match.<|im_end|>\n"
+        "<|im_start|>user\nSure?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_placeholders_expand_to_the_model_token_count(processor):
+    for stride in (1, 2):
+        output = processor(
+            text="<|vision_start|><|video_pad|><|vision_end|>Hi", videos=make_frames(10), temporal_sampling_stride=stride
+        )
+        num_tokens = (torch.tensor(output["input_ids"]) == processor.video_token_id).sum().item()
+        assert num_tokens == tokens_per_video(4, stride)  # 4 sampled frames (the processor's num_frames)
+        assert output["temporal_sampling_stride"].tolist() == [stride]
+
+
+def test_batch_of_chats_with_different_videos_is_batch_major(processor):
+    short, long, other = make_frames(6, seed=1), make_frames(12, seed=2), make_frames(9, seed=3)
+    chats = [video_chat(short), video_chat(long, other), [{"role": "user", "content": "Text only."}]]
+    output = processor.apply_chat_template(
+        chats,
+        tokenize=True,
+        return_dict=True,
+        padding=True,
+        return_tensors="pt",
+        processor_kwargs={"do_sample_frames": False},
+    )
+    assert output["video_num_frames"].tolist() == [[6, 0], [12, 9], [0, 0]]
+    assert output["pixel_values_videos"].shape == (3, 21, 3, 56, 56)
+    videos = StormVideoProcessor(size={"height": 56, "width": 56})
+    expected = [videos(video, do_sample_frames=False)["pixel_values_videos"][0] for video in (short, long, other)]
+    torch.testing.assert_close(output["pixel_values_videos"][0, :6], expected[0])
+    torch.testing.assert_close(output["pixel_values_videos"][1], torch.cat(expected[1:]))
+    assert output["pixel_values_videos"][0, 6:].abs().sum() == 0 and output["pixel_values_videos"][2].abs().sum() == 0
+    placeholders = (output["input_ids"] == processor.video_token_id).sum(-1).tolist()
+    assert placeholders == [tokens_per_video(6), tokens_per_video(12) + tokens_per_video(9), 0]
+    assert output["temporal_sampling_stride"].tolist() == [1, 1, 1]
+
+
+def test_text_only_image_and_mixed_inputs(processor):
+    text_only = processor(text="Hello there")
+    assert set(text_only) == {"input_ids", "attention_mask"}
+    image = Image.fromarray(make_frames(1)[0])
+    with_image = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What?"}]}],
+        tokenize=True,
+        return_dict=True,
+    )
+    assert set(with_image) == {"input_ids", "attention_mask", "pixel_values", "num_images"}
+    assert with_image["pixel_values"].shape == (1, 1, 3, 56, 56) and with_image["num_images"].tolist() == [1]
+    mixed = processor.apply_chat_template(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": image},
+                    {"type": "video", "video": make_frames(8)},
+                    {"type": "image", "image": image},
+                    {"type": "text", "text": "Compare."},
+                ],
+            }
+        ],
+        tokenize=True,
+        return_dict=True,
+    )
+    ids = torch.as_tensor(mixed["input_ids"])
+    assert (ids == processor.image_token_id).sum() == 2 * num_visual_tokens(1, 56, 56, patch_size=14)
+    assert (ids == processor.video_token_id).sum() == tokens_per_video(4)
+    assert mixed["num_images"].tolist() == [2] and mixed["video_num_frames"].tolist() == [[4]]
+
+
+def test_assistant_mask_covers_answers_after_expanded_placeholders(processor):
+    chat = video_chat(make_frames(8), answer="the cat")
+    chat += [{"role": "user", "content": "And?"}, {"role": "assistant", "content": "in the hat"}]
+    output = processor.apply_chat_template(
+        chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+    )
+    mask = output["assistant_masks"][0].bool()
+    ids = output["input_ids"][0]
+    assert processor.tokenizer.decode(ids[mask]) == "the cat<|im_end|>in the hat<|im_end|>"
+    assert (ids == processor.video_token_id).sum() == tokens_per_video(4)
+
+
+def test_video_files_in_a_chat(processor, tmp_path):
+    path = write_video(tmp_path / "clip.webm", make_frames(20), codec="libvpx-vp9")
+    output = processor.apply_chat_template(
+        video_chat(str(path)), tokenize=True, return_dict=True, processor_kwargs={"fps": 2, "return_metadata": True}
+    )
+    assert output["video_num_frames"].tolist() == [[4]]  # 2 s at 2 fps
+    assert output["video_metadata"][0].timestamps == pytest.approx([0.0, 0.6, 1.3, 1.9])
+
+
+def test_placeholders_without_videos_and_videos_without_placeholders(processor):
+    with pytest.raises(ValueError, match=r"1 <\|video_pad\|> placeholder\(s\).*but 0 video\(s\)"):
+        processor(text="<|video_pad|> What?")
+    with pytest.raises(ValueError, match=r"0 <\|video_pad\|> placeholder\(s\).*but 1 video\(s\).*apply_chat_template"):
+        processor(text="What?", videos=make_frames(4))
+    with pytest.raises(ValueError, match=r"per sample: \[1, 1\]\) but 1 image"):
+        processor(text=["<|image_pad|>", "<|image_pad|>"], images=[Image.fromarray(make_frames(1)[0])])
+    with pytest.raises(ValueError, match="needs `text`"):
+        processor(videos=make_frames(4))
+
+
+def test_invalid_stride_raises(processor):
+    with pytest.raises(ValueError, match="temporal_sampling_stride"):
+        processor(text="<|video_pad|>", videos=make_frames(4), temporal_sampling_stride=0)
+
+
+def test_save_and_load_with_auto_processor(tmp_path):
+    from transformers import AutoProcessor
+
+    register_processing()  # what `import storm_hf` does
+    processor = make_processor(temporal_sampling_stride=2, spatial_pool_size=2)
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert {key: saved[key] for key in ("patch_size", "temporal_pool_size", "temporal_sampling_stride")} == {
+        "patch_size": 14,
+        "temporal_pool_size": 2,
+        "temporal_sampling_stride": 2,
+    }
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, StormProcessor) and isinstance(loaded.video_processor, StormVideoProcessor)
+    chat = video_chat(make_frames(8))
+    expected = processor.apply_chat_template(chat, tokenize=True, return_dict=True)
+    actual = loaded.apply_chat_template(chat, tokenize=True, return_dict=True)
+    assert actual["input_ids"] == expected["input_ids"]
+    torch.testing.assert_close(actual["pixel_values_videos"], expected["pixel_values_videos"])
+
+
+def test_remote_code_loads_without_the_package(tmp_path):
+    register_processing()
+    make_processor().save_pretrained(tmp_path)
+    script = (
+        "import sys; sys.modules['storm_hf'] = None\n"  # importing storm_hf now fails
+        "import numpy as np\n"
+        "from transformers import AutoProcessor\n"
+        f"processor = AutoProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)\n"
+        "output = processor(text='<|video_pad|>', videos=np.zeros((6, 48, 64, 3), np.uint8))\n"
+        "print(type(processor).__name__, type(processor.video_processor).__name__, output['video_num_frames'].tolist())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["StormProcessor", "StormVideoProcessor", "[[4]]"]
