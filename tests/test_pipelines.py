@@ -1,0 +1,117 @@
+"""`video-text-to-text` (registered by storm_hf) and the stock `image-text-to-text` pipeline with a tiny STORM model."""
+
+import threading
+
+import pytest
+import torch
+from media import make_frames, make_processor, write_video
+from modeling_utils import tiny_config
+from transformers import TextIteratorStreamer, pipeline
+
+from storm_hf import StormForConditionalGeneration
+from storm_hf.processing import register_processing
+
+
+MAX_NEW_TOKENS = 4
+
+
+@pytest.fixture(scope="module")
+def processor():
+    register_processing()  # what `import storm_hf` does
+    return make_processor(num_frames=4, temporal_pool_size=2)
+
+
+@pytest.fixture(scope="module")
+def model(processor):
+    tokenizer = processor.tokenizer
+    config = tiny_config(image_token_id=processor.image_token_id, video_token_id=processor.video_token_id)
+    config.text_config.vocab_size = len(tokenizer)
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    return StormForConditionalGeneration(config).eval()
+
+
+@pytest.fixture(scope="module")
+def pipe(model, processor):
+    return pipeline("video-text-to-text", model=model, processor=processor)
+
+
+def video_chat(*videos, question="What happens?"):
+    content = [{"type": "video", "video": video} for video in videos] + [{"type": "text", "text": question}]
+    return [{"role": "user", "content": content}]
+
+
+def reference_answer(model, processor, chat, **processor_kwargs):
+    """Processor + `generate` + decode by hand: what every pipeline call must return."""
+    inputs = processor.apply_chat_template(
+        chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", processor_kwargs=processor_kwargs
+    )
+    generated = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    return processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def answer(outputs):
+    return outputs[0]["generated_text"]
+
+
+def test_video_and_question_as_path_array_and_chat(pipe, model, processor, tmp_path):
+    frames = make_frames(12)
+    path = str(write_video(tmp_path / "clip.mp4", frames))
+    for video in (path, frames):
+        expected = reference_answer(model, processor, video_chat(video))
+        assert answer(pipe(video, text="What happens?", max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)) == expected
+        chat_output = pipe(text=video_chat(video), max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)
+        assert answer(chat_output) == expected
+
+
+def test_stride_and_frames_chosen_per_call(pipe, model, processor):
+    frames = make_frames(16)
+    settings = {"num_frames": 8, "temporal_sampling_stride": 2}
+    expected = reference_answer(model, processor, video_chat(frames), **settings)
+    output = pipe(frames, text="What happens?", processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)
+    assert answer(output) == expected
+
+
+def test_batched_calls_match_single_calls(pipe, processor):
+    chats = [
+        video_chat(make_frames(12, seed=1)),
+        video_chat(make_frames(8, seed=2), make_frames(8, seed=3), question="Which is longer?"),
+        video_chat(make_frames(20, seed=4), question="Colours?"),
+    ]
+    settings = {"processor_kwargs": {"do_sample_frames": False}, "max_new_tokens": MAX_NEW_TOKENS, "return_full_text": False}
+    single = [answer(pipe(text=chat, **settings)) for chat in chats]
+    batched = [answer(output) for output in pipe(text=chats, batch_size=3, **settings)]
+    assert batched == single
+
+
+def test_stock_image_text_to_text_pipeline_takes_video_chats(model, processor, pipe):
+    stock = pipeline("image-text-to-text", model=model, processor=processor)
+    chat = video_chat(make_frames(12))
+    assert answer(stock(text=chat, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)) == answer(
+        pipe(text=chat, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)
+    )
+
+
+def test_token_streaming(pipe, processor):
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    chat = video_chat(make_frames(12))
+    kwargs = {"text": chat, "max_new_tokens": MAX_NEW_TOKENS, "return_full_text": False}
+    thread = threading.Thread(target=pipe, kwargs={**kwargs, "generate_kwargs": {"streamer": streamer}})
+    thread.start()
+    streamed = "".join(streamer)
+    thread.join()
+    assert streamed == answer(pipe(**kwargs))
+
+
+def test_processor_and_model_disagreeing_raises(model):
+    mismatched = make_processor(num_frames=4, temporal_pool_size=1)  # the model pools 2 frames into 1
+    inputs = mismatched.apply_chat_template(
+        video_chat(make_frames(8)), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with pytest.raises(ValueError, match="16 video placeholder tokens .* but the video inputs produce 8 tokens"):
+        model(**inputs)
+
+
+def test_question_count_must_match_videos(pipe):
+    with pytest.raises(ValueError, match="2 video\\(s\\) and 1 question"):
+        pipe([make_frames(4), make_frames(4)], text=["Only one?"])
