@@ -148,16 +148,17 @@ class StormProcessor(ProcessorMixin):
             stride = merged["temporal_sampling_stride"]
             processed = self.video_processor(videos, **{**merged["videos_kwargs"], "return_tensors": None})
             frames = processed["pixel_values_videos"]
-            video_replacements = [self.video_token * self.num_tokens(*video.shape[-4:-3], *video.shape[-2:], stride) for video in frames]
+            video_replacements = [self.video_token * self.num_tokens(len(v), *v.shape[-2:], stride) for v in frames]
             data.update(pad_videos(frames, videos_per_sample))
             data["temporal_sampling_stride"] = torch.full((len(texts),), stride, dtype=torch.long)
             if "video_metadata" in processed:
                 data["video_metadata"] = processed["video_metadata"]
         if images:
-            pixel_values = self.image_processor(images, **{**merged["images_kwargs"], "return_tensors": "pt"})["pixel_values"]
+            images_kwargs = {**merged["images_kwargs"], "return_tensors": "pt"}
+            pixel_values = self.image_processor(images, **images_kwargs)["pixel_values"]
             image_replacements = [self.image_token * self.num_tokens(1, *image.shape[-2:]) for image in pixel_values]
-            padded = pad_videos([image[None] for image in pixel_values], images_per_sample)["pixel_values_videos"]
-            data["pixel_values"] = padded
+            # An image is a one-frame video: the same padding gives (batch, max_images_per_sample, 3, H, W).
+            data["pixel_values"] = pad_videos(list(pixel_values[:, None]), images_per_sample)["pixel_values_videos"]
             data["num_images"] = torch.tensor(images_per_sample, dtype=torch.long)
 
         texts, replacement_offsets = self.get_text_with_replacements(texts, image_replacements, video_replacements)

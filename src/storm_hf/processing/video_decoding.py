@@ -123,7 +123,7 @@ def read_video(
         try:
             index = _FrameIndex.from_demux(container, stream, name)
         except av.FFmpegError as error:
-            raise VideoDecodingError(f"{name} is corrupt or truncated ({error}); re-encode or re-download it.") from error
+            raise _corrupt(name, error) from error
         if len(index.pts) == 0:
             raise VideoDecodingError(f"{name} contains no video frames; pass a video with at least one frame.")
         metadata = _metadata(stream, index)
@@ -138,12 +138,16 @@ def read_video(
         try:
             decoded = _decode_frames(container, stream, index, wanted_pts, name)
         except av.FFmpegError as error:
-            raise VideoDecodingError(f"{name} is corrupt or truncated ({error}); re-encode or re-download it.") from error
+            raise _corrupt(name, error) from error
     metadata.frames_indices = indices.tolist()
     metadata.frames_timestamps = [float(pts * stream.time_base) for pts in wanted_pts]
     frames = np.stack([decoded[pts] for pts in wanted_pts.tolist()])
     metadata.height, metadata.width = frames.shape[1:3]  # as displayed, after the rotation
     return frames, metadata
+
+
+def _corrupt(name: str, error: Exception) -> VideoDecodingError:
+    return VideoDecodingError(f"{name} is corrupt or truncated ({error}); re-encode or re-download it.")
 
 
 def _metadata(stream, index: _FrameIndex) -> StormVideoMetadata:

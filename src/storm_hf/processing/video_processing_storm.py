@@ -131,7 +131,8 @@ class StormVideoProcessor(BaseVideoProcessor):
             num_frames = min(num_frames, max_frames or num_frames)
             requested = f"{num_frames} frames ({fps} fps over {total / metadata.fps:.2f}s, min_frames={min_frames})"
         elif num_frames is not None:
-            if (min_frames is not None and num_frames < min_frames) or (max_frames is not None and num_frames > max_frames):
+            too_few = min_frames is not None and num_frames < min_frames
+            if too_few or (max_frames is not None and num_frames > max_frames):
                 raise ValueError(f"`num_frames={num_frames}` is outside [min_frames={min_frames}, max_frames={max_frames}].")
             requested = f"num_frames={num_frames}"
         else:
