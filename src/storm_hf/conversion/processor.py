@@ -29,10 +29,16 @@ def add_vision_tokens(tokenizer, vocab_size: int) -> list[str]:
     return added
 
 
+def ensure_processing_registered() -> None:
+    """Register the processor with the Auto classes (and for code-shipping saves) once, if nothing has yet."""
+    if getattr(StormProcessor, "_auto_class", None) is None:
+        register_processing()
+
+
 def build_processor(tokenizer, config, num_frames: int = 32) -> StormProcessor:
     """StormProcessor for `config`: SigLIP pre-processing at the vision tower's resolution, `num_frames` frames by
     default, placeholder counts from the config's pixel-shuffle and pooling."""
-    register_processing()
+    ensure_processing_registered()
     size = {"height": config.vision_config.image_size, "width": config.vision_config.image_size}
     normalisation = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     return StormProcessor(

@@ -1,0 +1,196 @@
+"""Hub round trip without a Hub: uploads are captured at huggingface_hub's commit API, then loaded in fresh processes."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.hf_api import CommitInfo, RepoUrl
+
+from storm_hf import StormForConditionalGeneration
+from storm_hf.conversion.processor import build_processor
+from storm_hf.hub import push_folder, push_to_hub, save_checkpoint
+
+from media import make_frames, make_tokenizer, write_video
+from modeling_utils import tiny_config
+
+
+REPO_ID = "storm-org/storm-tiny"
+
+
+class CapturedHub:
+    """Stands in for the Hub: `create_repo` and `create_commit` write each repo's files under `root/<repo_id>`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.commits: list[tuple[str, list[str]]] = []
+
+    def create_repo(self, api, repo_id, **kwargs):
+        (self.root / repo_id).mkdir(parents=True, exist_ok=True)
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, api, repo_id, operations, *, commit_message, **kwargs):
+        paths = []
+        for operation in operations:
+            assert isinstance(operation, CommitOperationAdd), operation
+            target = self.root / repo_id / operation.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = operation.path_or_fileobj
+            if isinstance(source, (str, Path)):
+                shutil.copyfile(source, target)
+            else:
+                target.write_bytes(source if isinstance(source, bytes) else source.read())
+            paths.append(operation.path_in_repo)
+        self.commits.append((repo_id, paths))
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/{'0' * 40}", commit_message=commit_message,
+            commit_description="", oid="0" * 40,
+        )
+
+    def files(self, repo_id: str) -> Path:
+        return self.root / repo_id
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    captured = CapturedHub(tmp_path / "hub")
+    monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: captured.create_repo(api, repo_id, **kw))
+    monkeypatch.setattr(HfApi, "create_commit", lambda api, repo_id, operations, **kw: captured.create_commit(api, repo_id, operations, **kw))
+    return captured
+
+
+def tiny_model_and_processor():
+    tokenizer = make_tokenizer()
+    text = dict(model_type="qwen2", vocab_size=272, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    config = tiny_config(
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+    )
+    torch.manual_seed(0)
+    return StormForConditionalGeneration(config).eval(), build_processor(tokenizer, config, num_frames=4)
+
+
+GENERATE = """
+messages = [{{"role": "user", "content": [{{"type": "video", "path": {video!r}}}, {{"type": "text", "text": "What moves?"}}]}}]
+inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+"""
+
+
+def expected_generation(model, processor, video: Path) -> list[int]:
+    scope = {"model": model, "processor": processor}
+    exec(GENERATE.format(video=str(video)), scope)
+    return scope["generated"]
+
+
+def run_fresh(script: str, env: dict) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    assert result.returncode == 0 and "FRESH-OK" in result.stdout, result.stderr[-4000:]
+    return result.stdout
+
+
+def test_push_yields_a_self_contained_repo_that_generates_without_storm_hf(hub, tmp_path):
+    model, processor = tiny_model_and_processor()
+    video = write_video(tmp_path / "clip.mp4", make_frames(12))
+    push_to_hub(model, processor, REPO_ID, base_models=["google/siglip-so400m-patch14-384", "Qwen/Qwen2-VL-7B-Instruct", "./local/folder"], max_shard_size="200KB")
+    assert len(hub.commits) == 1  # one atomic commit
+    repo = hub.files(REPO_ID)
+
+    config = json.loads((repo / "config.json").read_text())
+    assert set(config["auto_map"]) >= {"AutoConfig", "AutoModelForImageTextToText"}
+    for code in ("configuration_storm.py", "modeling_storm.py", "processing_storm.py", "video_processing_storm.py", "token_budget.py"):
+        assert (repo / code).is_file(), code
+    assert json.loads((repo / "processor_config.json").read_text())["auto_map"]["AutoProcessor"]
+    assert (repo / "chat_template.jinja").is_file() and (repo / "model.safetensors.index.json").is_file()
+
+    card = (repo / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["pipeline_tag"] == "video-text-to-text" and metadata["library_name"] == "transformers"
+    assert metadata["base_model"] == ["google/siglip-so400m-patch14-384", "Qwen/Qwen2-VL-7B-Instruct"]
+    # token budget: 2x2 tokens per frame, temporal pooling 2: 32 frames -> 128 tokens, 64 with pooling
+    assert "| 32 | 128 | 64 (50.0%) | 32 (25.0%) | 16 (12.5%) |" in card
+    assert f'from_pretrained("{REPO_ID}", trust_remote_code=True)' in card
+
+    expected = expected_generation(model, processor, video)
+    run_fresh(
+        f"""
+        import sys
+        sys.modules["storm_hf"] = None  # storm_hf is not importable here: only the repo's own code can run
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        model = AutoModelForImageTextToText.from_pretrained({str(repo)!r}, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained({str(repo)!r}, trust_remote_code=True)
+        assert "storm_hf" not in type(model).__module__ and "storm_hf" not in type(processor).__module__
+        {textwrap.indent(GENERATE.format(video=str(video)), "        ").strip()}
+        assert generated == {expected!r}, generated
+        print("FRESH-OK")
+        """,
+        {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")},
+    )
+
+
+def test_transformers_push_to_hub_on_model_and_processor_ships_the_code(hub):
+    model, processor = tiny_model_and_processor()
+    model.push_to_hub(REPO_ID)
+    processor.push_to_hub(REPO_ID)
+    repo = hub.files(REPO_ID)
+    assert json.loads((repo / "config.json").read_text())["auto_map"]["AutoModelForImageTextToText"]
+    assert json.loads((repo / "processor_config.json").read_text())["auto_map"]["AutoProcessor"]
+    assert {"modeling_storm.py", "selective_scan.py", "processing_storm.py", "video_decoding.py", "chat_template.jinja"} <= {p.name for p in repo.iterdir()}
+
+
+def seed_hub_cache(cache: Path, repo_id: str, files: Path, commit: str = "a" * 40) -> None:
+    """Write `files` into an HF cache as huggingface_hub lays it out: blobs by hash, a snapshot of links, refs/main."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    for path in sorted(p for p in files.rglob("*") if p.is_file()):
+        blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, blob)
+        link = repo / "snapshots" / commit / path.relative_to(files)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+@pytest.mark.parametrize("with_storm_hf", [True, False])
+def test_from_pretrained_by_repo_id_through_an_offline_cache(hub, tmp_path, with_storm_hf):
+    model, processor = tiny_model_and_processor()
+    video = write_video(tmp_path / "clip.mp4", make_frames(9, seed=3))
+    push_to_hub(model, processor, REPO_ID)
+    seed_hub_cache(tmp_path / "cache", REPO_ID, hub.files(REPO_ID))
+    expected = expected_generation(model, processor, video)
+    header = "import storm_hf" if with_storm_hf else 'import sys; sys.modules["storm_hf"] = None'
+    remote = "" if with_storm_hf else ", trust_remote_code=True"
+    run_fresh(
+        f"""
+        {header}
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        model = AutoModelForImageTextToText.from_pretrained({REPO_ID!r}{remote})
+        processor = AutoProcessor.from_pretrained({REPO_ID!r}{remote})
+        assert ("storm_hf" in type(model).__module__) == {with_storm_hf}
+        {textwrap.indent(GENERATE.format(video=str(video)), "        ").strip()}
+        assert generated == {expected!r}, generated
+        print("FRESH-OK")
+        """,
+        {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_MODULES_CACHE": str(tmp_path / "modules")},
+    )
+
+
+def test_push_folder_refuses_an_incomplete_checkpoint(hub, tmp_path):
+    model, processor = tiny_model_and_processor()
+    save_checkpoint(model, processor, tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "README.md").unlink()
+    push_folder(tmp_path / "ckpt", REPO_ID)
+    assert "README.md" in hub.commits[-1][1]  # a card is written for a folder without one
+    (tmp_path / "ckpt" / "processing_storm.py").unlink()
+    with pytest.raises(ValueError, match="processing_storm.py"):
+        push_folder(tmp_path / "ckpt", REPO_ID)
