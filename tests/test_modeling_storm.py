@@ -366,11 +366,13 @@ def test_trust_remote_code_loading_without_storm_hf(tmp_path):
         (lambda inputs: inputs.update(pixel_values_videos=inputs["pixel_values_videos"][0]), "must be batch-major"),
         (lambda inputs: inputs.update(temporal_sampling_stride=torch.tensor([0])), "temporal_sampling_stride"),
         (lambda inputs: inputs.update(video_num_frames=torch.tensor([[9]])), "exceed"),
+        (lambda inputs: inputs.update(pixel_values_videos=inputs["pixel_values_videos"].roll(1, dims=1)), "at the END"),
     ],
 )
 def test_malformed_visual_inputs_raise_clear_errors(change, message):
     model = tiny_model()
     inputs = video_inputs(model.config, [[3]])
+    inputs["pixel_values_videos"] = torch.cat([inputs["pixel_values_videos"], torch.zeros_like(inputs["pixel_values_videos"])], 1)
     change(inputs)
     with pytest.raises(ValueError, match=message):
         model(**inputs)

@@ -15,6 +15,7 @@ from .modeling import (
     StormModel,
     StormPreTrainedModel,
 )
+from .processing import StormProcessor, StormVideoProcessor, register_processing
 from .processing.token_budget import num_visual_tokens
 
 
@@ -30,6 +31,7 @@ def _register_modeling():
 
 
 _register_modeling()
+register_processing()
 
 __all__ = [
     "StormConfig",
@@ -38,5 +40,7 @@ __all__ = [
     "StormMambaState",
     "StormModel",
     "StormPreTrainedModel",
+    "StormProcessor",
+    "StormVideoProcessor",
     "num_visual_tokens",
 ]

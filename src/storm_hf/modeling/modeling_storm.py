@@ -370,8 +370,14 @@ def _select_padded(padded: torch.Tensor, counts: torch.Tensor, name: str) -> tor
         raise ValueError(
             f"The per-sample counts {counts.tolist()} exceed the {padded.shape[1]} entries per sample of `{name}`."
         )
-    mask = torch.arange(padded.shape[1], device=counts.device)[None, :] < counts[:, None]
-    return padded[mask.to(padded.device)]
+    mask = (torch.arange(padded.shape[1], device=counts.device)[None, :] < counts[:, None]).to(padded.device)
+    if bool(padded[~mask].any()):
+        raise ValueError(
+            f"`{name}` has non-zero entries after the counted ones: its padding must be zeros at the END of each "
+            "sample. A batch padded on the left (e.g. by a pipeline whose tokenizer pads left) would pair text with "
+            "the wrong frames; use StormProcessor or the `video-text-to-text` pipeline, which pad on the right."
+        )
+    return padded[mask]
 
 
 class StormModel(StormPreTrainedModel):
