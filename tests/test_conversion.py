@@ -356,3 +356,21 @@ def test_pickled_weights_are_loaded_with_weights_only(vila_checkpoint, tmp_path)
     with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
         convert_vila_checkpoint(vila_checkpoint)
     assert not marker.exists()
+
+
+def test_compose_from_hub_ids_through_an_offline_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from test_hub import seed_hub_cache
+
+    siglip_source("siglip", tmp_path / "vision")
+    qwen_source("qwen2_vl-legacy", tmp_path / "language")
+    seed_hub_cache(tmp_path / "cache", "google/siglip-tiny", tmp_path / "vision")
+    seed_hub_cache(tmp_path / "cache", "Qwen/Qwen2-VL-tiny", tmp_path / "language")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    compose_storm("google/siglip-tiny", "Qwen/Qwen2-VL-tiny", tmp_path / "storm", mamba_state_size=4)
+    card = (tmp_path / "storm" / "README.md").read_text()
+    assert "base_model:\n- google/siglip-tiny\n- Qwen/Qwen2-VL-tiny" in card
+    with pytest.raises(ConversionError, match="neither a local folder nor in the Hugging Face cache"):
+        compose_storm("google/not-cached", "Qwen/Qwen2-VL-tiny")

@@ -76,17 +76,11 @@ def model_card(config, repo_id: str | None = None, base_models=(), provenance: s
     body = f"""
 # {name}
 
-STORM ("Token-Efficient Long Video Understanding for Multimodal LLMs", Jiang et al., NVIDIA 2025): a SigLIP vision
-tower ({vision.image_size} px, patch {vision.patch_size}, features of layer {config.vision_feature_layer}) ->
-{config.downsample_ratio}x{config.downsample_ratio} pixel-shuffle -> Linear -> {mamba} (the temporal projector: every
-visual token sees the whole video) -> token compression (temporal pooling {config.temporal_pool_size}, spatial pooling
-{config.spatial_pool_size}x{config.spatial_pool_size}, test-time temporal sampling) -> a Qwen2 language model
-({text.num_hidden_layers} layers, hidden size {text.hidden_size}).
+STORM ("Token-Efficient Long Video Understanding for Multimodal LLMs", Jiang et al., NVIDIA 2025) for Hugging Face Transformers: a SigLIP vision tower ({vision.image_size} px, patch {vision.patch_size}, features of layer {config.vision_feature_layer}) -> {config.downsample_ratio}x{config.downsample_ratio} pixel-shuffle -> Linear -> {mamba} (the temporal projector: every visual token carries the context of the whole video) -> token compression (temporal pooling {config.temporal_pool_size}, spatial pooling {config.spatial_pool_size}x{config.spatial_pool_size}, test-time temporal sampling) -> a Qwen2 language model ({text.num_hidden_layers} layers, hidden size {text.hidden_size}).
 
 ## Token budget
 
-LLM tokens per video ({vision.image_size}x{vision.image_size} frames). Temporal sampling is a test-time choice
-(`temporal_sampling_stride` in the processor call); pooling sizes are fixed by training.
+LLM tokens per video ({vision.image_size}x{vision.image_size} frames). Temporal sampling is a test-time choice (`temporal_sampling_stride` in the processor call); pooling sizes are fixed by training.
 
 {token_budget_table(config)}
 
@@ -105,8 +99,7 @@ output = model.generate(**inputs, max_new_tokens=64)
 print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 
-Videos are decoded with PyAV (`pip install av`). With the `storm-hf` package installed, `trust_remote_code` is not
-needed, and the command line does the same:
+Videos are decoded with PyAV (`pip install av`). With the `storm-hf` package installed (`import storm_hf`), `trust_remote_code` is not needed, and the command line does the same:
 
 ```bash
 storm-hf generate --model {repo} --video clip.mp4 --prompt "What happens?" --num-frames 32
