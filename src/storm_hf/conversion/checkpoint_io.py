@@ -23,8 +23,9 @@ SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_WEIGHTS = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
-# Files a checkpoint needs for conversion: configs, weights, tokenizer and processor files.
-CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+# Files a checkpoint needs for conversion: configs, tokenizer and processor files, safetensors weights; pickle weights
+# (`*.bin`) are fetched only for a repo without safetensors.
+CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
 class ConversionError(ValueError):
@@ -41,8 +42,13 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, subfolder: str = "") -> 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    def download(patterns):
+        return Path(snapshot_download(str(name_or_path), allow_patterns=[f"{subfolder}/{p}" if subfolder else p for p in patterns]))
+
     try:
-        snapshot = snapshot_download(str(name_or_path), allow_patterns=[f"{subfolder}/{p}" if subfolder else p for p in CHECKPOINT_PATTERNS])
+        snapshot = download(CHECKPOINT_PATTERNS)
+        if not any((snapshot / subfolder / name).is_file() for name in (SAFE_WEIGHTS, SAFE_INDEX)):
+            snapshot = download(["*.bin"])
     except LocalEntryNotFoundError as error:
         raise ConversionError(
             f"'{name_or_path}' is neither a local folder nor in the Hugging Face cache, and the Hub cannot be reached "
@@ -50,7 +56,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, subfolder: str = "") -> 
         ) from error
     except HfHubHTTPError as error:
         raise ConversionError(f"Could not download '{name_or_path}' from the Hub: {error}") from error
-    return Path(snapshot) / subfolder
+    return snapshot / subfolder
 
 
 def weight_files(folder: Path) -> list[Path]:
