@@ -1,0 +1,158 @@
+"""The chunked selective scan against the token loop: values, gradients, state passing, memory, dtypes."""
+
+import math
+
+import pytest
+import torch
+
+from storm_hf.modeling.selective_scan import selective_scan, selective_scan_chunked, selective_scan_reference
+
+
+CHUNK_SIZE = 64  # selective_scan_chunked's default
+OPTIONAL_INPUTS = ("D", "z", "delta_bias", "initial_state")
+
+
+def make_inputs(seqlen, batch=2, d_inner=6, d_state=4, dtype=torch.float32, dt_range=(1e-3, 1e-1), seed=0):
+    """Random inputs initialized like a Mamba layer: A = -[1 .. d_state], dt_bias = softplus^-1(dt), dt log-uniform."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    dt_min, dt_max = dt_range
+    dt = torch.exp(torch.rand(d_inner, generator=generator, dtype=torch.float64) * math.log(dt_max / dt_min)) * dt_min
+    inputs = dict(
+        u=randn(batch, d_inner, seqlen),
+        delta=0.5 * randn(batch, d_inner, seqlen),  # dt_proj output, before the bias
+        A=-torch.arange(1, d_state + 1, dtype=torch.float64).repeat(d_inner, 1),
+        B=randn(batch, d_state, seqlen),
+        C=randn(batch, d_state, seqlen),
+        D=randn(d_inner),
+        z=randn(batch, d_inner, seqlen),
+        delta_bias=dt + torch.log(-torch.expm1(-dt)),
+        initial_state=randn(batch, d_inner, d_state),
+    )
+    return {name: tensor.to(dtype).requires_grad_() for name, tensor in inputs.items()}
+
+
+def run_with_grads(scan, inputs, **options):
+    """Outputs of `scan`, then the gradients of a fixed random projection of them w.r.t. every input."""
+    outputs = scan(**inputs, **options)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    generator = torch.Generator().manual_seed(1)
+    loss = sum((output * torch.randn(output.shape, generator=generator)).sum() for output in outputs)
+    grads = torch.autograd.grad(loss, list(inputs.values()))
+    return outputs, dict(zip(inputs, grads))
+
+
+def assert_matches_reference(inputs, rtol=1e-5, chunk_size=CHUNK_SIZE, **options):
+    """Outputs and gradients agree within `rtol`, plus an absolute `rtol / 10` of each tensor's largest magnitude."""
+    outputs, grads = run_with_grads(selective_scan_chunked, inputs, chunk_size=chunk_size, **options)
+    expected_outputs, expected_grads = run_with_grads(selective_scan_reference, inputs, **options)
+    for name, actual, expected in [
+        *(("output", output, expected) for output, expected in zip(outputs, expected_outputs, strict=True)),
+        *((f"grad of {name}", grads[name], expected) for name, expected in expected_grads.items()),
+    ]:
+        atol = rtol / 10 * expected.abs().max().item()
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda message: f"{name}: {message}")
+
+
+@pytest.mark.parametrize("seqlen", [1, 2, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 5])
+@pytest.mark.parametrize("optional", [(), ("D", "z"), ("delta_bias",), OPTIONAL_INPUTS])
+def test_chunked_matches_reference(seqlen, optional):
+    inputs = make_inputs(seqlen)
+    inputs = {name: tensor for name, tensor in inputs.items() if name not in OPTIONAL_INPUTS or name in optional}
+    if "delta_bias" not in optional:  # delta is then used as given: make it a positive time step
+        inputs["delta"] = torch.nn.functional.softplus(inputs["delta"].detach() - 4).requires_grad_()
+    assert_matches_reference(
+        inputs, delta_softplus="delta_bias" in optional, return_last_state="initial_state" in optional
+    )
+
+
+@pytest.mark.parametrize("seqlen", [1, 2, 7, CHUNK_SIZE, 3 * CHUNK_SIZE + 5])
+def test_float64_matches_reference_to_rounding(seqlen):
+    inputs = make_inputs(seqlen, dtype=torch.float64)
+    assert_matches_reference(inputs, rtol=1e-12, delta_softplus=True, return_last_state=True)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 16])
+def test_chunk_sizes(chunk_size):
+    assert_matches_reference(make_inputs(37), delta_softplus=True, return_last_state=True, chunk_size=chunk_size)
+
+
+def test_long_sequence():
+    inputs = make_inputs(4096, batch=1, d_inner=4, d_state=4)
+    assert_matches_reference(inputs, delta_softplus=True, return_last_state=True)
+
+
+def test_decays_that_underflow():
+    """Time steps up to 30: products of decays underflow float32 within a chunk."""
+    inputs = make_inputs(3 * CHUNK_SIZE, dt_range=(1e-3, 30.0), d_state=16)
+    assert_matches_reference(inputs, delta_softplus=True, return_last_state=True)
+
+
+def test_continuation_from_last_state():
+    inputs = {name: tensor.detach() for name, tensor in make_inputs(2 * CHUNK_SIZE + 21).items()}
+    y, last_state = selective_scan_chunked(**inputs, delta_softplus=True, return_last_state=True)
+    split = CHUNK_SIZE + 10
+    per_token = ("u", "delta", "B", "C", "z")
+    first, second = (
+        {name: tensor[..., part] if name in per_token else tensor for name, tensor in inputs.items()}
+        for part in (slice(None, split), slice(split, None))
+    )
+    y_first, state_first = selective_scan_chunked(**first, delta_softplus=True, return_last_state=True)
+    second["initial_state"] = state_first
+    y_second, state_second = selective_scan_chunked(**second, delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(torch.cat([y_first, y_second], dim=-1), y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state_second, last_state, rtol=1e-5, atol=1e-6)
+
+
+def test_gradcheck():
+    inputs = make_inputs(11, batch=1, d_inner=2, d_state=3, dtype=torch.float64)
+
+    def scan(*tensors):
+        return selective_scan_chunked(
+            **dict(zip(inputs, tensors)), delta_softplus=True, return_last_state=True, chunk_size=4
+        )
+
+    assert torch.autograd.gradcheck(scan, tuple(inputs.values()))
+
+
+def test_saved_tensors_are_linear_in_seqlen():
+    batch, d_inner, d_state, seqlen = 1, 32, 16, 4 * CHUNK_SIZE
+    inputs = make_inputs(seqlen, batch=batch, d_inner=d_inner, d_state=d_state)
+    saved_numels = []
+
+    def pack(tensor):
+        saved_numels.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        y, last_state = selective_scan_chunked(**inputs, delta_softplus=True, return_last_state=True)
+    per_token = batch * d_inner * seqlen
+    # Nothing saved is as large as the states of all tokens, (batch, d_inner, seqlen, d_state) ...
+    assert saved_numels and max(saved_numels) < per_token * d_state
+    # ... and all that is saved adds up to a few (batch, d_inner, seqlen) tensors (delta before and after softplus, u,
+    # and the inputs of the D and z terms), B and C, A and D, and one state per chunk.
+    chunk_states = seqlen // CHUNK_SIZE * batch * d_inner * d_state
+    assert sum(saved_numels) <= 8 * per_token + 2 * batch * d_state * seqlen + d_inner * (d_state + 1) + chunk_states
+    (y.sum() + last_state.sum()).backward()
+
+
+def test_bfloat16_inputs():
+    inputs = {name: tensor.detach().bfloat16() for name, tensor in make_inputs(CHUNK_SIZE + 7).items()}
+    y, last_state = selective_scan_chunked(**inputs, delta_softplus=True, return_last_state=True)
+    expected_y, expected_state = selective_scan_chunked(
+        **{name: tensor.float() for name, tensor in inputs.items()}, delta_softplus=True, return_last_state=True
+    )
+    assert y.dtype == torch.bfloat16 and last_state.dtype == torch.float32
+    torch.testing.assert_close(y.float(), expected_y, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(last_state, expected_state)
+
+
+def test_selective_scan_runs_the_chunked_scan_on_cpu():
+    inputs = {name: tensor.detach() for name, tensor in make_inputs(CHUNK_SIZE + 3).items()}
+    y, last_state = selective_scan(**inputs, delta_softplus=True, return_last_state=True)
+    expected_y, expected_state = selective_scan_chunked(**inputs, delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(y, expected_y, rtol=0, atol=0)
+    torch.testing.assert_close(last_state, expected_state, rtol=0, atol=0)
