@@ -118,6 +118,7 @@ def main():
         print(json.dumps(run_case(method, int(minutes), int(num_frames))))
         return
 
+    load_at_start = os.getloadavg()[0]
     rows = []
     for minutes in args.minutes:
         synthetic_video(minutes)
@@ -150,7 +151,9 @@ def main():
             f"transformers {transformers.__version__}, PyAV {av.__version__}. Synthetic {WIDTH}x{HEIGHT} {FPS} fps "
             f"H.264 (x264 veryfast, GOP {GOP}). Time: decode + sample + preprocess to (frames, 3, 448, 448), one run "
             "after a warm-up; wall time and CPU time (user + system, all threads; less sensitive to other load on the "
-            f"machine, load average {os.getloadavg()[0]:.1f} at the end). Peak memory: peak RSS above the RSS before the call (fresh process per case).",
+            f"machine; 1-minute load average, as `uptime` shows it, {load_at_start:.1f} at the start and "
+            f"{os.getloadavg()[0]:.1f} at the end). Peak memory: peak RSS above the RSS before the call (fresh process "
+            "per case).",
             "",
             "| video | frames | baseline wall s | STORM wall s | speed-up | baseline CPU s | STORM CPU s | CPU speed-up "
             "| baseline peak MiB | STORM peak MiB |",
@@ -162,7 +165,9 @@ def main():
             "STORM: `StormVideoProcessor()(path, num_frames=k)`.",
             "",
             "Seeking pays off when sampled frames are further apart than the keyframe interval (GOP 250 = 8.3 s here): "
-            "each then costs the reference frames from its keyframe on, about half a GOP. Denser sampling (128 frames "
+            "each then costs the reference frames from its keyframe on, about half a GOP. In these x264 streams about "
+            "60% of the frames are references (I, P and b-pyramid B-frames); only the non-reference B-frames are skipped "
+            "(skip_frame NONREF), so a sampled frame costs about 60 decoded frames. Denser sampling (128 frames "
             "of a 10-minute video are 4.7 s apart) still decodes most reference frames; the gain then comes from "
             "skipping non-reference frames and the tail of each GOP. Peak memory depends on the frame count, not on "
             "the video length.",

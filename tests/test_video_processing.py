@@ -2,9 +2,11 @@
 
 import io
 
+import av
 import numpy as np
 import pytest
 import torch
+from av.video.frame import PictureType
 from media import decode_all, make_frames, write_image, write_video
 
 from storm_hf.processing import StormVideoProcessor, VideoDecodingError, read_video
@@ -12,9 +14,14 @@ from storm_hf.processing import video_decoding
 
 
 NUM_FRAMES = 30
+# x264 and mpeg4 choose no B-frames for these frames (every frame is a scene cut) unless told to.
+H264_BFRAMES = {"x264-params": "bframes=3:b-adapt=0:b-pyramid=normal:scenecut=0"}  # IBBBPBBP: reference B-frames too
+MPEG4_BFRAMES = {"bf": "2", "sc_threshold": "1000000000"}  # IBBPBBP
 CODECS = {  # file name -> encoder options; GOP 8 so that reading 30 frames has keyframes to seek to
     "h264.mp4": {"codec": "libx264", "gop_size": 8},
+    "h264_bframes.mp4": {"codec": "libx264", "gop_size": 8, "options": H264_BFRAMES},
     "mpeg4.mp4": {"codec": "mpeg4", "gop_size": 8},
+    "mpeg4_bframes.mp4": {"codec": "mpeg4", "gop_size": 8, "options": MPEG4_BFRAMES},
     "vp9.webm": {"codec": "libvpx-vp9", "gop_size": 8},
     "av1.mkv": {"codec": "libsvtav1", "gop_size": 8, "options": {"preset": "12"}},
     "h264.mkv": {"codec": "libx264", "gop_size": 8},
@@ -46,6 +53,50 @@ def test_sampled_frames_and_timestamps_equal_sequential_decoding(videos, name):
     assert metadata.frames_indices == indices.tolist()
     np.testing.assert_allclose(metadata.timestamps, np.array(reference_times)[indices], atol=1e-6)
     assert (metadata.height, metadata.width) == reference.shape[1:3]
+
+
+@pytest.mark.parametrize("name", CODECS)
+def test_every_frame_alone_and_in_pairs_equals_sequential_decoding(videos, name):
+    # Each read seeks to a keyframe and walks to its targets decoding only reference frames; a pair also reads on.
+    reference, _ = decode_all(videos[name])
+    singles = [[index] for index in range(NUM_FRAMES)]
+    pairs = [[first, second] for first in range(0, NUM_FRAMES, 3) for second in range(first + 1, NUM_FRAMES, 4)]
+    for indices in singles + pairs:
+        frames, _ = read_video(videos[name], lambda metadata: np.array(indices))
+        np.testing.assert_array_equal(frames, reference[indices], err_msg=f"frames {indices} of {name}")
+
+
+def test_b_frame_videos_have_non_reference_and_reference_b_frames(videos):
+    kinds = frame_kinds(videos["h264_bframes.mp4"])
+    assert {"B", "B (no reference)", "P", "I"} <= set(kinds)  # b-pyramid: some B-frames are references
+    assert {"B (no reference)", "P", "I"} <= set(frame_kinds(videos["mpeg4_bframes.mp4"]))
+
+
+def test_walk_decodes_only_reference_frames_and_the_target(videos, monkeypatch):
+    decoded = []
+    decode_from_here = video_decoding._decode_from_here
+
+    def counting(*args):
+        for frame in decode_from_here(*args):
+            decoded.append(round(frame.time * 10))  # 10 fps: the frame index
+            yield frame
+
+    monkeypatch.setattr(video_decoding, "_decode_from_here", counting)
+    kinds = frame_kinds(videos["h264_bframes.mp4"])
+    target = 15  # a P-frame after non-reference and reference B-frames (GOP from frame 8)
+    read_video(videos["h264_bframes.mp4"], lambda metadata: np.array([target]))
+    assert kinds[target] == "P" and "B (no reference)" in kinds[8:target] and "B" in kinds[8:target]
+    assert decoded == [index for index in range(8, target + 1) if kinds[index] != "B (no reference)"]
+
+
+def frame_kinds(path) -> list[str]:
+    """Picture type of every frame in presentation order, "B (no reference)" for B-frames no other frame uses."""
+    with av.open(str(path)) as container:
+        types = [PictureType(frame.pict_type).name for frame in container.decode(video=0)]
+    with av.open(str(path)) as container:
+        container.streams.video[0].codec_context.skip_frame = "NONREF"
+        references = {round(frame.time * 10) for frame in container.decode(video=0)}  # 10 fps: the frame index
+    return [kind if index in references or kind != "B" else "B (no reference)" for index, kind in enumerate(types)]
 
 
 def test_frame_rate_is_measured_from_timestamps(videos):

@@ -181,6 +181,9 @@ def _check_complete(container, stream, index: _FrameIndex, metadata: StormVideoM
 def _decode_frames(container, stream, index: _FrameIndex, wanted_pts: np.ndarray, name: str) -> dict[int, np.ndarray]:
     """Decode the frames with pts in `wanted_pts`, returned as {pts: (height, width, 3) uint8 RGB}."""
     codec = stream.codec_context
+    # Open the decoder before `_decode_from_here` sets skip_frame: some decoders (libdav1d) read skip_frame only when
+    # opened, and opened with "NONREF" they would never return a wanted non-reference frame.
+    codec.open()
     wanted = set(wanted_pts.tolist())
     frames: dict[int, np.ndarray] = {}
     decoded = None  # iterator over the decoded frames from the last seek on
@@ -206,7 +209,11 @@ def _decode_frames(container, stream, index: _FrameIndex, wanted_pts: np.ndarray
 
 
 def _decode_from_here(container, stream, wanted: set[int]):
-    """Decoded frames from the current demuxer position, skipping non-reference frames nobody asked for."""
+    """Decoded frames from the current demuxer position, skipping non-reference frames nobody asked for.
+
+    Packets come in decode order, so the skip is decided per packet: a wanted frame's packet is decoded in full, every
+    other packet with skip_frame "NONREF" (the decoder still decodes it when it is a reference for later frames).
+    """
     codec = stream.codec_context
     for packet in container.demux(stream):
         codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
