@@ -57,8 +57,26 @@ def checkpoint(tmp_path_factory):
     [
         (["generate", "--video", "{video}", "--prompt", "x"], "--model"),
         (["generate", "--model", "{model}", "--video", "missing.mp4", "--prompt", "x"], "no such file: missing.mp4"),
-        (["generate", "--model", "{model}", "--video", "{video}", "--prompt", "x", "--num-frames", "4", "--fps", "1"], "not allowed with"),
-        (["generate", "--model", "{model}", "--video", "{video}", "--prompt", "x", "--num-frames", "-3"], "positive integer"),
+        (
+            [
+                "generate",
+                "--model",
+                "{model}",
+                "--video",
+                "{video}",
+                "--prompt",
+                "x",
+                "--num-frames",
+                "4",
+                "--fps",
+                "1",
+            ],
+            "not allowed with",
+        ),
+        (
+            ["generate", "--model", "{model}", "--video", "{video}", "--prompt", "x", "--num-frames", "-3"],
+            "positive integer",
+        ),
         (["generate", "--model", "{model}", "--video", "{video}", "--prompt", "x", "--fps", "nan"], "positive number"),
         (["info", "--frames", "0"], "positive integer"),
         (["info", "--dtype", "int8"], "invalid choice"),
@@ -78,9 +96,18 @@ def test_bad_arguments_exit_2_with_a_clear_message(capsys, checkpoint, argv, mes
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["generate", "--model", "/no/such/ckpt", "--video", "{video}", "--prompt", "x"], "no such checkpoint folder: /no/such/ckpt"),
-        (["generate", "--model", "{model}", "--video", "{video}", "--prompt", "x", "--num-frames", "50"], "only 20 frames"),
-        (["generate", "--model", "{model}", "--video", "{model}/config.json", "--prompt", "x"], "could not be opened as a video"),
+        (
+            ["generate", "--model", "/no/such/ckpt", "--video", "{video}", "--prompt", "x"],
+            "no such checkpoint folder: /no/such/ckpt",
+        ),
+        (
+            ["generate", "--model", "{model}", "--video", "{video}", "--prompt", "x", "--num-frames", "50"],
+            "only 20 frames",
+        ),
+        (
+            ["generate", "--model", "{model}", "--video", "{model}/config.json", "--prompt", "x"],
+            "could not be opened as a video",
+        ),
         (["info", "--model", "./nowhere"], "no such checkpoint folder"),
         (["push", "{model}/..", "org/name"], "not a self-contained STORM checkpoint"),
     ],
@@ -97,7 +124,11 @@ def test_info_for_the_papers_7b_model(capsys):
     assert status == 0
     rows = {tuple(re.split(r"\s{2,}", line.strip())[:3]) for line in out.splitlines()}
     # the paper: 256 tokens per frame; T.Pool 4 -> 64 per frame, so 128 frames fit the 8K budget
-    assert ("128", "none", "32,768") in rows and ("128", "T.Pool 4", "8,192") in rows and ("256", "T.Pool 4", "16,384") in rows
+    assert (
+        ("128", "none", "32,768") in rows
+        and ("128", "T.Pool 4", "8,192") in rows
+        and ("256", "T.Pool 4", "16,384") in rows
+    )
     # KV cache of Qwen2-7B (28 layers, 4 KV heads of 128) for 8192 + 64 tokens in bf16: 2*28*4*128*8256*2 bytes
     kv = 2 * 28 * 4 * 128 * (8192 + 64) * 2 / 2**20
     assert f"{kv:.2f} MiB" in next(line for line in out.splitlines() if "8,192" in line)
@@ -113,16 +144,44 @@ def test_info_reads_a_checkpoint_config_and_overrides(capsys, checkpoint):
 
 def test_generate_streams_the_models_greedy_answer(capsys, checkpoint):
     status, out, err = run(
-        capsys, "generate", "--model", checkpoint, "--video", checkpoint / "clip.mp4", "--prompt", "What moves?",
-        "--num-frames", "6", "--max-new-tokens", "4", "--temporal-sampling-stride", "2",
+        capsys,
+        "generate",
+        "--model",
+        checkpoint,
+        "--video",
+        checkpoint / "clip.mp4",
+        "--prompt",
+        "What moves?",
+        "--num-frames",
+        "6",
+        "--max-new-tokens",
+        "4",
+        "--temporal-sampling-stride",
+        "2",
     )
     assert status == 0, err
     model = StormForConditionalGeneration.from_pretrained(checkpoint).eval()
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(checkpoint)
-    messages = [{"role": "user", "content": [{"type": "video", "path": str(checkpoint / "clip.mp4")}, {"type": "text", "text": "What moves?"}]}]
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", num_frames=6, temporal_sampling_stride=2)
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video", "path": str(checkpoint / "clip.mp4")},
+                {"type": "text", "text": "What moves?"},
+            ],
+        }
+    ]
+    inputs = processor.apply_chat_template(
+        messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        num_frames=6,
+        temporal_sampling_stride=2,
+    )
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     answer = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -136,17 +195,37 @@ def test_compose_convert_and_push_commands(capsys, tmp_path, hub):  # noqa: F811
     siglip_source("siglip", tmp_path / "vision")
     qwen_source("qwen2_vl-legacy", tmp_path / "language")
     status, out, err = run(
-        capsys, "compose", "--vision", tmp_path / "vision", "--language", tmp_path / "language", "--output", tmp_path / "composed",
-        "--mamba-num-layers", "1", "--temporal-pool-size", "2", "--num-frames", "8", "--max-shard-size", "100KB",
+        capsys,
+        "compose",
+        "--vision",
+        tmp_path / "vision",
+        "--language",
+        tmp_path / "language",
+        "--output",
+        tmp_path / "composed",
+        "--mamba-num-layers",
+        "1",
+        "--temporal-pool-size",
+        "2",
+        "--num-frames",
+        "8",
+        "--max-shard-size",
+        "100KB",
     )
     assert status == 0, err
     assert "text tower" in out and "Qwen2-VL's own vision encoder" in out
     model = StormForConditionalGeneration.from_pretrained(tmp_path / "composed")
     assert model.config.mamba_num_layers == 1 and model.config.temporal_pool_size == 2
 
-    config = tiny_config(vision_config={**VISION, "model_type": "siglip_vision_model"}, text_config={**TEXT, "model_type": "qwen2"}, mamba_state_size=4)
+    config = tiny_config(
+        vision_config={**VISION, "model_type": "siglip_vision_model"},
+        text_config={**TEXT, "model_type": "qwen2"},
+        mamba_state_size=4,
+    )
     write_vila_checkpoint(tmp_path / "vila", config)
-    status, out, err = run(capsys, "convert", tmp_path / "vila", "--output", tmp_path / "converted", "--temporal-sampling-stride", "2")
+    status, out, err = run(
+        capsys, "convert", tmp_path / "vila", "--output", tmp_path / "converted", "--temporal-sampling-stride", "2"
+    )
     assert status == 0, err
     assert StormForConditionalGeneration.from_pretrained(tmp_path / "converted").config.temporal_sampling_stride == 2
 

@@ -29,14 +29,28 @@ from storm_hf import StormForConditionalGeneration
 from storm_hf.conversion import ConversionError, compose_storm, convert_vila_checkpoint
 from storm_hf.modeling.modeling_storm import StormMambaLayer, StormPixelShuffle
 
-from media import _bytes_to_unicode, make_frames, make_tokenizer
+from media import _bytes_to_unicode, make_tokenizer
 from modeling_utils import tiny_config
 
 
 IMAGE_SIZE, PATCH = 56, 14  # 4x4 patches -> 2x2 tokens per frame after the pixel-shuffle
 VOCAB = 272  # the test tokenizer has 268 tokens
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH)
-TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    image_size=IMAGE_SIZE,
+    patch_size=PATCH,
+)
+TEXT = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 
 
 # ---------------------------------------------------------------- source checkpoints in their own layouts
@@ -74,13 +88,38 @@ def siglip_source(layout: str, folder: Path):
         save_with_keys(model, folder, lambda key: f"vision_model.{key}")
         return model
     if layout == "siglip":
-        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=50, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+        text = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=50,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
         model = SiglipModel(SiglipConfig(vision_config=VISION, text_config=text)).eval()
         model.save_pretrained(folder)
         return model.vision_model
     if layout == "paligemma":  # the layout transformers >= 4.52 holds in memory: `model.vision_tower.*`
-        gemma = GemmaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16, bos_token_id=0, eos_token_id=1, pad_token_id=0)
-        config = PaliGemmaConfig(vision_config={**VISION, "model_type": "siglip_vision_model"}, text_config=gemma, image_token_index=256, projection_dim=32)
+        gemma = GemmaConfig(
+            vocab_size=300,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+        )
+        config = PaliGemmaConfig(
+            vision_config={**VISION, "model_type": "siglip_vision_model"},
+            text_config=gemma,
+            image_token_index=256,
+            projection_dim=32,
+        )
         model = PaliGemmaForConditionalGeneration(config).eval()
         save_with_keys(model, folder)
         return model.model.vision_tower
@@ -100,8 +139,23 @@ def qwen_source(layout: str, folder: Path):
         tokenizer_without_vision_tokens().save_pretrained(folder)
         return model.get_input_embeddings(), lambda embeds: model(inputs_embeds=embeds).logits
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
-    vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-    config = Qwen2VLConfig(text_config={**TEXT, "rope_parameters": rope}, vision_config=vision, image_token_id=266, video_token_id=267, tie_word_embeddings=False)
+    vision = dict(
+        depth=1,
+        embed_dim=32,
+        hidden_size=64,
+        num_heads=2,
+        mlp_ratio=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    config = Qwen2VLConfig(
+        text_config={**TEXT, "rope_parameters": rope},
+        vision_config=vision,
+        image_token_id=266,
+        video_token_id=267,
+        tie_word_embeddings=False,
+    )
     model = Qwen2VLForConditionalGeneration(config).eval()
     if layout == "qwen2_vl-legacy":  # `model.*` + `visual.*`: the published Qwen2-VL checkpoints (and 5.x saves)
         model.save_pretrained(folder)
@@ -109,7 +163,9 @@ def qwen_source(layout: str, folder: Path):
     else:  # `model.language_model.*` + `model.visual.*`
         save_with_keys(model, folder)
     make_tokenizer().save_pretrained(folder)
-    return model.get_input_embeddings(), lambda embeds: model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state)
+    return model.get_input_embeddings(), lambda embeds: model.lm_head(
+        model.model.language_model(inputs_embeds=embeds).last_hidden_state
+    )
 
 
 def prompt_and_frames(video_token_id: int, num_video_tokens: int, num_frames: int, seed: int = 0):
@@ -139,8 +195,16 @@ def hand_wired_logits(vision, feature_layer, project, embed, language_model, inp
     "vision_layout, language_layout, dropped",
     [
         ("siglip_vision_model", "qwen2-tied", ["attention-pooling head"]),
-        ("siglip", "qwen2_vl-legacy", ["text tower", "contrastive-loss", "attention-pooling head", "Qwen2-VL's own vision"]),
-        ("paligemma", "qwen2_vl", ["projector into Gemma", "Gemma language model", "attention-pooling head", "Qwen2-VL's own vision"]),
+        (
+            "siglip",
+            "qwen2_vl-legacy",
+            ["text tower", "contrastive-loss", "attention-pooling head", "Qwen2-VL's own vision"],
+        ),
+        (
+            "paligemma",
+            "qwen2_vl",
+            ["projector into Gemma", "Gemma language model", "attention-pooling head", "Qwen2-VL's own vision"],
+        ),
     ],
 )
 def test_compose_gives_the_logits_of_the_hand_wired_parts(tmp_path, vision_layout, language_layout, dropped):
@@ -148,7 +212,12 @@ def test_compose_gives_the_logits_of_the_hand_wired_parts(tmp_path, vision_layou
     embed, language_model = qwen_source(language_layout, tmp_path / "language")
     output = tmp_path / "storm"
     _, _, report = compose_storm(
-        tmp_path / "vision", tmp_path / "language", output, max_shard_size="100KB", mamba_state_size=4, temporal_pool_size=2
+        tmp_path / "vision",
+        tmp_path / "language",
+        output,
+        max_shard_size="100KB",
+        mamba_state_size=4,
+        temporal_pool_size=2,
     )
     for reason in dropped:
         assert reason in report, report
@@ -171,7 +240,11 @@ def test_compose_gives_the_logits_of_the_hand_wired_parts(tmp_path, vision_layou
     video_token_id = model.config.video_token_id
     assert AutoProcessor.from_pretrained(output).tokenizer.convert_ids_to_tokens(video_token_id) == "<|video_pad|>"
     num_frames = 4
-    input_ids, frames = prompt_and_frames(video_token_id, storm_hf.num_visual_tokens(num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH, temporal_pool_size=2), num_frames)
+    input_ids, frames = prompt_and_frames(
+        video_token_id,
+        storm_hf.num_visual_tokens(num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH, temporal_pool_size=2),
+        num_frames,
+    )
 
     def project(grid):  # the composed model's fresh projector, then temporal pooling of 2 by hand
         videos, _ = model.model.temporal_projector(grid, [num_frames])
@@ -253,14 +326,25 @@ def write_vila_checkpoint(root: Path, config, vision_pickle: bool = True):
     (root / "mm_projector").mkdir()
     projector = projector_state_dict(config)
     save_file(projector, root / "mm_projector" / "model.safetensors")
-    settings = {"mm_projector_type": "storm_mamba", "temporal_pool_size": config.temporal_pool_size, "spatial_pool_size": 1}
+    settings = {
+        "mm_projector_type": "storm_mamba",
+        "temporal_pool_size": config.temporal_pool_size,
+        "spatial_pool_size": 1,
+    }
     (root / "mm_projector" / "config.json").write_text(json.dumps(settings))
-    (root / "config.json").write_text(json.dumps({"model_type": "llava_llama", "mm_vision_select_layer": -1, "num_video_frames": 6}))
+    (root / "config.json").write_text(
+        json.dumps({"model_type": "llava_llama", "mm_vision_select_layer": -1, "num_video_frames": 6})
+    )
     return llm, vision, projector
 
 
 def test_vila_conversion_gives_the_logits_of_the_hand_wired_parts(tmp_path):
-    config = tiny_config(vision_config={**VISION, "model_type": "siglip_vision_model", "vision_use_head": False}, text_config={**TEXT, "model_type": "qwen2"}, mamba_state_size=4, temporal_pool_size=2)
+    config = tiny_config(
+        vision_config={**VISION, "model_type": "siglip_vision_model", "vision_use_head": False},
+        text_config={**TEXT, "model_type": "qwen2"},
+        mamba_state_size=4,
+        temporal_pool_size=2,
+    )
     llm, vision, projector = write_vila_checkpoint(tmp_path / "vila", config)
     convert_vila_checkpoint(tmp_path / "vila", tmp_path / "storm", max_shard_size="100KB")
     model = StormForConditionalGeneration.from_pretrained(tmp_path / "storm").eval()
@@ -272,7 +356,7 @@ def test_vila_conversion_gives_the_logits_of_the_hand_wired_parts(tmp_path):
     layers = [StormMambaLayer(config) for _ in range(2)]
     for index, layer in enumerate(layers):
         prefix = f"layers.{2 + index}."
-        layer.load_state_dict({k[len(prefix):]: v for k, v in projector.items() if k.startswith(prefix)})
+        layer.load_state_dict({k[len(prefix) :]: v for k, v in projector.items() if k.startswith(prefix)})
 
     num_frames = 5  # the last temporal pool group has 1 frame
 
@@ -289,14 +373,27 @@ def test_vila_conversion_gives_the_logits_of_the_hand_wired_parts(tmp_path):
     num_tokens = storm_hf.num_visual_tokens(num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH, temporal_pool_size=2)
     input_ids, frames = prompt_and_frames(video_token_id, num_tokens, num_frames)
     with torch.no_grad():
-        expected = hand_wired_logits(vision, -1, project, llm.get_input_embeddings(), lambda e: llm(inputs_embeds=e).logits, input_ids, frames, video_token_id)
+        expected = hand_wired_logits(
+            vision,
+            -1,
+            project,
+            llm.get_input_embeddings(),
+            lambda e: llm(inputs_embeds=e).logits,
+            input_ids,
+            frames,
+            video_token_id,
+        )
         logits = model(input_ids=input_ids, pixel_values_videos=frames[None]).logits
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture
 def vila_checkpoint(tmp_path):
-    config = tiny_config(vision_config={**VISION, "model_type": "siglip_vision_model"}, text_config={**TEXT, "model_type": "qwen2"}, mamba_state_size=4)
+    config = tiny_config(
+        vision_config={**VISION, "model_type": "siglip_vision_model"},
+        text_config={**TEXT, "model_type": "qwen2"},
+        mamba_state_size=4,
+    )
     write_vila_checkpoint(tmp_path / "vila", config, vision_pickle=False)
     return tmp_path / "vila"
 

@@ -51,8 +51,10 @@ class CapturedHub:
             paths.append(operation.path_in_repo)
         self.commits.append((repo_id, paths))
         return CommitInfo(
-            commit_url=f"https://huggingface.co/{repo_id}/commit/{'0' * 40}", commit_message=commit_message,
-            commit_description="", oid="0" * 40,
+            commit_url=f"https://huggingface.co/{repo_id}/commit/{'0' * 40}",
+            commit_message=commit_message,
+            commit_description="",
+            oid="0" * 40,
         )
 
     def files(self, repo_id: str) -> Path:
@@ -63,13 +65,25 @@ class CapturedHub:
 def hub(tmp_path, monkeypatch):
     captured = CapturedHub(tmp_path / "hub")
     monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: captured.create_repo(api, repo_id, **kw))
-    monkeypatch.setattr(HfApi, "create_commit", lambda api, repo_id, operations, **kw: captured.create_commit(api, repo_id, operations, **kw))
+    monkeypatch.setattr(
+        HfApi,
+        "create_commit",
+        lambda api, repo_id, operations, **kw: captured.create_commit(api, repo_id, operations, **kw),
+    )
     return captured
 
 
 def tiny_model_and_processor():
     tokenizer = make_tokenizer()
-    text = dict(model_type="qwen2", vocab_size=272, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    text = dict(
+        model_type="qwen2",
+        vocab_size=272,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     config = tiny_config(
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
@@ -93,7 +107,13 @@ def expected_generation(model, processor, video: Path) -> list[int]:
 
 
 def run_fresh(script: str, env: dict) -> str:
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
     assert result.returncode == 0 and "FRESH-OK" in result.stdout, result.stderr[-4000:]
     return result.stdout
 
@@ -101,13 +121,25 @@ def run_fresh(script: str, env: dict) -> str:
 def test_push_yields_a_self_contained_repo_that_generates_without_storm_hf(hub, tmp_path):
     model, processor = tiny_model_and_processor()
     video = write_video(tmp_path / "clip.mp4", make_frames(12))
-    push_to_hub(model, processor, REPO_ID, base_models=["google/siglip-so400m-patch14-384", "Qwen/Qwen2-VL-7B-Instruct", "./local/folder"], max_shard_size="200KB")
+    push_to_hub(
+        model,
+        processor,
+        REPO_ID,
+        base_models=["google/siglip-so400m-patch14-384", "Qwen/Qwen2-VL-7B-Instruct", "./local/folder"],
+        max_shard_size="200KB",
+    )
     assert len(hub.commits) == 1  # one atomic commit
     repo = hub.files(REPO_ID)
 
     config = json.loads((repo / "config.json").read_text())
     assert set(config["auto_map"]) >= {"AutoConfig", "AutoModelForImageTextToText"}
-    for code in ("configuration_storm.py", "modeling_storm.py", "processing_storm.py", "video_processing_storm.py", "token_budget.py"):
+    for code in (
+        "configuration_storm.py",
+        "modeling_storm.py",
+        "processing_storm.py",
+        "video_processing_storm.py",
+        "token_budget.py",
+    ):
         assert (repo / code).is_file(), code
     assert json.loads((repo / "processor_config.json").read_text())["auto_map"]["AutoProcessor"]
     assert (repo / "chat_template.jinja").is_file() and (repo / "model.safetensors.index.json").is_file()
@@ -144,7 +176,13 @@ def test_transformers_push_to_hub_on_model_and_processor_ships_the_code(hub):
     repo = hub.files(REPO_ID)
     assert json.loads((repo / "config.json").read_text())["auto_map"]["AutoModelForImageTextToText"]
     assert json.loads((repo / "processor_config.json").read_text())["auto_map"]["AutoProcessor"]
-    assert {"modeling_storm.py", "selective_scan.py", "processing_storm.py", "video_decoding.py", "chat_template.jinja"} <= {p.name for p in repo.iterdir()}
+    assert {
+        "modeling_storm.py",
+        "selective_scan.py",
+        "processing_storm.py",
+        "video_decoding.py",
+        "chat_template.jinja",
+    } <= {p.name for p in repo.iterdir()}
 
 
 def seed_hub_cache(cache: Path, repo_id: str, files: Path, commit: str = "a" * 40) -> None:

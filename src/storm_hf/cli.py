@@ -80,20 +80,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     generate = commands.add_parser(
-        "generate", help="answer a prompt about a video", description="Answer a prompt about a video, streaming the answer."
+        "generate",
+        help="answer a prompt about a video",
+        description="Answer a prompt about a video, streaming the answer.",
     )
     generate.add_argument("--model", required=True, help="checkpoint folder or Hub id")
     generate.add_argument("--video", required=True, type=existing_file, help="video file (mp4, webm, mkv, ...)")
     generate.add_argument("--prompt", required=True, help="question or instruction about the video")
     sampling = generate.add_mutually_exclusive_group()
     sampling.add_argument("--num-frames", type=positive_int, help="frames sampled uniformly (default: the processor's)")
-    sampling.add_argument("--fps", type=positive_float, help="frames sampled per second of video instead of --num-frames")
+    sampling.add_argument(
+        "--fps", type=positive_float, help="frames sampled per second of video instead of --num-frames"
+    )
     add_compression_arguments(generate)
     generate.add_argument("--max-new-tokens", type=positive_int, default=128, help="default: %(default)s")
     generate.add_argument("--dtype", choices=DTYPES, default="auto", help="weights' dtype (default: the checkpoint's)")
     generate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    generate.add_argument("--encode-batch-size", type=positive_int, default=16, help="frames per vision-tower call (default: %(default)s)")
-    generate.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own code (not needed for STORM checkpoints)")
+    generate.add_argument(
+        "--encode-batch-size", type=positive_int, default=16, help="frames per vision-tower call (default: %(default)s)"
+    )
+    generate.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the checkpoint's own code (not needed for STORM checkpoints)",
+    )
     generate.add_argument("--no-progress", action="store_true", help="hide the decoding and encoding progress bars")
 
     compose = commands.add_parser(
@@ -109,9 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--output", required=True, type=Path, help="folder to write the checkpoint to")
     compose.add_argument("--mamba-num-layers", type=int, help="Mamba layers in the temporal projector (default: 2)")
     compose.add_argument("--mamba-state-size", type=positive_int, help="SSM state size (default: 16)")
-    compose.add_argument("--vision-feature-layer", type=int, help="vision hidden state fed to the projector (default: -2)")
+    compose.add_argument(
+        "--vision-feature-layer", type=int, help="vision hidden state fed to the projector (default: -2)"
+    )
     compose.add_argument("--temporal-pool-size", type=positive_int, help="frames averaged into one (default: 4)")
-    compose.add_argument("--spatial-pool-size", type=positive_int, help="side of the spatial pooling window (default: 1)")
+    compose.add_argument(
+        "--spatial-pool-size", type=positive_int, help="side of the spatial pooling window (default: 1)"
+    )
     add_output_arguments(compose)
 
     convert = commands.add_parser(
@@ -122,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("checkpoint", type=existing_dir, help="the VILA checkpoint folder")
     convert.add_argument("--output", required=True, type=Path, help="folder to write the checkpoint to")
-    convert.add_argument("--temporal-sampling-stride", type=positive_int, help="default test-time temporal sampling stride")
+    convert.add_argument(
+        "--temporal-sampling-stride", type=positive_int, help="default test-time temporal sampling stride"
+    )
     add_output_arguments(convert)
 
     push = commands.add_parser(
@@ -145,11 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="For a STORM config, show how many LLM tokens videos of various lengths become, with and without "
         "compression, and the estimated memory of the language model (weights + KV cache + prefill activations).",
     )
-    info.add_argument("--model", help="checkpoint folder or Hub id (only config.json is read; default: the paper's 7B model)")
-    info.add_argument("--frames", type=positive_int, nargs="+", default=list(DEFAULT_INFO_FRAMES), help="frame counts (default: %(default)s)")
+    info.add_argument(
+        "--model", help="checkpoint folder or Hub id (only config.json is read; default: the paper's 7B model)"
+    )
+    info.add_argument(
+        "--frames",
+        type=positive_int,
+        nargs="+",
+        default=list(DEFAULT_INFO_FRAMES),
+        help="frame counts (default: %(default)s)",
+    )
     add_compression_arguments(info)
-    info.add_argument("--text-tokens", type=int, default=64, help="prompt text tokens besides the video (default: %(default)s)")
-    info.add_argument("--dtype", choices=DTYPES[1:], default="bfloat16", help="dtype of weights and cache (default: %(default)s)")
+    info.add_argument(
+        "--text-tokens", type=int, default=64, help="prompt text tokens besides the video (default: %(default)s)"
+    )
+    info.add_argument(
+        "--dtype", choices=DTYPES[1:], default="bfloat16", help="dtype of weights and cache (default: %(default)s)"
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -159,22 +187,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, help="seed of the clip (default: a new one each run)")
     demo.add_argument("--question-type", help="question type of the clip (default: a random order-dependent one)")
-    demo.add_argument("--eval-clips", type=int, default=100, help="fresh clips to measure accuracy on; 0 skips it (default: %(default)s)")
+    demo.add_argument(
+        "--eval-clips",
+        type=int,
+        default=100,
+        help="fresh clips to measure accuracy on; 0 skips it (default: %(default)s)",
+    )
     demo.add_argument("--checkpoint", type=existing_dir, help="use this checkpoint instead of the bundled one")
     return parser
 
 
 def add_compression_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("compression overrides (default: the checkpoint's)")
-    group.add_argument("--temporal-pool-size", type=positive_int, help="frames averaged into one (trained; changing it is off-distribution)")
-    group.add_argument("--spatial-pool-size", type=positive_int, help="side of the spatial average-pooling window (trained)")
+    group.add_argument(
+        "--temporal-pool-size",
+        type=positive_int,
+        help="frames averaged into one (trained; changing it is off-distribution)",
+    )
+    group.add_argument(
+        "--spatial-pool-size", type=positive_int, help="side of the spatial average-pooling window (trained)"
+    )
     group.add_argument("--temporal-sampling-stride", type=positive_int, help="keep every n-th pooled frame (test time)")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights' dtype (default: the language model's)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="weights' dtype (default: the language model's)"
+    )
     parser.add_argument("--num-frames", type=positive_int, help="frames the processor samples per video by default")
-    parser.add_argument("--max-shard-size", type=shard_size, default="5GB", help="largest safetensors shard (default: %(default)s)")
+    parser.add_argument(
+        "--max-shard-size", type=shard_size, default="5GB", help="largest safetensors shard (default: %(default)s)"
+    )
 
 
 # ---------------------------------------------------------------- generate
@@ -257,7 +300,9 @@ def resolve_device(requested: str | None) -> str:
 
 def check_model_name(name: str) -> None:
     """A name that can only be a local path must exist (anything else is tried as a Hub id)."""
-    if not Path(name).exists() and (name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name):
+    if not Path(name).exists() and (
+        name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    ):
         raise CommandError(f"no such checkpoint folder: {name}")
 
 
@@ -273,7 +318,10 @@ def load_model_and_processor(name: str, dtype: str, device: str, trust_remote_co
     try:
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
-            name, dtype=dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code=trust_remote_code, **overrides
+            name,
+            dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+            trust_remote_code=trust_remote_code,
+            **overrides,
         )
     except OSError as error:
         raise CommandError(f"cannot load {name!r}: {str(error).splitlines()[0]}") from None
@@ -284,14 +332,17 @@ def load_model_and_processor(name: str, dtype: str, device: str, trust_remote_co
 
 def run_generate(args) -> None:
     import torch
-    from transformers import TextStreamer
 
     from .processing import read_video
 
     device = resolve_device(args.device)
     model, processor = load_model_and_processor(
-        args.model, args.dtype, device, args.trust_remote_code,
-        temporal_pool_size=args.temporal_pool_size, spatial_pool_size=args.spatial_pool_size,
+        args.model,
+        args.dtype,
+        device,
+        args.trust_remote_code,
+        temporal_pool_size=args.temporal_pool_size,
+        spatial_pool_size=args.spatial_pool_size,
     )
     video_processor = processor.video_processor
     num_frames, fps = args.num_frames, args.fps
@@ -313,8 +364,12 @@ def run_generate(args) -> None:
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": args.prompt}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     inputs = processor(
-        text=text, videos=[frames], video_metadata=[metadata], do_sample_frames=False,
-        temporal_sampling_stride=stride, return_tensors="pt",
+        text=text,
+        videos=[frames],
+        video_metadata=[metadata],
+        do_sample_frames=False,
+        temporal_sampling_stride=stride,
+        return_tensors="pt",
     ).to(device)
     if "pixel_values_videos" in inputs:
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
@@ -363,12 +418,24 @@ def run_compose(args) -> None:
 
     overrides = {
         name: getattr(args, name)
-        for name in ("mamba_num_layers", "mamba_state_size", "vision_feature_layer", "temporal_pool_size", "spatial_pool_size")
+        for name in (
+            "mamba_num_layers",
+            "mamba_state_size",
+            "vision_feature_layer",
+            "temporal_pool_size",
+            "spatial_pool_size",
+        )
         if getattr(args, name) is not None
     }
     _, _, report = compose_storm(
-        args.vision, args.language, args.output, tokenizer=args.tokenizer, dtype=args.dtype,
-        num_frames=args.num_frames or 32, max_shard_size=args.max_shard_size, **overrides,
+        args.vision,
+        args.language,
+        args.output,
+        tokenizer=args.tokenizer,
+        dtype=args.dtype,
+        num_frames=args.num_frames or 32,
+        max_shard_size=args.max_shard_size,
+        **overrides,
     )
     print(report)
     print(f"STORM checkpoint written to {args.output}")
@@ -379,7 +446,11 @@ def run_convert(args) -> None:
 
     overrides = {"temporal_sampling_stride": args.temporal_sampling_stride} if args.temporal_sampling_stride else {}
     _, _, report = convert_vila_checkpoint(
-        args.checkpoint, args.output, dtype=args.dtype, num_frames=args.num_frames, max_shard_size=args.max_shard_size,
+        args.checkpoint,
+        args.output,
+        dtype=args.dtype,
+        num_frames=args.num_frames,
+        max_shard_size=args.max_shard_size,
         **overrides,
     )
     print(report)
@@ -390,8 +461,13 @@ def run_push(args) -> None:
     from .hub import push_folder
 
     commit = push_folder(
-        args.folder, args.repo_id, private=args.private or None, token=args.token, revision=args.revision,
-        create_pr=args.create_pr, commit_message=args.commit_message,
+        args.folder,
+        args.repo_id,
+        private=args.private or None,
+        token=args.token,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        commit_message=args.commit_message,
     )
     print(f"pushed {args.folder} to {getattr(commit, 'commit_url', args.repo_id)}")
 
@@ -435,14 +511,23 @@ def info_table(config, frames, text_tokens: int, dtype_bytes: int, stride: int) 
     weights = parameter_counts(config)["language model"] * dtype_bytes
     size = config.vision_config.image_size
     common = dict(patch_size=config.vision_config.patch_size, downsample_ratio=config.downsample_ratio)
-    compression = dict(temporal_pool_size=config.temporal_pool_size, spatial_pool_size=config.spatial_pool_size, temporal_sampling_stride=stride)
-    name = " + ".join(
-        label for label, value in (
-            (f"T.Pool {config.temporal_pool_size}", config.temporal_pool_size),
-            (f"S.Pool {config.spatial_pool_size}x{config.spatial_pool_size}", config.spatial_pool_size),
-            (f"T.Sampling {stride}", stride),
-        ) if value > 1
-    ) or "none"
+    compression = dict(
+        temporal_pool_size=config.temporal_pool_size,
+        spatial_pool_size=config.spatial_pool_size,
+        temporal_sampling_stride=stride,
+    )
+    name = (
+        " + ".join(
+            label
+            for label, value in (
+                (f"T.Pool {config.temporal_pool_size}", config.temporal_pool_size),
+                (f"S.Pool {config.spatial_pool_size}x{config.spatial_pool_size}", config.spatial_pool_size),
+                (f"T.Sampling {stride}", stride),
+            )
+            if value > 1
+        )
+        or "none"
+    )
     header = ["frames", "compression", "visual tokens", "% of full", "KV cache", "prefill activations", "LLM memory"]
     rows = []
     for num_frames in frames:
@@ -453,16 +538,25 @@ def info_table(config, frames, text_tokens: int, dtype_bytes: int, stride: int) 
         for label, tokens in variants:
             total_tokens = tokens + text_tokens
             kv, activations = kv_per_token * total_tokens, activations_per_token * total_tokens
-            rows.append([
-                str(num_frames), label, f"{tokens:,}", f"{100 * tokens / full:.1f}%", _bytes(kv), _bytes(activations),
-                _bytes(weights + kv + activations),
-            ])
+            rows.append(
+                [
+                    str(num_frames),
+                    label,
+                    f"{tokens:,}",
+                    f"{100 * tokens / full:.1f}%",
+                    _bytes(kv),
+                    _bytes(activations),
+                    _bytes(weights + kv + activations),
+                ]
+            )
     return header, rows
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "  ".join(cell.rjust(width) if i != 1 else cell.ljust(width) for i, (cell, width) in enumerate(zip(cells, widths)))  # noqa: E731
+    line = lambda cells: "  ".join(
+        cell.rjust(width) if i != 1 else cell.ljust(width) for i, (cell, width) in enumerate(zip(cells, widths))
+    )  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -471,7 +565,9 @@ def run_info(args) -> None:
 
     from .modeling import StormConfig
 
-    overrides = {name: getattr(args, name) for name in ("temporal_pool_size", "spatial_pool_size") if getattr(args, name)}
+    overrides = {
+        name: getattr(args, name) for name in ("temporal_pool_size", "spatial_pool_size") if getattr(args, name)
+    }
     if args.model:
         check_model_name(args.model)
         try:

@@ -20,7 +20,9 @@ CARD_TAGS = ["storm", "video", "long-video", "mamba", "token-compression", "cust
 TOKEN_BUDGET_FRAMES = (32, 64, 128, 256)
 
 
-def token_budget_rows(config, frames=TOKEN_BUDGET_FRAMES, sampling_strides=(1, 2, 4)) -> list[tuple[int, int, list[int]]]:
+def token_budget_rows(
+    config, frames=TOKEN_BUDGET_FRAMES, sampling_strides=(1, 2, 4)
+) -> list[tuple[int, int, list[int]]]:
     """(frames, tokens without compression, [tokens with the config's pooling and each temporal-sampling stride])."""
     size = config.vision_config.image_size
     common = dict(patch_size=config.vision_config.patch_size, downsample_ratio=config.downsample_ratio)
@@ -45,7 +47,9 @@ def token_budget_rows(config, frames=TOKEN_BUDGET_FRAMES, sampling_strides=(1, 2
 
 def token_budget_table(config, sampling_strides=(1, 2, 4)) -> str:
     """Markdown table: LLM tokens per video for common frame counts, uncompressed and with this model's compression."""
-    pooling = f"T.Pool {config.temporal_pool_size}" + (f" + S.Pool {config.spatial_pool_size}x{config.spatial_pool_size}" if config.spatial_pool_size > 1 else "")
+    pooling = f"T.Pool {config.temporal_pool_size}" + (
+        f" + S.Pool {config.spatial_pool_size}x{config.spatial_pool_size}" if config.spatial_pool_size > 1 else ""
+    )
     header = ["frames", "no compression", pooling] + [f"{pooling} + T.Sampling {s}" for s in sampling_strides[1:]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for num_frames, full, compressed in token_budget_rows(config, sampling_strides=sampling_strides):
@@ -58,7 +62,9 @@ def _is_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not os.path.exists(name) and not name.startswith((".", "/"))
 
 
-def model_card(config, repo_id: str | None = None, base_models=(), provenance: str | None = None, extra: str = "") -> ModelCard:
+def model_card(
+    config, repo_id: str | None = None, base_models=(), provenance: str | None = None, extra: str = ""
+) -> ModelCard:
     """The model card of a STORM checkpoint: metadata (pipeline tag, base models, tags), architecture, the token
     budget table, usage with and without storm_hf, and where the weights came from."""
     base_models = [name for name in base_models if _is_hub_id(str(name))]
@@ -157,7 +163,9 @@ def self_contained_problems(folder: str | os.PathLike) -> list[str]:
                 problems.append(f"{file_name} maps {auto_class} to {module}.py, which is missing")
     if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         problems.append("no safetensors weights")
-    if not (folder / "chat_template.jinja").is_file() and "chat_template" not in _json(folder / "processor_config.json"):
+    if not (folder / "chat_template.jinja").is_file() and "chat_template" not in _json(
+        folder / "processor_config.json"
+    ):
         problems.append("no chat template")
     if not (folder / "tokenizer_config.json").is_file():
         problems.append("no tokenizer")
@@ -192,7 +200,8 @@ def push_folder(
     operations = [
         CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(folder).parts)
+        if path.is_file()
+        and not any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(folder).parts)
     ]
     api = HfApi()
     repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
@@ -220,11 +229,25 @@ def push_to_hub(
     """Push a STORM model and its processor as one self-contained repo (weights, config + code, processor + chat
     template, model card) in a single commit. Returns the `CommitInfo`."""
     with tempfile.TemporaryDirectory() as folder:
-        save_checkpoint(model, processor, folder, base_models=base_models, repo_id=repo_id, max_shard_size=max_shard_size)
+        save_checkpoint(
+            model, processor, folder, base_models=base_models, repo_id=repo_id, max_shard_size=max_shard_size
+        )
         return push_folder(
-            folder, repo_id, private=private, token=token, revision=revision, create_pr=create_pr,
+            folder,
+            repo_id,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
             commit_message=commit_message,
         )
 
 
-__all__ = ["model_card", "push_folder", "push_to_hub", "save_checkpoint", "self_contained_problems", "token_budget_table"]
+__all__ = [
+    "model_card",
+    "push_folder",
+    "push_to_hub",
+    "save_checkpoint",
+    "self_contained_problems",
+    "token_budget_table",
+]

@@ -43,7 +43,11 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, subfolder: str = "") -> 
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     def download(patterns):
-        return Path(snapshot_download(str(name_or_path), allow_patterns=[f"{subfolder}/{p}" if subfolder else p for p in patterns]))
+        return Path(
+            snapshot_download(
+                str(name_or_path), allow_patterns=[f"{subfolder}/{p}" if subfolder else p for p in patterns]
+            )
+        )
 
     try:
         snapshot = download(CHECKPOINT_PATTERNS)
@@ -140,7 +144,10 @@ class MappedKeys:
 
     def describe_dropped(self) -> list[str]:
         """One line per reason: how many source tensors were dropped, an example key, and why."""
-        return [f"dropped {len(keys)} tensor(s) such as '{sorted(keys)[0]}': {reason}" for reason, keys in self.dropped.items()]
+        return [
+            f"dropped {len(keys)} tensor(s) such as '{sorted(keys)[0]}': {reason}"
+            for reason, keys in self.dropped.items()
+        ]
 
 
 class KeyMapping:

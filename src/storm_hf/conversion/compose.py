@@ -166,7 +166,9 @@ def compose_storm(
     tokenizer_object = AutoTokenizer.from_pretrained(tokenizer_folder)
     added = add_vision_tokens(tokenizer_object, text_config["vocab_size"])
     if added:
-        report.append(f"added special tokens {added} to the tokenizer (ids below the LM's {text_config['vocab_size']} embedding rows)")
+        report.append(
+            f"added special tokens {added} to the tokenizer (ids below the LM's {text_config['vocab_size']} embedding rows)"
+        )
     config = StormConfig(
         vision_config=vision_config_of(vision_source_config),
         text_config=text_config,
@@ -179,12 +181,19 @@ def compose_storm(
     fresh = {key for key in shapes if key.startswith("model.temporal_projector.")}
 
     with open_state_dict(vision_folder) as vision_tensors, open_state_dict(language_folder) as language_tensors:
-        mapped_vision = KeyMapping(f"vision checkpoint '{vision}'", VISION_RULES[vision_source_config.model_type]).apply(vision_tensors)
-        mapped_language = KeyMapping(f"language checkpoint '{language}'", LANGUAGE_RULES[language_source_config.model_type]).apply(language_tensors)
+        mapped_vision = KeyMapping(
+            f"vision checkpoint '{vision}'", VISION_RULES[vision_source_config.model_type]
+        ).apply(vision_tensors)
+        mapped_language = KeyMapping(
+            f"language checkpoint '{language}'", LANGUAGE_RULES[language_source_config.model_type]
+        ).apply(language_tensors)
         mapped = MappedKeys()
         mapped.update(mapped_vision)
         mapped.update(mapped_language)
-        tensors = {**{("v", k): t for k, t in vision_tensors.items()}, **{("l", k): t for k, t in language_tensors.items()}}
+        tensors = {
+            **{("v", k): t for k, t in vision_tensors.items()},
+            **{("l", k): t for k, t in language_tensors.items()},
+        }
         sources = {target: ("v", source) for target, source in mapped_vision.renamed.items()}
         sources.update({target: ("l", source) for target, source in mapped_language.renamed.items()})
         check_complete(MappedKeys(renamed=sources, dropped=mapped.dropped), tensors, shapes, fresh)
@@ -193,7 +202,9 @@ def compose_storm(
 
     report += [f"vision: {line}" for line in mapped_vision.describe_dropped()]
     report += [f"language: {line}" for line in mapped_language.describe_dropped()]
-    report.append(f"freshly initialised: {len(fresh)} temporal-projector tensor(s) (Linear + {config.mamba_num_layers} Mamba layers)")
+    report.append(
+        f"freshly initialised: {len(fresh)} temporal-projector tensor(s) (Linear + {config.mamba_num_layers} Mamba layers)"
+    )
     if (language_folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(language_folder)
     processor = build_processor(tokenizer_object, config, num_frames=num_frames)
@@ -202,7 +213,11 @@ def compose_storm(
         from ..hub import save_checkpoint
 
         save_checkpoint(
-            model, processor, output_dir, base_models=[str(vision), str(language)], max_shard_size=max_shard_size,
+            model,
+            processor,
+            output_dir,
+            base_models=[str(vision), str(language)],
+            max_shard_size=max_shard_size,
             provenance="\n".join(report),
         )
     return model, processor, "\n".join(report)

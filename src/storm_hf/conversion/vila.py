@@ -94,7 +94,11 @@ def projector_settings(projector_config: dict, tensors, llm_hidden_size: int) ->
         )
     settings = {name: projector_config[name] for name in PROJECTOR_CONFIG_FIELDS if name in projector_config}
     mamba_layers = sorted(
-        {int(key.split(".")[1]) for key in tensors if key.startswith("layers.") and key.split(".")[2] in ("norm", "mixer")}
+        {
+            int(key.split(".")[1])
+            for key in tensors
+            if key.startswith("layers.") and key.split(".")[2] in ("norm", "mixer")
+        }
     )
     if mamba_layers != list(range(FIRST_MAMBA_INDEX, FIRST_MAMBA_INDEX + len(mamba_layers))):
         raise ConversionError(
@@ -139,16 +143,24 @@ def convert_vila_checkpoint(
     folders = {name: root / name for name in ("llm", "vision_tower", "mm_projector")}
     absent = [name for name, folder in folders.items() if not folder.is_dir()]
     if absent:
-        raise ConversionError(f"'{root}' is not a VILA checkpoint: missing folder(s) {absent} (expected llm/, vision_tower/, mm_projector/).")
+        raise ConversionError(
+            f"'{root}' is not a VILA checkpoint: missing folder(s) {absent} (expected llm/, vision_tower/, mm_projector/)."
+        )
     top_config = read_json(root / "config.json") if (root / "config.json").is_file() else {}
     llm_config = AutoConfig.from_pretrained(folders["llm"])
     if llm_config.model_type != "qwen2":
         raise ConversionError(f"llm/ holds a '{llm_config.model_type}' model; STORM's language model is Qwen2.")
     vision_config = AutoConfig.from_pretrained(folders["vision_tower"])
     if vision_config.model_type != "siglip_vision_model":
-        raise ConversionError(f"vision_tower/ holds a '{vision_config.model_type}' model; expected a SiglipVisionModel.")
+        raise ConversionError(
+            f"vision_tower/ holds a '{vision_config.model_type}' model; expected a SiglipVisionModel."
+        )
     text_config, tie = text_config_of(llm_config)
-    vision_settings = {k: v for k, v in vision_config.to_dict().items() if k not in ("architectures", "transformers_version", "_name_or_path", "dtype")}
+    vision_settings = {
+        k: v
+        for k, v in vision_config.to_dict().items()
+        if k not in ("architectures", "transformers_version", "_name_or_path", "dtype")
+    }
     tokenizer = AutoTokenizer.from_pretrained(folders["llm"])
     added = add_vision_tokens(tokenizer, text_config["vocab_size"])
     report = [f"added special tokens {added} to the tokenizer"] if added else []
@@ -158,7 +170,9 @@ def convert_vila_checkpoint(
         open_state_dict(folders["llm"]) as llm_tensors,
         open_state_dict(folders["mm_projector"]) as projector_tensors,
     ):
-        settings = projector_settings(read_json(folders["mm_projector"] / "config.json"), projector_tensors, text_config["hidden_size"])
+        settings = projector_settings(
+            read_json(folders["mm_projector"] / "config.json"), projector_tensors, text_config["hidden_size"]
+        )
         settings["vision_feature_layer"] = top_config.get("mm_vision_select_layer", -2)
         config = StormConfig(
             vision_config=vision_settings,
@@ -168,7 +182,11 @@ def convert_vila_checkpoint(
             tie_word_embeddings=tie,
             **{**settings, **config_overrides},
         )
-        parts = {"vision_tower": (vision_tensors, VISION_RULES), "llm": (llm_tensors, LLM_RULES), "mm_projector": (projector_tensors, PROJECTOR_RULES)}
+        parts = {
+            "vision_tower": (vision_tensors, VISION_RULES),
+            "llm": (llm_tensors, LLM_RULES),
+            "mm_projector": (projector_tensors, PROJECTOR_RULES),
+        }
         sources, tensors = {}, {}
         for part, (part_tensors, rules) in parts.items():
             mapped = KeyMapping(f"{part}/", rules).apply(part_tensors)
@@ -182,14 +200,18 @@ def convert_vila_checkpoint(
         state_dict = {target: tensors[source] for target, source in sources.items()}
         model = load_storm_model(config, state_dict, set(), resolve_dtype(dtype, llm_config))
 
-    report.append(f"converted {len(state_dict)} tensors: every source key mapped, none dropped, none freshly initialised")
+    report.append(
+        f"converted {len(state_dict)} tensors: every source key mapped, none dropped, none freshly initialised"
+    )
     if (folders["llm"] / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folders["llm"])
     processor = build_processor(tokenizer, config, num_frames=num_frames or top_config.get("num_video_frames") or 32)
     if output_dir is not None:
         from ..hub import save_checkpoint
 
-        save_checkpoint(model, processor, output_dir, base_models=[], max_shard_size=max_shard_size, provenance="\n".join(report))
+        save_checkpoint(
+            model, processor, output_dir, base_models=[], max_shard_size=max_shard_size, provenance="\n".join(report)
+        )
     return model, processor, "\n".join(report)
 
 
