@@ -258,7 +258,8 @@ class StormTemporalProjector(nn.Module):
         tokens = self.linear(self.pixel_shuffle(frame_features))
         _, height, width, hidden_size = tokens.shape
         videos = tokens.split(num_frames)
-        lengths = torch.tensor([n * height * width for n in num_frames], device=tokens.device)
+        # Equal lengths need no padding: a plain flip is then cheaper than the per-sequence gather.
+        lengths = None if len(set(num_frames)) == 1 else torch.tensor([n * height * width for n in num_frames], device=tokens.device)
         hidden_states = nn.utils.rnn.pad_sequence([video.reshape(-1, hidden_size) for video in videos], batch_first=True)
         states = states if states is not None else [None] * len(self.layers)
         new_states = []
