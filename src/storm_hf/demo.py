@@ -8,10 +8,11 @@ of frames. The demo:
 1. renders a clip the model has never seen (a new random seed) and writes it as an mp4;
 2. answers the clip's question, reading the video file like any other;
 3. shows the visual tokens and latency with the model's temporal pooling (the compression it was trained with) and
-   without it (`temporal_pool_size=1`: every frame's tokens reach the LLM);
+   without it (no pooling: every frame's tokens reach the LLM);
 4. measures accuracy on a fresh set of clips, against what a model that sees an unordered bag of frames can reach.
 """
 
+import json
 import statistics
 import sys
 import tempfile
@@ -128,9 +129,9 @@ def run_demo(
     question_type: str | None = None,
     eval_clips: int = 100,
     checkpoint: str | Path | None = None,
-    out=sys.stdout,
+    out=None,
 ) -> dict:
-    """Run the demo, print it to `out`, and return its numbers."""
+    """Run the demo, print it to `out` (default: stdout), and return its numbers."""
     from .synthetic import (
         BAG_OF_FRAMES_CHANCE,
         ORDER_DEPENDENT_TYPES,
@@ -150,10 +151,13 @@ def run_demo(
     question_type = question_type or ORDER_DEPENDENT_TYPES[int(rng.integers(len(ORDER_DEPENDENT_TYPES)))]
 
     def say(*args):
-        print(*args, file=out, flush=True)
+        print(*args, file=out or sys.stdout, flush=True)
 
     model, processor = load(checkpoint)
     pool = model.config.temporal_pool_size
+    compression = f"T.Pool {pool}" + (
+        f" + S.Pool {model.config.spatial_pool_size}" if model.config.spatial_pool_size > 1 else ""
+    )
     num_frames = processor.video_processor.num_frames
     size = model.config.vision_config.image_size
     results = {"seed": seed, "question_type": question_type}
@@ -173,12 +177,12 @@ def run_demo(
         results.update(question=question, expected=expected, predicted=predicted)
 
         latency = median_latency(model, processor, video, question)
-        uncompressed_model, uncompressed_processor = load(checkpoint, temporal_pool_size=1)
+        uncompressed_model, uncompressed_processor = load(checkpoint, temporal_pool_size=1, spatial_pool_size=1)
         full_answer, full_tokens, _ = answer(uncompressed_model, uncompressed_processor, video, question)
         full_latency = median_latency(uncompressed_model, uncompressed_processor, video, question)
         say("")
         say(f"{'':34}{'visual tokens':>14}{'latency (median of 5)':>24}")
-        say(f"{'with compression (T.Pool ' + str(pool) + ')':34}{tokens:>14}{latency * 1000:>21.1f} ms")
+        say(f"{'with compression (' + compression + ')':34}{tokens:>14}{latency * 1000:>21.1f} ms")
         say(
             f"{'without compression':34}{full_tokens:>14}{full_latency * 1000:>21.1f} ms   (answer: {full_answer}; trained with pooling)"
         )
@@ -199,4 +203,14 @@ def run_demo(
                 f"({per_type}); the best a model seeing an unordered bag of frames can do: {100 * chance:.0f}%"
             )
             results.update(accuracy=accuracy["all"], accuracy_per_type=accuracy, bag_of_frames_chance=chance)
+    recorded = checkpoint / "task_results.json"
+    if recorded.is_file():
+        report = json.loads(recorded.read_text())
+        test, fresh = report.get("test_accuracy", {}), report.get("fresh_test_set", {})
+        if "order_dependent" in test:
+            say(
+                f"recorded after training: {100 * test['order_dependent']:.0f}% on the order-dependent questions of "
+                f"{fresh.get('num_test', '?')} fresh clips (all questions: {100 * test.get('all', float('nan')):.0f}%); "
+                f"reproduce with: {report.get('command', 'python examples/train_temporal_task.py')}"
+            )
     return results
