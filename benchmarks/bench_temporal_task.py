@@ -103,7 +103,7 @@ def write_report(path: Path, results: dict, args, command: str):
         f"Parameters: STORM {storm['parameters']:,}, no temporal encoder {linear['parameters']:,}.",
         f"Training time: STORM {storm['train_seconds']:.0f} s, no temporal encoder {linear['train_seconds']:.0f} s "
         f"({args.threads} torch thread per arm, arms side by side, {platform.machine()}, a shared machine: times are "
-        "indicative). Final training loss: "
+        "indicative). Training loss averaged over the run: "
         f"STORM {storm['train_loss']:.3f}, no temporal encoder {linear['train_loss']:.3f}.",
         "",
         "Reproduce:",

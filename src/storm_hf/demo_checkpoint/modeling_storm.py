@@ -1,0 +1,652 @@
+"""PyTorch STORM: SigLIP frames -> pixel-shuffle -> Linear -> bidirectional Mamba -> token compression -> Qwen2."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils.generic import can_return_tuple
+
+from .configuration_storm import StormConfig
+from .selective_scan import selective_scan
+
+
+try:  # CUDA kernel of the causal depthwise convolution (optional extra `storm-hf[cuda]`)
+    from causal_conv1d import causal_conv1d_fn
+except (ImportError, OSError, RuntimeError):
+    causal_conv1d_fn = None
+
+
+@dataclass
+class StormModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    image_hidden_states (`torch.FloatTensor` of shape `(num_image_tokens, hidden_size)`, *optional*):
+        Compressed image tokens that replaced the image placeholders.
+    video_hidden_states (`torch.FloatTensor` of shape `(num_video_tokens, hidden_size)`, *optional*):
+        Compressed video tokens that replaced the video placeholders.
+    """
+
+    image_hidden_states: torch.FloatTensor | None = None
+    video_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class StormCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
+        Next-token prediction loss.
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
+        Prediction scores of the language modeling head.
+    image_hidden_states (`torch.FloatTensor` of shape `(num_image_tokens, hidden_size)`, *optional*):
+        Compressed image tokens that replaced the image placeholders.
+    video_hidden_states (`torch.FloatTensor` of shape `(num_video_tokens, hidden_size)`, *optional*):
+        Compressed video tokens that replaced the video placeholders.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor] | None = None
+    attentions: tuple[torch.FloatTensor] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+    video_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class StormMambaState:
+    """State of one causal Mamba mixer at the end of a call, to continue the scan in the next call (streaming).
+
+    conv_state: `(batch_size, intermediate_size, conv_kernel - 1)`, the last inputs of the causal convolution.
+    ssm_state: `(batch_size, intermediate_size, state_size)`, the selective-scan state.
+    """
+
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
+
+
+def reverse_sequences(hidden_states: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Reverses each sequence of a right-padded batch in time, leaving the padding where it is.
+
+    hidden_states: `(batch_size, channels, sequence_length)`; lengths: `(batch_size,)` real lengths, or None (no padding).
+    """
+    if lengths is None:
+        return hidden_states.flip(-1)
+    positions = torch.arange(hidden_states.shape[-1], device=hidden_states.device)
+    source = lengths[:, None] - 1 - positions
+    source = torch.where(source >= 0, source, positions)
+    return hidden_states.gather(-1, source[:, None, :].expand_as(hidden_states))
+
+
+class StormPixelShuffle(nn.Module):
+    """Space-to-depth: each `ratio`x`ratio` window of the patch grid becomes one token with `ratio**2` times the width.
+
+    Channels of a window are concatenated in raster order (top-left, top-right, ..., bottom-right). A grid side that
+    `ratio` does not divide is zero-padded at the bottom/right first, as in NVILA.
+    """
+
+    def __init__(self, ratio: int):
+        super().__init__()
+        self.ratio = ratio
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features: `(num_frames, height, width, channels)` -> `(num_frames, ceil(height/r), ceil(width/r), r*r*channels)`."""
+        num_frames, height, width, channels = features.shape
+        r = self.ratio
+        features = F.pad(features, (0, 0, 0, -width % r, 0, -height % r))
+        height, width = features.shape[1] // r, features.shape[2] // r
+        features = features.reshape(num_frames, height, r, width, r, channels).permute(0, 1, 3, 2, 4, 5)
+        return features.reshape(num_frames, height, width, r * r * channels)
+
+
+class StormMambaMixer(nn.Module):
+    """Mamba v1 selective-scan mixer, uni- or bidirectional.
+
+    Parameters are named as in mamba-ssm's `Mamba` (`in_proj`, `conv1d`, `x_proj`, `dt_proj`, `A_log`, `D`, `out_proj`);
+    the bidirectional variant follows Vision Mamba: `in_proj`/`out_proj` are shared, the reversed scan has its own
+    `conv1d_b`, `x_proj_b`, `dt_proj_b`, `A_b_log`, `D_b`, and the two directions' gated outputs are summed.
+    On CUDA with mamba-ssm and causal-conv1d installed their kernels run; elsewhere the pure-PyTorch scan does.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        state_size: int = 16,
+        conv_kernel: int = 4,
+        expand: int = 2,
+        time_step_rank: int | None = None,
+        bidirectional: bool = True,
+    ):
+        super().__init__()
+        self.intermediate_size = expand * hidden_size
+        self.state_size = state_size
+        self.conv_kernel = conv_kernel
+        self.time_step_rank = time_step_rank or math.ceil(hidden_size / 16)
+        self.bidirectional = bidirectional
+
+        self.in_proj = nn.Linear(hidden_size, 2 * self.intermediate_size, bias=False)
+        self.out_proj = nn.Linear(self.intermediate_size, hidden_size, bias=False)
+        directions = ("", "_b") if bidirectional else ("",)
+        for suffix in directions:
+            self.add_module(f"conv1d{suffix}", self._make_conv())
+            self.add_module(f"x_proj{suffix}", nn.Linear(self.intermediate_size, self.time_step_rank + 2 * state_size, bias=False))
+            self.add_module(f"dt_proj{suffix}", nn.Linear(self.time_step_rank, self.intermediate_size, bias=True))
+            self.register_parameter(f"A{suffix}_log", nn.Parameter(torch.zeros(self.intermediate_size, state_size)))
+            self.register_parameter(f"D{suffix}", nn.Parameter(torch.ones(self.intermediate_size)))
+
+    def _make_conv(self) -> nn.Conv1d:
+        return nn.Conv1d(
+            self.intermediate_size, self.intermediate_size, self.conv_kernel, groups=self.intermediate_size, padding=0
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        state: StormMambaState | None = None,
+    ) -> tuple[torch.Tensor, StormMambaState | None]:
+        """
+        hidden_states: `(batch_size, sequence_length, hidden_size)`, right-padded; lengths: `(batch_size,)` real lengths
+        (None: no padding). Padding never reaches a real token: the forward scan stops before it and the backward scan
+        starts at each sequence's own last token. `state` (causal mixer only) continues a previous call; the returned
+        state ends at the last position, so it is only returned for unpadded input.
+        Returns the output `(batch_size, sequence_length, hidden_size)` and the state (None when bidirectional).
+        """
+        if self.bidirectional and state is not None:
+            raise ValueError("A bidirectional Mamba scan sees the whole sequence at once; streaming `state` needs `mamba_bidirectional=False`.")
+        x, gate = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
+        output, new_state = self._scan(x, gate, "", state)
+        if self.bidirectional:
+            reversed_output, _ = self._scan(reverse_sequences(x, lengths), reverse_sequences(gate, lengths), "_b", None)
+            output = output + reverse_sequences(reversed_output, lengths)
+            new_state = None
+        elif lengths is not None and bool((lengths < hidden_states.shape[1]).any()):
+            new_state = None  # the scan ran into padding: its final state is no sequence's state
+        return self.out_proj(output.transpose(1, 2)), new_state
+
+    def _scan(
+        self, x: torch.Tensor, gate: torch.Tensor, suffix: str, state: StormMambaState | None
+    ) -> tuple[torch.Tensor, StormMambaState]:
+        """One scan direction. x, gate: `(batch_size, intermediate_size, sequence_length)` -> same shape + final state."""
+        conv1d, x_proj, dt_proj = getattr(self, f"conv1d{suffix}"), getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}")
+        A_log, D = getattr(self, f"A{suffix}_log"), getattr(self, f"D{suffix}")
+
+        conv_state = state.conv_state if state is not None else x.new_zeros(*x.shape[:2], self.conv_kernel - 1)
+        conv_input = torch.cat([conv_state, x], dim=-1)
+        if causal_conv1d_fn is not None and x.is_cuda and state is None:
+            x = causal_conv1d_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
+        else:
+            x = F.silu(conv1d(conv_input))
+
+        time_step, B, C = torch.split(
+            x_proj(x.transpose(1, 2)), [self.time_step_rank, self.state_size, self.state_size], dim=-1
+        )
+        time_step = (time_step @ dt_proj.weight.T).transpose(1, 2)
+        output, ssm_state = selective_scan(
+            x,
+            time_step,
+            -torch.exp(A_log.float()),
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            D.float(),
+            z=gate,
+            delta_bias=dt_proj.bias.float(),
+            delta_softplus=True,
+            initial_state=state.ssm_state if state is not None else None,
+            return_last_state=True,
+        )
+        return output, StormMambaState(conv_input[..., conv_input.shape[-1] - (self.conv_kernel - 1) :], ssm_state)
+
+
+class StormMambaLayer(GradientCheckpointingLayer):
+    """Pre-norm residual Mamba layer (paper eq. 3-5): X_l = X_{l-1} + MambaMixer(LayerNorm(X_{l-1}))."""
+
+    def __init__(self, config: StormConfig):
+        super().__init__()
+        hidden_size = config.text_config.hidden_size
+        self.norm = nn.LayerNorm(hidden_size)
+        self.mixer = StormMambaMixer(
+            hidden_size,
+            state_size=config.mamba_state_size,
+            conv_kernel=config.mamba_conv_kernel,
+            expand=config.mamba_expand,
+            time_step_rank=config.mamba_time_step_rank,
+            bidirectional=config.mamba_bidirectional,
+        )
+
+    def forward(
+        self, hidden_states: torch.Tensor, lengths: torch.Tensor | None = None, state: StormMambaState | None = None
+    ) -> tuple[torch.Tensor, StormMambaState | None]:
+        """hidden_states: `(batch_size, sequence_length, hidden_size)` -> same shape, and the mixer's state."""
+        mixed, state = self.mixer(self.norm(hidden_states), lengths, state)
+        return hidden_states + mixed, state
+
+
+class StormTemporalProjector(nn.Module):
+    """pixel-shuffle -> Linear -> Mamba stack: gives every visual token the context of the whole video.
+
+    The tokens of all frames of a video form ONE sequence (raster order inside a frame, frames in time order); videos
+    are scanned side by side as a right-padded batch, so no scan ever crosses from one video into another.
+    """
+
+    def __init__(self, config: StormConfig):
+        super().__init__()
+        self.pixel_shuffle = StormPixelShuffle(config.downsample_ratio)
+        self.linear = nn.Linear(
+            config.downsample_ratio**2 * config.vision_config.hidden_size, config.text_config.hidden_size
+        )
+        self.layers = nn.ModuleList([StormMambaLayer(config) for _ in range(config.mamba_num_layers)])
+
+    def forward(
+        self,
+        frame_features: torch.Tensor,
+        num_frames: list[int],
+        states: list[StormMambaState] | None = None,
+    ) -> tuple[tuple[torch.Tensor, ...], list[StormMambaState | None]]:
+        """
+        frame_features: `(total_frames, grid_height, grid_width, vision_hidden_size)`, the frames of all videos in order;
+        num_frames: frames of each video. `states`: per-layer states of a previous call (causal projector, streaming).
+        Returns one `(num_frames_i, grid_height/r, grid_width/r, hidden_size)` tensor per video and per-layer states.
+        """
+        tokens = self.linear(self.pixel_shuffle(frame_features))
+        _, height, width, hidden_size = tokens.shape
+        videos = tokens.split(num_frames)
+        # Equal lengths need no padding: a plain flip is then cheaper than the per-sequence gather.
+        lengths = None if len(set(num_frames)) == 1 else torch.tensor([n * height * width for n in num_frames], device=tokens.device)
+        hidden_states = nn.utils.rnn.pad_sequence([video.reshape(-1, hidden_size) for video in videos], batch_first=True)
+        states = states if states is not None else [None] * len(self.layers)
+        new_states = []
+        for layer, state in zip(self.layers, states):
+            hidden_states, state = layer(hidden_states, lengths=lengths, state=state)
+            new_states.append(state)
+        videos = tuple(
+            sequence[: n * height * width].reshape(n, height, width, hidden_size)
+            for sequence, n in zip(hidden_states, num_frames)
+        )
+        return videos, new_states
+
+
+def temporal_pool(tokens: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """Averages each group of `pool_size` consecutive frames; a shorter last group is averaged over its own frames.
+
+    tokens: `(num_frames, height, width, hidden_size)` -> `(ceil(num_frames / pool_size), height, width, hidden_size)`.
+    """
+    num_frames = tokens.shape[0]
+    num_groups = math.ceil(num_frames / pool_size)
+    group_of_frame = torch.arange(num_frames, device=tokens.device) // pool_size
+    summed = tokens.new_zeros(num_groups, *tokens.shape[1:]).index_add_(0, group_of_frame, tokens)
+    counts = torch.bincount(group_of_frame, minlength=num_groups).to(tokens.dtype)
+    return summed / counts[:, None, None, None]
+
+
+def spatial_pool(tokens: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """Averages `pool_size`x`pool_size` windows inside each frame.
+
+    tokens: `(num_frames, height, width, hidden_size)` -> `(num_frames, height/pool_size, width/pool_size, hidden_size)`.
+    """
+    if pool_size == 1:
+        return tokens
+    pooled = F.avg_pool2d(tokens.permute(0, 3, 1, 2), kernel_size=pool_size)
+    return pooled.permute(0, 2, 3, 1)
+
+
+def temporal_sample(tokens: torch.Tensor, stride: int) -> torch.Tensor:
+    """Keeps every `stride`-th frame, starting with the first: `(num_frames, ...)` -> `(ceil(num_frames / stride), ...)`."""
+    return tokens[::stride]
+
+
+class StormTokenCompressor(nn.Module):
+    """Temporal pooling -> spatial pooling -> test-time temporal sampling of one video's projected tokens."""
+
+    def __init__(self, config: StormConfig):
+        super().__init__()
+        self.temporal_pool_size = config.temporal_pool_size
+        self.spatial_pool_size = config.spatial_pool_size
+
+    def forward(self, tokens: torch.Tensor, temporal_sampling_stride: int = 1) -> torch.Tensor:
+        """tokens: `(num_frames, height, width, hidden_size)` -> `(num_llm_tokens, hidden_size)`."""
+        tokens = temporal_pool(tokens, self.temporal_pool_size)
+        tokens = spatial_pool(tokens, self.spatial_pool_size)
+        tokens = temporal_sample(tokens, temporal_sampling_stride)
+        return tokens.reshape(-1, tokens.shape[-1])
+
+
+class StormPreTrainedModel(PreTrainedModel):
+    config: StormConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "video", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["StormMambaLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, StormMambaMixer):
+            self._init_mamba_mixer(module)
+
+    def _init_mamba_mixer(self, mixer: StormMambaMixer, time_step_min: float = 1e-3, time_step_max: float = 0.1):
+        """Mamba's initialisation: S4D-real A, D = 1, time steps log-uniform in [time_step_min, time_step_max]."""
+        init.kaiming_uniform_(mixer.in_proj.weight, a=math.sqrt(5))
+        init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
+        A = torch.arange(1, mixer.state_size + 1, dtype=torch.float32).expand(mixer.intermediate_size, -1)
+        for suffix in ("", "_b") if mixer.bidirectional else ("",):
+            conv1d, x_proj, dt_proj = (getattr(mixer, f"{name}{suffix}") for name in ("conv1d", "x_proj", "dt_proj"))
+            init.kaiming_uniform_(conv1d.weight, a=math.sqrt(5))
+            init.zeros_(conv1d.bias)
+            init.kaiming_uniform_(x_proj.weight, a=math.sqrt(5))
+            dt_std = mixer.time_step_rank**-0.5
+            init.uniform_(dt_proj.weight, -dt_std, dt_std)
+            time_step = torch.exp(
+                torch.rand(mixer.intermediate_size) * (math.log(time_step_max) - math.log(time_step_min))
+                + math.log(time_step_min)
+            ).clamp(min=1e-4)
+            init.copy_(dt_proj.bias, time_step + torch.log(-torch.expm1(-time_step)))  # inverse softplus
+            init.copy_(getattr(mixer, f"A{suffix}_log"), torch.log(A))
+            init.ones_(getattr(mixer, f"D{suffix}"))
+
+
+def _check_visual_shape(name: str, pixels: torch.Tensor, expected: str):
+    if pixels.dim() != 5:
+        raise ValueError(
+            f"`{name}` must be batch-major with shape {expected}, got shape {tuple(pixels.shape)}; StormProcessor "
+            "builds it (add a batch dimension with `.unsqueeze(0)` for a single sample)."
+        )
+
+
+def _select_padded(padded: torch.Tensor, counts: torch.Tensor, name: str) -> torch.Tensor:
+    """Rows `[b, :counts[b]]` of a batch-major padded tensor, concatenated: `(batch, max, ...)` -> `(sum(counts), ...)`."""
+    if bool((counts > padded.shape[1]).any()):
+        raise ValueError(
+            f"The per-sample counts {counts.tolist()} exceed the {padded.shape[1]} entries per sample of `{name}`."
+        )
+    mask = (torch.arange(padded.shape[1], device=counts.device)[None, :] < counts[:, None]).to(padded.device)
+    if bool(padded[~mask].any()):
+        raise ValueError(
+            f"`{name}` has non-zero entries after the counted ones: its padding must be zeros at the END of each "
+            "sample. A batch padded on the left (e.g. by a pipeline whose tokenizer pads left) would pair text with "
+            "the wrong frames; use StormProcessor or the `video-text-to-text` pipeline, which pad on the right."
+        )
+    return padded[mask]
+
+
+class StormModel(StormPreTrainedModel):
+    """Vision tower + temporal projector + token compressor + language model (no LM head)."""
+
+    def __init__(self, config: StormConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.temporal_projector = StormTemporalProjector(config)
+        self.token_compressor = StormTokenCompressor(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames: `(num_frames, 3, height, width)` -> `(num_frames, grid_height, grid_width, vision_hidden_size)`."""
+        layer = self.config.vision_feature_layer
+        features = self.vision_tower(frames, output_hidden_states=layer).hidden_states[layer]
+        grid_height = frames.shape[-2] // self.config.vision_config.patch_size
+        return features.unflatten(1, (grid_height, -1))
+
+    def _encode(
+        self, frames: torch.Tensor, num_frames: list[int], strides: list[int]
+    ) -> BaseModelOutputWithPooling:
+        """Encodes, projects and compresses videos whose frames are concatenated in `frames` `(total_frames, 3, H, W)`."""
+        projected, _ = self.temporal_projector(self.get_frame_features(frames), num_frames)
+        if self.training and any(stride > 1 for stride in strides):
+            raise ValueError(
+                f"Temporal sampling (stride {max(strides)}) is a test-time operation: call `model.eval()` or send "
+                "`temporal_sampling_stride=1` while training."
+            )
+        compressed = tuple(self.token_compressor(video, stride) for video, stride in zip(projected, strides))
+        return BaseModelOutputWithPooling(last_hidden_state=projected, pooler_output=compressed)
+
+    @can_return_tuple
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.FloatTensor,
+        video_num_frames: torch.LongTensor | None = None,
+        temporal_sampling_stride: torch.LongTensor | int | None = None,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, max_total_frames, 3, height, width)`):
+            The frames of each sample's videos, concatenated in prompt order and zero-padded at the end.
+        video_num_frames (`torch.LongTensor` of shape `(batch_size, max_videos_per_sample)`, *optional*):
+            Frames of each video of each sample, 0 for an empty slot. None: one video of `max_total_frames` frames
+            per sample.
+        temporal_sampling_stride (`torch.LongTensor` of shape `(batch_size,)` or `int`, *optional*):
+            Test-time temporal sampling stride per sample (the processor sends the one it counted placeholders with).
+            Defaults to `config.temporal_sampling_stride`.
+
+        Returns `pooler_output`: one `(num_llm_tokens, hidden_size)` tensor per video, in sample then prompt order, and
+        `last_hidden_state`: the projector's `(num_frames, grid_height, grid_width, hidden_size)` tokens per video.
+        """
+        _check_visual_shape("pixel_values_videos", pixel_values_videos, "(batch_size, max_total_frames, 3, height, width)")
+        batch_size, max_frames = pixel_values_videos.shape[:2]
+        if video_num_frames is None:
+            video_num_frames = torch.full((batch_size, 1), max_frames, dtype=torch.long)
+        video_num_frames = video_num_frames.to(pixel_values_videos.device)
+        if temporal_sampling_stride is None:
+            temporal_sampling_stride = self.config.temporal_sampling_stride
+        strides = torch.as_tensor(temporal_sampling_stride, device=video_num_frames.device)
+        if strides.numel() not in (1, batch_size) or bool((strides < 1).any()):
+            raise ValueError(
+                f"`temporal_sampling_stride` must be one integer >= 1 or one per sample ({batch_size}), got {strides.tolist()}."
+            )
+        strides = strides.reshape(-1).expand(batch_size)
+        frames = _select_padded(pixel_values_videos, video_num_frames.sum(dim=1), "pixel_values_videos")
+        video_mask = video_num_frames > 0
+        num_frames = video_num_frames[video_mask].tolist()
+        strides = strides[:, None].expand_as(video_num_frames)[video_mask].tolist()
+        return self._encode(frames, num_frames, strides)
+
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, num_images: torch.LongTensor | None = None
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, max_images_per_sample, 3, height, width)`):
+            Each sample's images, zero-padded at the end. An image is scanned as a one-frame video.
+        num_images (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Images in each sample. None: all `max_images_per_sample`.
+
+        Returns `pooler_output`: one `(num_llm_tokens, hidden_size)` tensor per image, in sample then prompt order.
+        """
+        _check_visual_shape("pixel_values", pixel_values, "(batch_size, max_images_per_sample, 3, height, width)")
+        batch_size, max_images = pixel_values.shape[:2]
+        if num_images is None:
+            num_images = torch.full((batch_size,), max_images, dtype=torch.long)
+        images = _select_padded(pixel_values, num_images.to(pixel_values.device), "pixel_values")
+        return self._encode(images, [1] * images.shape[0], [1] * images.shape[0])
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, token_id: int, features: torch.Tensor
+    ) -> torch.BoolTensor:
+        """Mask `(batch_size, sequence_length, 1)` of the placeholders `features` `(num_tokens, hidden_size)` replace.
+
+        Raises if the number of placeholders differs from the number of feature tokens.
+        """
+        if input_ids is None:
+            placeholder = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+            mask = (inputs_embeds == placeholder).all(-1)
+        else:
+            mask = input_ids == token_id
+        num_placeholders = int(mask.sum())
+        if num_placeholders != features.shape[0]:
+            kind = "video" if token_id == self.config.video_token_id else "image"
+            raise ValueError(
+                f"The prompt has {num_placeholders} {kind} placeholder tokens (id {token_id}) but the {kind} inputs "
+                f"produce {features.shape[0]} tokens. Build inputs with StormProcessor, which expands placeholders with "
+                f"the same frame counts, pooling and `temporal_sampling_stride` the model uses."
+            )
+        return mask.unsqueeze(-1).to(inputs_embeds.device)
+
+    def _merge(self, input_ids, inputs_embeds, token_id, encoded: BaseModelOutputWithPooling):
+        features = torch.cat(encoded.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
+        mask = self.get_placeholder_mask(input_ids, inputs_embeds, token_id, features)
+        return inputs_embeds.masked_scatter(mask, features), features
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        num_images: torch.LongTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_num_frames: torch.LongTensor | None = None,
+        temporal_sampling_stride: torch.LongTensor | int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> StormModelOutputWithPast:
+        r"""
+        Visual inputs (see `get_image_features` / `get_video_features` for shapes) replace the image and video
+        placeholder tokens of `input_ids` `(batch_size, sequence_length)`; pass them at prefill only.
+        """
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_features = video_features = None
+        if pixel_values is not None:
+            encoded = self.get_image_features(pixel_values, num_images)
+            inputs_embeds, image_features = self._merge(input_ids, inputs_embeds, self.config.image_token_id, encoded)
+        if pixel_values_videos is not None:
+            encoded = self.get_video_features(pixel_values_videos, video_num_frames, temporal_sampling_stride)
+            inputs_embeds, video_features = self._merge(input_ids, inputs_embeds, self.config.video_token_id, encoded)
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return StormModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+            video_hidden_states=video_features,
+        )
+
+
+class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
+    """STORM with a language modeling head: answers questions about videos and images."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: StormConfig):
+        super().__init__(config)
+        self.model = StormModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def get_video_features(self, pixel_values_videos, video_num_frames=None, temporal_sampling_stride=None):
+        """See `StormModel.get_video_features`."""
+        return self.model.get_video_features(pixel_values_videos, video_num_frames, temporal_sampling_stride)
+
+    def get_image_features(self, pixel_values, num_images=None):
+        """See `StormModel.get_image_features`."""
+        return self.model.get_image_features(pixel_values, num_images)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        num_images: torch.LongTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_num_frames: torch.LongTensor | None = None,
+        temporal_sampling_stride: torch.LongTensor | int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> StormCausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Next-token targets aligned with `input_ids` (shifted inside the loss); -100 is ignored.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            num_images=num_images,
+            pixel_values_videos=pixel_values_videos,
+            video_num_frames=video_num_frames,
+            temporal_sampling_stride=temporal_sampling_stride,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+
+        return StormCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            video_hidden_states=outputs.video_hidden_states,
+        )
+
+
+__all__ = [
+    "StormForConditionalGeneration",
+    "StormModel",
+    "StormPreTrainedModel",
+    "StormPixelShuffle",
+    "StormMambaMixer",
+    "StormMambaLayer",
+    "StormTemporalProjector",
+    "StormTokenCompressor",
+    "temporal_pool",
+    "spatial_pool",
+    "temporal_sample",
+]
