@@ -19,7 +19,7 @@ from storm_hf.modeling.modeling_storm import (
     temporal_pool,
     temporal_sample,
 )
-from storm_hf.modeling.selective_scan import is_mamba_ssm_available
+from storm_hf.modeling.selective_scan import is_mamba_ssm_available, selective_scan_reference
 
 from modeling_utils import IMAGE_SIZE, IMAGE_TOKEN_ID, tiny_config, tiny_model, unpad_sample, video_inputs, video_tokens
 
@@ -101,16 +101,44 @@ def test_pooling_operators_against_explicit_means():
 
 
 def test_reverse_sequences_keeps_padding_in_place():
-    x = torch.arange(10.0).reshape(2, 1, 5)
+    x = torch.arange(10.0).reshape(2, 5, 1)
     reversed_ = reverse_sequences(x, torch.tensor([5, 3]))
-    assert reversed_[0, 0].tolist() == [4, 3, 2, 1, 0]
-    assert reversed_[1, 0].tolist() == [7, 6, 5, 8, 9]
+    assert reversed_[0, :, 0].tolist() == [4, 3, 2, 1, 0]
+    assert reversed_[1, :, 0].tolist() == [7, 6, 5, 8, 9]
     assert torch.equal(reverse_sequences(reversed_, torch.tensor([5, 3])), x)
 
 
 def _initialised_mixer(bidirectional: bool) -> StormMambaMixer:
     model = tiny_model(mamba_bidirectional=bidirectional)
     return model.model.temporal_projector.layers[0].mixer
+
+
+def _reference_mixer_output(mixer: StormMambaMixer, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The mixer written out in mamba-ssm's channel-major layout: conv1d, the token-loop scan, flips for the
+    backward direction (Vision Mamba's bimamba v2)."""
+    x, gate = mixer.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
+    suffixes = ("", "_b") if mixer.bidirectional else ("",)
+    output = 0
+    for suffix in suffixes:
+        flip = (lambda tensor: tensor.flip(-1)) if suffix else (lambda tensor: tensor)
+        conv1d, x_proj, dt_proj = (getattr(mixer, f"{name}{suffix}") for name in ("conv1d", "x_proj", "dt_proj"))
+        u = torch.nn.functional.silu(conv1d(torch.nn.functional.pad(flip(x), (mixer.conv_kernel - 1, 0))))
+        time_step, B, C = x_proj(u.transpose(1, 2)).split([mixer.time_step_rank, mixer.state_size, mixer.state_size], dim=-1)
+        y = selective_scan_reference(
+            u, (time_step @ dt_proj.weight.T).transpose(1, 2), -torch.exp(getattr(mixer, f"A{suffix}_log")),
+            B.transpose(1, 2), C.transpose(1, 2), getattr(mixer, f"D{suffix}"), flip(gate), dt_proj.bias, delta_softplus=True,
+        )
+        output = output + flip(y)
+    return mixer.out_proj(output.transpose(1, 2))
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_mixer_matches_a_channel_major_reference(bidirectional):
+    mixer = _initialised_mixer(bidirectional)
+    torch.manual_seed(0)
+    hidden_states = torch.randn(2, 150, 64)  # longer than one scan chunk
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(hidden_states)[0], _reference_mixer_output(mixer, hidden_states), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])

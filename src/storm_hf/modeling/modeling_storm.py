@@ -75,14 +75,14 @@ class StormMambaState:
 def reverse_sequences(hidden_states: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Reverses each sequence of a right-padded batch in time, leaving the padding where it is.
 
-    hidden_states: `(batch_size, channels, sequence_length)`; lengths: `(batch_size,)` real lengths, or None (no padding).
+    hidden_states: `(batch_size, sequence_length, channels)`; lengths: `(batch_size,)` real lengths, or None (no padding).
     """
     if lengths is None:
-        return hidden_states.flip(-1)
-    positions = torch.arange(hidden_states.shape[-1], device=hidden_states.device)
+        return hidden_states.flip(1)
+    positions = torch.arange(hidden_states.shape[1], device=hidden_states.device)
     source = lengths[:, None] - 1 - positions
     source = torch.where(source >= 0, source, positions)
-    return hidden_states.gather(-1, source[:, None, :].expand_as(hidden_states))
+    return hidden_states.gather(1, source[:, :, None].expand_as(hidden_states))
 
 
 class StormPixelShuffle(nn.Module):
@@ -161,48 +161,57 @@ class StormMambaMixer(nn.Module):
         """
         if self.bidirectional and state is not None:
             raise ValueError("A bidirectional Mamba scan sees the whole sequence at once; streaming `state` needs `mamba_bidirectional=False`.")
-        x, gate = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
-        output, new_state = self._scan(x, gate, "", state)
+        # Everything stays (batch, sequence, channels), the layout of the Linear layers: no transposed copies.
+        projected = self.in_proj(hidden_states)
+        output, new_state = self._scan(projected, "", state)
         if self.bidirectional:
-            reversed_output, _ = self._scan(reverse_sequences(x, lengths), reverse_sequences(gate, lengths), "_b", None)
+            reversed_output, _ = self._scan(reverse_sequences(projected, lengths), "_b", None)
             output = output + reverse_sequences(reversed_output, lengths)
             new_state = None
         elif lengths is not None and bool((lengths < hidden_states.shape[1]).any()):
             new_state = None  # the scan ran into padding: its final state is no sequence's state
-        return self.out_proj(output.transpose(1, 2)), new_state
+        return self.out_proj(output), new_state
 
     def _scan(
-        self, x: torch.Tensor, gate: torch.Tensor, suffix: str, state: StormMambaState | None
+        self, projected: torch.Tensor, suffix: str, state: StormMambaState | None
     ) -> tuple[torch.Tensor, StormMambaState]:
-        """One scan direction. x, gate: `(batch_size, intermediate_size, sequence_length)` -> same shape + final state."""
+        """One scan direction: projected `(batch_size, sequence_length, 2 * intermediate_size)` (x and gate) ->
+        `(batch_size, sequence_length, intermediate_size)` and the final state."""
         conv1d, x_proj, dt_proj = getattr(self, f"conv1d{suffix}"), getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}")
         A_log, D = getattr(self, f"A{suffix}_log"), getattr(self, f"D{suffix}")
+        x, gate = projected.chunk(2, dim=-1)
 
-        conv_state = state.conv_state if state is not None else x.new_zeros(*x.shape[:2], self.conv_kernel - 1)
-        conv_input = torch.cat([conv_state, x], dim=-1)
-        if causal_conv1d_fn is not None and x.is_cuda and state is None:
-            x = causal_conv1d_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
+        if state is None:
+            conv_state = x.new_zeros(x.shape[0], self.conv_kernel - 1, x.shape[2])
         else:
-            x = F.silu(conv1d(conv_input))
+            conv_state = state.conv_state.transpose(1, 2)
+        conv_input = torch.cat([conv_state, x], dim=1)
+        if causal_conv1d_fn is not None and x.is_cuda and state is None:
+            x = causal_conv1d_fn(x.transpose(1, 2), conv1d.weight.squeeze(1), conv1d.bias, activation="silu").transpose(1, 2)
+        else:
+            # The depthwise convolution as a 1-row conv2d on channels-last memory: oneDNN reads and writes
+            # (batch, sequence, channels) directly, where conv1d would need two transposed copies.
+            conv_output = F.conv2d(
+                conv_input.unsqueeze(1).permute(0, 3, 1, 2), conv1d.weight.unsqueeze(2), conv1d.bias, groups=self.intermediate_size
+            )
+            x = F.silu(conv_output.permute(0, 2, 3, 1).squeeze(1))
 
-        time_step, B, C = torch.split(
-            x_proj(x.transpose(1, 2)), [self.time_step_rank, self.state_size, self.state_size], dim=-1
-        )
-        time_step = (time_step @ dt_proj.weight.T).transpose(1, 2)
+        time_step, B, C = torch.split(x_proj(x), [self.time_step_rank, self.state_size, self.state_size], dim=-1)
         output, ssm_state = selective_scan(
-            x,
-            time_step,
+            x.transpose(1, 2),
+            (time_step @ dt_proj.weight.T).transpose(1, 2),
             -torch.exp(A_log.float()),
             B.transpose(1, 2),
             C.transpose(1, 2),
             D.float(),
-            z=gate,
+            z=gate.transpose(1, 2),
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
             initial_state=state.ssm_state if state is not None else None,
             return_last_state=True,
         )
-        return output, StormMambaState(conv_input[..., conv_input.shape[-1] - (self.conv_kernel - 1) :], ssm_state)
+        new_conv_state = conv_input[:, conv_input.shape[1] - (self.conv_kernel - 1) :].transpose(1, 2)
+        return output.transpose(1, 2), StormMambaState(new_conv_state, ssm_state)
 
 
 class StormMambaLayer(GradientCheckpointingLayer):
