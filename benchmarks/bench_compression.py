@@ -72,7 +72,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated per call (>= 2)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
     parser.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), default="bfloat16")
     parser.add_argument(
@@ -477,7 +477,11 @@ def render(summary, memory, info, args, model_text):
         f"Machine: {machine_description(args)}. Load average (1 min) {info['load_start'][0]:.2f} at the start, "
         f"{info['load_end'][0]:.2f} at the end; per frame count: "
         + ", ".join(f"{f}: {a:.2f}->{b:.2f}" for f, (a, b) in info["loads"].items())
-        + " (other jobs shared the machine; settings are interleaved, so ratios within a frame count are fair).",
+        + (
+            " (the benchmark alone loads one core: no other job ran)."
+            if max(info["load_start"][0], info["load_end"][0], *(max(pair) for pair in info["loads"].values())) < 1.5
+            else " (other jobs shared the machine; settings are interleaved, so ratios within a frame count are fair)."
+        ),
         "",
         f"Command: `{command.strip()}` ({info['total_seconds'] / 60:.1f} min in all, model build "
         f"{info['build_seconds']:.0f} s).",
