@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from storm_hf.modeling.selective_scan import selective_scan, selective_scan_chunked, selective_scan_reference
+from storm_hf.modeling.selective_scan import _softplus, selective_scan, selective_scan_chunked, selective_scan_reference
 
 
 CHUNK_SIZE = 64  # selective_scan_chunked's default
@@ -156,3 +156,10 @@ def test_selective_scan_runs_the_chunked_scan_on_cpu():
     expected_y, expected_state = selective_scan_chunked(**inputs, delta_softplus=True, return_last_state=True)
     torch.testing.assert_close(y, expected_y, rtol=0, atol=0)
     torch.testing.assert_close(last_state, expected_state, rtol=0, atol=0)
+
+
+def test_softplus_is_accurate_over_the_whole_float_range():
+    x = torch.cat([torch.linspace(-80, 80, 100_001), torch.tensor([-1e4, -1e3, 1e3, 1e4])])
+    expected = torch.nn.functional.softplus(x.double(), threshold=100)  # exact to far below float32 rounding
+    actual = _softplus(x).double()
+    torch.testing.assert_close(actual, expected, rtol=3e-7, atol=0)

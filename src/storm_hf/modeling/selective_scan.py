@@ -290,14 +290,14 @@ class _ChunkReader:
 
 def _softplus(x):
     """
-    log(1 + exp(x)), to float rounding, about 3x faster than `F.softplus` on CPU (whose `log1p` is not vectorized).
+    log(1 + exp(x)), to float rounding, about 4x faster than `F.softplus` on CPU (whose `log1p` is not vectorized).
 
-    log1p(e) is computed as log(1 + e) * e / ((1 + e) - 1), exact to rounding (Goldberg 1991).
+    log1p(e) = log(u) - ((u - 1) - e) / u with u = 1 + e rounded: the second term corrects the rounding of u, and
+    gives e where u rounds to 1.
     """
     small = torch.exp(-x.abs())
     one_plus = small + 1
-    log1p = torch.where(one_plus == 1, small, torch.log(one_plus) * small / (one_plus - 1))
-    return log1p + x.clamp(min=0)
+    return torch.log(one_plus) - ((one_plus - 1) - small) / one_plus + x.clamp(min=0)
 
 
 def _new_buffer(A_t, batch, length):
