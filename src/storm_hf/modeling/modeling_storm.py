@@ -187,7 +187,10 @@ class StormMambaMixer(nn.Module):
             conv_state = state.conv_state.transpose(1, 2)
         conv_input = torch.cat([conv_state, x], dim=1)
         if causal_conv1d_fn is not None and x.is_cuda and state is None:
-            x = causal_conv1d_fn(x.transpose(1, 2), conv1d.weight.squeeze(1), conv1d.bias, activation="silu").transpose(1, 2)
+            # the kernel's standard (batch, channels, sequence) layout; a transposed copy is cheap on the GPU
+            x = causal_conv1d_fn(
+                x.transpose(1, 2).contiguous(), conv1d.weight.squeeze(1), conv1d.bias, activation="silu"
+            ).transpose(1, 2)
         else:
             # The depthwise convolution as a 1-row conv2d on channels-last memory: oneDNN reads and writes
             # (batch, sequence, channels) directly, where conv1d would need two transposed copies.
