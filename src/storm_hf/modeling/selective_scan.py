@@ -165,7 +165,8 @@ class _SelectiveScanFunction(torch.autograd.Function):
         chunk_states = A_t.new_empty(chunks.count(seqlen) + 1, batch, *A_t.shape)
         chunk_states[0] = 0 if initial_state is None else initial_state
         y = torch.empty_like(u)
-        states, decay = _new_buffer(A_t, batch, min(chunk_size, seqlen) + 1), _new_buffer(A_t, batch, chunk_size)
+        buffer_length = min(chunk_size, seqlen)
+        states, decay = _new_buffer(A_t, batch, buffer_length + 1), _new_buffer(A_t, batch, buffer_length)
         for index, chunk in enumerate(chunks.slices(seqlen)):
             u_c, _, dt_c, B_c, C_c, z_c = chunks.read(chunk, u, delta, B, C, z)
             states_c, _ = _chunk_states_(states, decay, dt_c, u_c, A_t, B_c, chunk_states[index])
@@ -177,13 +178,13 @@ class _SelectiveScanFunction(torch.autograd.Function):
             y[:, chunk] = y_c.transpose(0, 1)
             chunk_states[index + 1] = states_c[-1]
         ctx.save_for_backward(u, delta, A_t, B, C, D, z, delta_bias, chunk_states[:-1])
-        ctx.chunks = chunks
+        ctx.chunk_size, ctx.delta_softplus = chunk_size, delta_softplus
         return y, chunk_states[-1].clone()
 
     @staticmethod
     def backward(ctx, grad_y, grad_last_state):
         u, delta, A_t, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
-        chunks = ctx.chunks
+        chunks = _ChunkReader(ctx.chunk_size, A_t.dtype, delta_bias, ctx.delta_softplus)
         batch, seqlen, _ = u.shape
         # gradient w.r.t. the state after the current chunk, carried from chunk to chunk
         grad_state = grad_last_state
@@ -198,7 +199,7 @@ class _SelectiveScanFunction(torch.autograd.Function):
             u_c, delta_c, dt_c, B_c, C_c, z_c = chunks.read(chunk, u, delta, B, C, z)
             grad_y_c = chunks.read_one(grad_y, chunk)
             length = u_c.shape[0]
-            decay_c, grad_h_c, product_c = (buffer[:length] for buffer in (decay, grad_h, product))
+            grad_h_c, product_c = grad_h[:length], product[:length]
             states_c, decay_c = _chunk_states_(states, decay, dt_c, u_c, A_t, B_c, chunk_states[index])
 
             # y = (y_ssm + D u) * silu(z): grad_y_c becomes the gradient w.r.t. y_ssm
