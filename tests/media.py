@@ -8,44 +8,21 @@ import numpy as np
 from PIL import Image
 from transformers import Qwen2Tokenizer
 
-
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
+from storm_hf.synthetic import SPECIAL_TOKENS, byte_level_vocab
 
 
 def make_tokenizer() -> Qwen2Tokenizer:
     """A byte-level BPE tokenizer with the Qwen2-VL special tokens: 256 byte tokens, a few merges, left padding."""
-    byte_chars = _bytes_to_unicode()
-    vocab = {char: index for index, char in enumerate(byte_chars)}
+    vocab = byte_level_vocab()
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")]
     for left, right in merges:
         vocab[left + right] = len(vocab)
     return Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
-        extra_special_tokens=SPECIAL_TOKENS[1:],
+        extra_special_tokens=list(SPECIAL_TOKENS[1:]),
         padding_side="left",
     )
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2's printable stand-ins for the 256 byte values, in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    stand_ins, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            stand_ins[byte] = chr(byte)
-        else:
-            stand_ins[byte] = chr(256 + extra)
-            extra += 1
-    return [stand_ins[byte] for byte in range(256)]
 
 
 def make_frames(num_frames: int, height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:

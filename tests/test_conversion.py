@@ -28,8 +28,9 @@ import storm_hf
 from storm_hf import StormForConditionalGeneration
 from storm_hf.conversion import ConversionError, compose_storm, convert_vila_checkpoint
 from storm_hf.modeling.modeling_storm import StormMambaLayer, StormPixelShuffle
+from storm_hf.synthetic import byte_level_vocab
 
-from media import _bytes_to_unicode, make_tokenizer
+from media import make_tokenizer
 from modeling_utils import tiny_config
 
 
@@ -76,8 +77,7 @@ def save_with_keys(model, folder: Path, rename=lambda key: key, pickle: bool = F
 
 def tokenizer_without_vision_tokens() -> Qwen2Tokenizer:
     """A Qwen2 *text* tokenizer: ChatML tokens but none of Qwen2-VL's vision tokens."""
-    vocab = {char: index for index, char in enumerate(_bytes_to_unicode())}
-    return Qwen2Tokenizer(vocab=vocab, merges=[], extra_special_tokens=["<|im_start|>", "<|im_end|>"])
+    return Qwen2Tokenizer(vocab=byte_level_vocab(), merges=[], extra_special_tokens=["<|im_start|>", "<|im_end|>"])
 
 
 def siglip_source(layout: str, folder: Path):

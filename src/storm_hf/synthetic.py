@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .conversion.processor import VISION_SPECIAL_TOKENS
+
 
 IMAGE_SIZE = 64
 NUM_FRAMES = 4
@@ -361,28 +363,15 @@ def load_temporal_task(out_dir: str | os.PathLike):
 # Tokenizer, processor and model of the task
 # --------------------------------------------------------------------------------------------------------------------
 
-SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *VISION_SPECIAL_TOKENS)
 
 
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2's printable stand-ins for the 256 byte values, in byte order (the byte-level BPE alphabet)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    stand_ins, extra = [], 0
-    for byte in range(256):
-        if byte in printable:
-            stand_ins.append(chr(byte))
-        else:
-            stand_ins.append(chr(256 + extra))
-            extra += 1
-    return stand_ins
+def byte_level_vocab() -> dict[str, int]:
+    """The 256 byte tokens of a byte-level BPE vocabulary: GPT-2's printable stand-in of each byte -> the byte value."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    stand_ins = bytes_to_unicode()
+    return {stand_ins[byte]: byte for byte in range(256)}
 
 
 def task_words() -> list[str]:
@@ -401,7 +390,7 @@ def build_task_tokenizer():
     """
     from transformers import Qwen2Tokenizer
 
-    vocab = {char: index for index, char in enumerate(_bytes_to_unicode())}
+    vocab = byte_level_vocab()
     merges = []
 
     def make(vocab, merges):
