@@ -161,13 +161,14 @@ class _SelectiveScanFunction(torch.autograd.Function):
     def forward(ctx, u, delta, A_t, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size):
         batch, seqlen, _ = u.shape
         chunks = _ChunkReader(chunk_size, A_t.dtype, delta_bias, delta_softplus)
+        slices = chunks.slices(seqlen)
         # chunk_states[i]: the state before chunk i; the last one is the final state
-        chunk_states = A_t.new_empty(chunks.count(seqlen) + 1, batch, *A_t.shape)
+        chunk_states = A_t.new_empty(len(slices) + 1, batch, *A_t.shape)
         chunk_states[0] = 0 if initial_state is None else initial_state
         y = torch.empty_like(u)
         buffer_length = min(chunk_size, seqlen)
         states, decay = _new_buffer(A_t, batch, buffer_length + 1), _new_buffer(A_t, batch, buffer_length)
-        for index, chunk in enumerate(chunks.slices(seqlen)):
+        for index, chunk in enumerate(slices):
             u_c, _, dt_c, B_c, C_c, z_c = chunks.read(chunk, u, delta, B, C, z)
             states_c, _ = _chunk_states_(states, decay, dt_c, u_c, A_t, B_c, chunk_states[index])
             y_c = _project(C_c, states_c[1:])
@@ -266,9 +267,6 @@ class _ChunkReader:
         self.dtype = dtype
         self.delta_bias = None if delta_bias is None else delta_bias.to(dtype)
         self.delta_softplus = delta_softplus
-
-    def count(self, seqlen):
-        return -(-seqlen // self.size)
 
     def slices(self, seqlen):
         return [slice(start, start + self.size) for start in range(0, seqlen, self.size)]
