@@ -161,7 +161,7 @@ def test_save_and_load_with_auto_processor(tmp_path):
     register_processing()  # what `import storm_hf` does
     processor = make_processor(temporal_sampling_stride=2, spatial_pool_size=2)
     processor.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    saved = json.loads((tmp_path / "processor_config.json").read_text())["video_processor"]
     assert {key: saved[key] for key in ("patch_size", "temporal_pool_size", "temporal_sampling_stride")} == {
         "patch_size": 14,
         "temporal_pool_size": 2,
