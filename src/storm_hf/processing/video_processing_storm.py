@@ -416,6 +416,17 @@ class StormVideoProcessor(BaseVideoProcessor):
                 "`video_metadata` describes decoded frames; video files carry their own. Pass it only with arrays, "
                 "tensors or lists of frames."
             )
+        if isinstance(video_metadata, (dict, VideoMetadata)):
+            video_metadata = [video_metadata]
+        if len(video_metadata) != len(videos):
+            raise ValueError(
+                f"Got {len(video_metadata)} `video_metadata` for {len(videos)} videos; pass one per video."
+            )
+        # A dict may leave out the frame count: the frames are at hand.
+        video_metadata = [
+            {"total_num_frames": len(video), **metadata} if isinstance(metadata, dict) else metadata
+            for video, metadata in zip(videos, video_metadata)
+        ]
         return make_batched_metadata(videos, video_metadata)
 
     @staticmethod
