@@ -330,3 +330,32 @@ def test_storm_hf_demo_console_script(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Q: " in result.stdout and "visual tokens" in result.stdout
+
+
+def test_generate_with_a_token_budget_matches_the_processor(capsys, checkpoint):
+    from transformers import AutoProcessor
+
+    video = checkpoint / "clip.mp4"
+    argv = ["--model", checkpoint, "--video", video, "--prompt", "What moves?", "--max-new-tokens", "4"]
+    status, out, err = run(capsys, "generate", *argv, "--max-visual-tokens", "8")
+    assert status == 0, err
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    chat = [
+        {"role": "user", "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": "What moves?"}]}
+    ]
+    inputs = processor.apply_chat_template(
+        chat,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"max_visual_tokens": 8},
+    )
+    model = StormForConditionalGeneration.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.strip("\n") == processor.decode(
+        output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    ).strip("\n")
+    # 8 tokens = 2 pooled frames of 2x2 tokens = 4 frames of the 2 s clip (2 per second: stride 1).
+    assert inputs["video_num_frames"].tolist() == [[4]] and "4 frames -> 8 visual tokens" in err and "stride 1" in err

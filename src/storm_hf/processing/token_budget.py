@@ -64,30 +64,10 @@ def visual_token_grid(
     return (kept_frames, grid_height // spatial_pool_size, grid_width // spatial_pool_size)
 
 
-def num_visual_tokens(
-    num_frames: int,
-    height: int,
-    width: int,
-    *,
-    patch_size: int,
-    downsample_ratio: int = 2,
-    temporal_pool_size: int = 1,
-    spatial_pool_size: int = 1,
-    temporal_sampling_stride: int = 1,
-) -> int:
+def num_visual_tokens(num_frames: int, height: int, width: int, **settings: int) -> int:
     """Number of LLM tokens for `num_frames` frames of `height`x`width` pixels (an image is one frame): the product
-    of `visual_token_grid`."""
-    grid = visual_token_grid(
-        num_frames,
-        height,
-        width,
-        patch_size=patch_size,
-        downsample_ratio=downsample_ratio,
-        temporal_pool_size=temporal_pool_size,
-        spatial_pool_size=spatial_pool_size,
-        temporal_sampling_stride=temporal_sampling_stride,
-    )
-    return math.prod(grid)
+    of `visual_token_grid` with the same keyword `settings` (`patch_size` is required)."""
+    return math.prod(visual_token_grid(num_frames, height, width, **settings))
 
 
 class FramePlan(NamedTuple):
