@@ -118,11 +118,9 @@ class StormProcessor(ProcessorMixin):
         (unless passed to `from_pretrained`, which already gave them to the video processor)."""
         legacy = {name: processor_dict[name] for name in VIDEO_PROCESSOR_SETTINGS if name in processor_dict}
         legacy = {name: value for name, value in legacy.items() if name not in kwargs}
-        if legacy:
-            args = list(args)
-            video_processor = args[cls.get_attributes().index("video_processor")]
-            for name, value in legacy.items():
-                setattr(video_processor, name, value)
+        video_processor = args[cls.get_attributes().index("video_processor")]
+        for name, value in legacy.items():
+            setattr(video_processor, name, value)
         return super().from_args_and_dict(args, processor_dict, **kwargs)
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
@@ -252,6 +250,7 @@ def _deprecated_video_processor_setting(name: str) -> property:
 
 for _name in VIDEO_PROCESSOR_SETTINGS:
     setattr(StormProcessor, _name, _deprecated_video_processor_setting(_name))
+del _name
 
 
 def _split(items: list, counts: list[int]) -> list[list]:

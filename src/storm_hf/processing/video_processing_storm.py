@@ -287,6 +287,8 @@ class StormVideoProcessor(BaseVideoProcessor):
         return np.round(np.linspace(0, total - 1, num_frames)).astype(np.int64)
 
     def preprocess(self, videos, **kwargs: Unpack[StormVideoProcessorKwargs]) -> BatchFeature:
+        """Decode, sample and normalise `videos` (a batch, or per-sample lists) and count their tokens; see the class
+        docstring for the outputs. A sample's videos share `max_visual_tokens` and one stride."""
         validate_typed_dict(self.valid_kwargs, kwargs)
         unknown = set(kwargs) - {*self.valid_kwargs.__annotations__, "return_tensors"}
         if unknown:
@@ -303,37 +305,32 @@ class StormVideoProcessor(BaseVideoProcessor):
         if not flat_videos:
             raise ValueError("No videos were passed.")
         metadata = self._metadata_per_video(flat_videos, kwargs.pop("video_metadata"))
-        budget, stride = (kwargs.pop("max_visual_tokens"), kwargs.pop("temporal_sampling_stride"))
+        budget, stride = kwargs.pop("max_visual_tokens"), kwargs.pop("temporal_sampling_stride")
         grid_settings = {name: kwargs.pop(name) for name in TOKEN_GRID_SETTINGS}
         selection = {name: kwargs.pop(name) for name in ("num_frames", "fps", "min_frames", "max_frames")}
         if budget is not None and not kwargs["do_resize"]:
             raise ValueError("`max_visual_tokens` needs `do_resize=True`: the token count depends on the frame size.")
-        do_sample_frames = kwargs.pop("do_sample_frames")
+        plans = [[] for _ in samples]  # filled per sample by the budget samplers while decoding
+        if not kwargs.pop("do_sample_frames"):
+            samplers = [[None] * len(sample) for sample in samples]
+        elif budget is None:
+            samplers = [[partial(self.sample_frames, **selection)] * len(sample) for sample in samples]
+        else:
+            budget_settings = dict(max_frames=selection["max_frames"], size=kwargs["size"], **grid_settings)
+            samplers = [
+                self._budget_samplers(len(sample), budget, call_stride, sample_plans, budget_settings)
+                for sample, sample_plans in zip(samples, plans)
+            ]
+        decoded, sampled_metadata = [], []
+        for video, video_metadata, sampler in zip(flat_videos, metadata, itertools.chain(*samplers)):
+            frames, video_metadata = self._decode_and_sample(video, video_metadata, sampler)
+            decoded.append(frames)
+            sampled_metadata.append(video_metadata)
+        sample_strides = [
+            sample_plans[0].temporal_sampling_stride if sample_plans else _stride(stride) for sample_plans in plans
+        ]
 
-        decoded, sampled_metadata, sample_strides = [], [], []
-        for sample in samples:
-            plans = []
-            for video in sample:
-                sampler = None
-                if do_sample_frames and budget is None:
-                    sampler = partial(self.sample_frames, **selection)
-                elif do_sample_frames:
-                    # The model takes one stride per sample: the policy picks it for a lone video only.
-                    sampler = partial(
-                        self._sample_within_budget,
-                        plans=plans,
-                        max_visual_tokens=budget // len(sample),
-                        temporal_sampling_stride=call_stride if len(sample) == 1 else _stride(call_stride),
-                        max_frames=selection["max_frames"],
-                        size=kwargs["size"],
-                        **grid_settings,
-                    )
-                frames, video_metadata = self._decode_and_sample(video, metadata[len(decoded)], sampler)
-                decoded.append(frames)
-                sampled_metadata.append(video_metadata)
-            sample_strides.append(plans[0].temporal_sampling_stride if plans else _stride(stride))
-
-        return_metadata, return_tensors = (kwargs.pop("return_metadata"), kwargs.pop("return_tensors"))
+        return_metadata, return_tensors = kwargs.pop("return_metadata"), kwargs.pop("return_tensors")
         videos = self._prepare_input_videos(
             decoded,
             do_convert_rgb=kwargs.pop("do_convert_rgb"),
@@ -387,6 +384,23 @@ class StormVideoProcessor(BaseVideoProcessor):
         elif explicit:
             kwargs.setdefault("max_visual_tokens", None)
             kwargs.setdefault("fps" if explicit[0] == "num_frames" else "num_frames", None)
+
+    def _budget_samplers(
+        self, num_videos: int, budget: int, stride: int | None, plans: list[FramePlan], settings: dict
+    ) -> list[partial]:
+        """Frame samplers of the `num_videos` videos of one sample, which share `budget` equally. The policy picks the
+        stride of a lone video; several videos use `stride` (1 if None), since the model takes one stride per sample.
+        Each sampler appends its plan to `plans`."""
+        if not num_videos:
+            return []
+        sampler = partial(
+            self._sample_within_budget,
+            plans=plans,
+            max_visual_tokens=budget // num_videos,
+            temporal_sampling_stride=stride if num_videos == 1 else _stride(stride),
+            **settings,
+        )
+        return [sampler] * num_videos
 
     def _sample_within_budget(self, metadata, plans: list[FramePlan], max_frames=None, **plan_kwargs) -> np.ndarray:
         """`sample_frames` with the frame count of `plan_frames`; the plan is appended to `plans`."""
