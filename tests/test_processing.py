@@ -257,17 +257,17 @@ def test_max_visual_tokens_on_a_10_second_and_a_1_hour_clip(processor, tiny_mode
 def test_max_visual_tokens_is_shared_by_the_videos_of_a_sample(processor):
     long, short = make_frames(300, 8, 8, seed=1), make_frames(10, 8, 8, seed=2)
     output = processor(
-        text=["<|video_pad|><|video_pad|>", "<|video_pad|>"],
+        text=["<|video_pad|><|video_pad|>", "<|video_pad|>", "No video."],
         videos=[long, short, long],
         video_metadata=[{"fps": 1.0}] * 3,
         max_visual_tokens=BUDGET,
     )
     # Sample 0: 32 tokens each = 8 pooled frames = 16 frames of the long video, all 10 of the short one, stride 1
     # (one stride per sample). Sample 1: the whole budget; 32 frames in 300 s is sparse, so 64 frames at stride 2.
-    assert output["video_num_frames"].tolist() == [[16, 10], [64, 0]]
-    assert output["temporal_sampling_stride"].tolist() == [1, 2]
+    assert output["video_num_frames"].tolist() == [[16, 10], [64, 0], [0, 0]]
+    assert output["temporal_sampling_stride"].tolist() == [1, 2, 1]
     placeholders = [sample.count(processor.video_token_id) for sample in output["input_ids"]]
-    assert placeholders == [tokens_per_video(16) + tokens_per_video(10), tokens_per_video(64, 2)]
+    assert placeholders == [tokens_per_video(16) + tokens_per_video(10), tokens_per_video(64, 2), 0]
     assert max(placeholders) <= BUDGET
 
 
