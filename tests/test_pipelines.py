@@ -10,6 +10,7 @@ from PIL import Image
 from transformers import TextIteratorStreamer, pipeline
 
 from storm_hf import StormForConditionalGeneration
+from storm_hf.pipelines import VISUAL_INPUTS
 from storm_hf.processing import register_processing
 
 MAX_NEW_TOKENS = 4
@@ -77,6 +78,11 @@ def test_stride_and_frames_chosen_per_call(pipe, model, processor):
     expected = reference_answer(model, processor, video_chat(frames), **settings)
     output = pipe(
         frames, text="What happens?", processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
+    )
+    assert answer(output) == expected
+    stock = pipeline("image-text-to-text", model=model, processor=processor)
+    output = stock(
+        text=video_chat(frames), processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
     )
     assert answer(output) == expected
 
@@ -160,10 +166,19 @@ def test_batch_mixing_image_only_video_and_text_only_chats_matches_single_calls(
 
 
 def test_max_visual_tokens_through_the_pipeline(pipe, model, processor):
+    from transformers.utils.chat_template_utils import Chat
+
     frames = make_frames(40)
-    settings = {"max_visual_tokens": 8}  # 2 pooled frames of 2x2 tokens: 4 frames
+    settings = {"max_visual_tokens": 16}  # 4 pooled frames of 2x2 tokens: 8 frames (the processor's default is 4)
+    prepared = pipe.preprocess(Chat(video_chat(frames)), processor_kwargs=settings)
+    assert prepared[VISUAL_INPUTS]["video_num_frames"].tolist() == [[8]]
     expected = reference_answer(model, processor, video_chat(frames), **settings)
     output = pipe(
         frames, text="What happens?", processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
+    )
+    assert answer(output) == expected
+    stock = pipeline("image-text-to-text", model=model, processor=processor)
+    output = stock(
+        text=video_chat(frames), processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
     )
     assert answer(output) == expected
