@@ -344,6 +344,10 @@ def test_per_call_settings_are_video_processor_kwargs_only(processor):
     with pytest.warns(DeprecationWarning, match="settings of the video processor"):
         legacy = StormProcessor(processor.image_processor, processor.tokenizer, StormVideoProcessor(), patch_size=16)
     assert legacy.video_processor.patch_size == 16 and "patch_size" not in legacy.to_dict()
+    with pytest.warns(DeprecationWarning, match="video_processor.patch_size"):
+        assert legacy.patch_size == 16
+    with pytest.warns(DeprecationWarning, match="token_grid"):
+        assert processor.num_tokens(8, 56, 56, 2) == tokens_per_video(8, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         processor(text="<|video_pad|>", videos=make_frames(8), temporal_sampling_stride=2)

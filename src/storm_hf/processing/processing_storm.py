@@ -205,6 +205,16 @@ class StormProcessor(ProcessorMixin):
             ]
         return MultiModalData(**data)
 
+    def num_tokens(self, num_frames: int, height: int, width: int, temporal_sampling_stride: int = 1) -> int:
+        """Deprecated: LLM tokens of a video of `num_frames` frames (an image is 1 frame) of `height`x`width` processed
+        pixels; the product of `video_processor.token_grid`."""
+        warnings.warn(
+            "`StormProcessor.num_tokens` is deprecated; use `processor.video_processor.token_grid` (its product).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self._count(num_frames, height, width, temporal_sampling_stride)
+
     def _count(self, num_frames: int, height: int, width: int, temporal_sampling_stride: int = 1) -> int:
         return math.prod(self.video_processor.token_grid(num_frames, height, width, temporal_sampling_stride))
 
