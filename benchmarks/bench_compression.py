@@ -135,15 +135,12 @@ def apply_setting(model, name):
 
 
 def visual_tokens(setting, frames, image_size):
-    from storm_hf import num_visual_tokens
+    from storm_hf.accounting import video_tokens
 
     temporal_pool, spatial_pool, stride = SETTINGS[setting]
-    return num_visual_tokens(
+    return video_tokens(
+        bench_config(image_size),
         frames,
-        image_size,
-        image_size,
-        patch_size=PATCH_SIZE,
-        downsample_ratio=2,
         temporal_pool_size=temporal_pool,
         spatial_pool_size=spatial_pool,
         temporal_sampling_stride=stride,

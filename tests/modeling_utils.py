@@ -2,7 +2,7 @@
 
 import torch
 
-from storm_hf import StormConfig, StormForConditionalGeneration, num_visual_tokens
+from storm_hf import StormConfig, StormForConditionalGeneration, accounting
 
 
 IMAGE_TOKEN_ID = 120
@@ -53,16 +53,7 @@ def tiny_model(seed: int = 0, **overrides) -> StormForConditionalGeneration:
 
 
 def video_tokens(config: StormConfig, num_frames: int, stride: int = 1) -> int:
-    return num_visual_tokens(
-        num_frames,
-        config.vision_config.image_size,
-        config.vision_config.image_size,
-        patch_size=config.vision_config.patch_size,
-        downsample_ratio=config.downsample_ratio,
-        temporal_pool_size=config.temporal_pool_size,
-        spatial_pool_size=config.spatial_pool_size,
-        temporal_sampling_stride=stride,
-    )
+    return accounting.video_tokens(config, num_frames, temporal_sampling_stride=stride)
 
 
 def video_inputs(config, videos_per_sample: list[list[int]], stride: int = 1, text_length: int = 3, seed: int = 0):

@@ -127,8 +127,8 @@ def test_info_for_the_papers_7b_model(capsys):
     # the paper: 256 tokens per frame; T.Pool 4 -> 64 per frame, so 128 frames fit the 8K budget
     assert (
         ("128", "none", "32,768") in rows
-        and ("128", "T.Pool 4", "8,192") in rows
-        and ("256", "T.Pool 4", "16,384") in rows
+        and ("128", "T.Pool k=4", "8,192") in rows
+        and ("256", "T.Pool k=4", "16,384") in rows
     )
     # KV cache of Qwen2-7B (28 layers, 4 KV heads of 128) for 8192 + 64 tokens in bf16: 2*28*4*128*8256*2 bytes
     kv = 2 * 28 * 4 * 128 * (8192 + 64) * 2 / 2**20
@@ -140,7 +140,7 @@ def test_info_reads_a_checkpoint_config_and_overrides(capsys, checkpoint):
     status, out, _ = run(capsys, "info", "--model", checkpoint, "--frames", "6", "--temporal-sampling-stride", "2")
     assert status == 0
     expected = storm_hf.num_visual_tokens(6, 56, 56, patch_size=14, temporal_pool_size=2, temporal_sampling_stride=2)
-    assert re.search(rf"\b6\s+T\.Pool 2 \+ T\.Sampling 2\s+{expected}\b", out), out
+    assert re.search(rf"\b6\s+T\.Pool k=2 \+ T\.Sampling s=2\s+{expected}\b", out), out
 
 
 def test_generate_streams_the_models_greedy_answer(capsys, checkpoint):
@@ -288,7 +288,7 @@ def test_demo_shows_answer_tokens_latency_and_accuracy(capsys, untrained_task_ch
     pooled = storm_hf.num_visual_tokens(num_frames, size, size, temporal_pool_size=config.temporal_pool_size, **common)
     full = storm_hf.num_visual_tokens(num_frames, size, size, temporal_pool_size=1, **common)
     assert full == pooled * min(config.temporal_pool_size, num_frames)
-    assert re.search(rf"with compression \(T\.Pool {config.temporal_pool_size}\)\s+{pooled}\s+[\d.]+ ms", out), out
+    assert re.search(rf"with compression \(T\.Pool k={config.temporal_pool_size}\)\s+{pooled}\s+[\d.]+ ms", out), out
     assert re.search(rf"without compression\s+{full}\s+[\d.]+ ms", out), out
     assert re.search(r"accuracy on 4 fresh clips \(order-dependent questions\): \d+%", out), out
 
@@ -330,3 +330,32 @@ def test_storm_hf_demo_console_script(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Q: " in result.stdout and "visual tokens" in result.stdout
+
+
+def test_generate_with_a_token_budget_matches_the_processor(capsys, checkpoint):
+    from transformers import AutoProcessor
+
+    video = checkpoint / "clip.mp4"
+    argv = ["--model", checkpoint, "--video", video, "--prompt", "What moves?", "--max-new-tokens", "4"]
+    status, out, err = run(capsys, "generate", *argv, "--max-visual-tokens", "8")
+    assert status == 0, err
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    chat = [
+        {"role": "user", "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": "What moves?"}]}
+    ]
+    inputs = processor.apply_chat_template(
+        chat,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"max_visual_tokens": 8},
+    )
+    model = StormForConditionalGeneration.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.strip("\n") == processor.decode(
+        output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    ).strip("\n")
+    # 8 tokens = 2 pooled frames of 2x2 tokens = 4 frames of the 2 s clip (2 per second: stride 1).
+    assert inputs["video_num_frames"].tolist() == [[4]] and "4 frames -> 8 visual tokens" in err and "stride 1" in err

@@ -6,11 +6,12 @@ import pytest
 import torch
 from media import make_frames, make_processor, write_video
 from modeling_utils import tiny_config
+from PIL import Image
 from transformers import TextIteratorStreamer, pipeline
 
 from storm_hf import StormForConditionalGeneration
+from storm_hf.pipelines import VISUAL_INPUTS
 from storm_hf.processing import register_processing
-
 
 MAX_NEW_TOKENS = 4
 
@@ -44,7 +45,12 @@ def video_chat(*videos, question="What happens?"):
 def reference_answer(model, processor, chat, **processor_kwargs):
     """Processor + `generate` + decode by hand: what every pipeline call must return."""
     inputs = processor.apply_chat_template(
-        chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", processor_kwargs=processor_kwargs
+        chat,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs=processor_kwargs,
     )
     generated = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     return processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -59,7 +65,9 @@ def test_video_and_question_as_path_array_and_chat(pipe, model, processor, tmp_p
     path = str(write_video(tmp_path / "clip.mp4", frames))
     for video in (path, frames):
         expected = reference_answer(model, processor, video_chat(video))
-        assert answer(pipe(video, text="What happens?", max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)) == expected
+        assert (
+            answer(pipe(video, text="What happens?", max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)) == expected
+        )
         chat_output = pipe(text=video_chat(video), max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)
         assert answer(chat_output) == expected
 
@@ -68,7 +76,14 @@ def test_stride_and_frames_chosen_per_call(pipe, model, processor):
     frames = make_frames(16)
     settings = {"num_frames": 8, "temporal_sampling_stride": 2}
     expected = reference_answer(model, processor, video_chat(frames), **settings)
-    output = pipe(frames, text="What happens?", processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)
+    output = pipe(
+        frames, text="What happens?", processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
+    )
+    assert answer(output) == expected
+    stock = pipeline("image-text-to-text", model=model, processor=processor)
+    output = stock(
+        text=video_chat(frames), processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
+    )
     assert answer(output) == expected
 
 
@@ -78,7 +93,11 @@ def test_batched_calls_match_single_calls(pipe, processor):
         video_chat(make_frames(8, seed=2), make_frames(8, seed=3), question="Which is longer?"),
         video_chat(make_frames(20, seed=4), question="Colours?"),
     ]
-    settings = {"processor_kwargs": {"do_sample_frames": False}, "max_new_tokens": MAX_NEW_TOKENS, "return_full_text": False}
+    settings = {
+        "processor_kwargs": {"do_sample_frames": False},
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "return_full_text": False,
+    }
     single = [answer(pipe(text=chat, **settings)) for chat in chats]
     batched = [answer(output) for output in pipe(text=chats, batch_size=3, **settings)]
     assert batched == single
@@ -115,3 +134,51 @@ def test_processor_and_model_disagreeing_raises(model):
 def test_question_count_must_match_videos(pipe):
     with pytest.raises(ValueError, match="2 video\\(s\\) and 1 question"):
         pipe([make_frames(4), make_frames(4)], text=["Only one?"])
+
+
+def image_chat(path, question="What colour?"):
+    return [{"role": "user", "content": [{"type": "image", "path": str(path)}, {"type": "text", "text": question}]}]
+
+
+def test_image_chats_by_path_in_both_pipelines(pipe, model, processor, tmp_path):
+    path = tmp_path / "image.png"
+    Image.fromarray(make_frames(1)[0]).save(path)
+    expected = reference_answer(model, processor, image_chat(path))
+    stock = pipeline("image-text-to-text", model=model, processor=processor)
+    for runner in (pipe, stock):
+        assert answer(runner(text=image_chat(path), max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)) == expected
+
+
+def test_batch_mixing_image_only_video_and_text_only_chats_matches_single_calls(pipe, tmp_path):
+    path = tmp_path / "image.png"
+    Image.fromarray(make_frames(1, seed=5)[0]).save(path)
+    both = [{"role": "user", "content": [*image_chat(path)[0]["content"], {"type": "video", "video": make_frames(8)}]}]
+    chats = [
+        image_chat(path),
+        video_chat(make_frames(12, seed=1), make_frames(6, seed=2)),
+        both,
+        [{"role": "user", "content": "Text only."}],
+    ]
+    settings = {"max_new_tokens": MAX_NEW_TOKENS, "return_full_text": False}
+    single = [answer(pipe(text=chat, **settings)) for chat in chats]
+    for batch_size in (2, 4):
+        assert [answer(output) for output in pipe(text=chats, batch_size=batch_size, **settings)] == single
+
+
+def test_max_visual_tokens_through_the_pipeline(pipe, model, processor):
+    from transformers.utils.chat_template_utils import Chat
+
+    frames = make_frames(40)
+    settings = {"max_visual_tokens": 16}  # 4 pooled frames of 2x2 tokens: 8 frames (the processor's default is 4)
+    prepared = pipe.preprocess(Chat(video_chat(frames)), processor_kwargs=settings)
+    assert prepared[VISUAL_INPUTS]["video_num_frames"].tolist() == [[8]]
+    expected = reference_answer(model, processor, video_chat(frames), **settings)
+    output = pipe(
+        frames, text="What happens?", processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
+    )
+    assert answer(output) == expected
+    stock = pipeline("image-text-to-text", model=model, processor=processor)
+    output = stock(
+        text=video_chat(frames), processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
+    )
+    assert answer(output) == expected

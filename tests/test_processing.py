@@ -56,7 +56,9 @@ def test_chat_template_is_chatml_with_vision_placeholders(processor):
 def test_placeholders_expand_to_the_model_token_count(processor):
     for stride in (1, 2):
         output = processor(
-            text="<|vision_start|><|video_pad|><|vision_end|>Hi", videos=make_frames(10), temporal_sampling_stride=stride
+            text="<|vision_start|><|video_pad|><|vision_end|>Hi",
+            videos=make_frames(10),
+            temporal_sampling_stride=stride,
         )
         num_tokens = (torch.tensor(output["input_ids"]) == processor.video_token_id).sum().item()
         assert num_tokens == tokens_per_video(4, stride)  # 4 sampled frames (the processor's num_frames)
@@ -161,7 +163,7 @@ def test_save_and_load_with_auto_processor(tmp_path):
     register_processing()  # what `import storm_hf` does
     processor = make_processor(temporal_sampling_stride=2, spatial_pool_size=2)
     processor.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    saved = json.loads((tmp_path / "processor_config.json").read_text())["video_processor"]
     assert {key: saved[key] for key in ("patch_size", "temporal_pool_size", "temporal_sampling_stride")} == {
         "patch_size": 14,
         "temporal_pool_size": 2,
@@ -190,3 +192,206 @@ def test_remote_code_loads_without_the_package(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["StormProcessor", "StormVideoProcessor", "[[4]]"]
+
+
+# ---------------------------------------------------------------- max_visual_tokens
+
+BUDGET = 64  # the tiny processor's frames are 2x2 = 4 tokens after pooling 2: 16 pooled frames
+
+
+@pytest.fixture(scope="module")
+def tiny_model(processor):
+    from modeling_utils import tiny_config
+
+    from storm_hf import StormForConditionalGeneration
+
+    config = tiny_config(image_token_id=processor.image_token_id, video_token_id=processor.video_token_id)
+    config.text_config.vocab_size = len(processor.tokenizer)
+    torch.manual_seed(0)
+    return StormForConditionalGeneration(config).eval()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """A 10 s clip at 10 fps and a 1-hour clip at 1 fps (16x16 px: an hour of frames encodes in seconds)."""
+    folder = tmp_path_factory.mktemp("clips")
+    return {
+        "10s": write_video(folder / "10s.mp4", make_frames(100), fps=10),
+        "1h": write_video(folder / "1h.mp4", make_frames(3600, 16, 16), fps=1, gop_size=250),
+    }
+
+
+@pytest.mark.parametrize(
+    ("clip", "frames", "stride"),
+    [
+        ("10s", 32, 1),  # 16 pooled frames x 2 = 32 frames over 10 s: 3.2 per second, stride 1
+        ("1h", 64, 2),  # 32 frames would be one per 112 s: twice the frames, every 2nd pooled frame kept
+    ],
+)
+def test_max_visual_tokens_on_a_10_second_and_a_1_hour_clip(processor, tiny_model, clips, clip, frames, stride):
+    inputs = processor.apply_chat_template(
+        video_chat(str(clips[clip])),
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"max_visual_tokens": BUDGET, "return_metadata": True},
+    )
+    metadata = inputs.pop("video_metadata")[0]
+    placeholders = int((inputs["input_ids"] == processor.video_token_id).sum())
+    # The choice is reported with the outputs, and it is the one worked out by hand.
+    assert inputs["video_num_frames"].tolist() == [[frames]] and inputs["temporal_sampling_stride"].tolist() == [stride]
+    assert placeholders == tokens_per_video(frames, stride) <= BUDGET
+    assert (
+        metadata.frames_indices == np.round(np.linspace(0, metadata.total_num_frames - 1, frames)).astype(int).tolist()
+    )
+    # The model produces exactly as many tokens as the processor wrote placeholders (its forward checks it too).
+    features = tiny_model.get_video_features(
+        inputs["pixel_values_videos"], inputs["video_num_frames"], inputs["temporal_sampling_stride"]
+    )
+    assert features.pooler_output[0].shape[0] == placeholders
+    with torch.no_grad():
+        tiny_model(**inputs)
+
+
+def test_max_visual_tokens_is_shared_by_the_videos_of_a_sample(processor):
+    long, short = make_frames(300, 8, 8, seed=1), make_frames(10, 8, 8, seed=2)
+    output = processor(
+        text=["<|video_pad|><|video_pad|>", "<|video_pad|>", "No video."],
+        videos=[long, short, long],
+        video_metadata=[{"fps": 1.0}] * 3,
+        max_visual_tokens=BUDGET,
+    )
+    # Sample 0: 32 tokens each = 8 pooled frames = 16 frames of the long video, all 10 of the short one, stride 1
+    # (one stride per sample). Sample 1: the whole budget; 32 frames in 300 s is sparse, so 64 frames at stride 2.
+    assert output["video_num_frames"].tolist() == [[16, 10], [64, 0], [0, 0]]
+    assert output["temporal_sampling_stride"].tolist() == [1, 2, 1]
+    placeholders = [sample.count(processor.video_token_id) for sample in output["input_ids"]]
+    assert placeholders == [tokens_per_video(16) + tokens_per_video(10), tokens_per_video(64, 2), 0]
+    assert max(placeholders) <= BUDGET
+
+
+def test_max_visual_tokens_errors(processor):
+    with pytest.raises(ValueError, match=r"max_visual_tokens=3.*below the 4 tokens of a single pooled frame"):
+        processor(text="<|video_pad|>", videos=make_frames(8), max_visual_tokens=3)
+    with pytest.raises(ValueError, match="do not pass it with `num_frames`"):
+        processor(text="<|video_pad|>", videos=make_frames(8), max_visual_tokens=BUDGET, num_frames=4)
+    with pytest.raises(ValueError, match=r"give 32 LLM tokens, over `max_visual_tokens=16`"):
+        processor(text="<|video_pad|>", videos=make_frames(16), max_visual_tokens=16, do_sample_frames=False)
+
+
+# ---------------------------------------------------------------- input kinds
+
+
+def test_images_by_path_and_url_in_call_and_chat(processor, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    path = tmp_path / "image.png"
+    Image.fromarray(make_frames(1)[0]).save(path)
+    expected = processor(text="<|image_pad|>", images=Image.open(path))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/image.png"
+    try:
+        for image in (str(path), url):
+            output = processor(text="<|image_pad|>", images=image)
+            torch.testing.assert_close(output["pixel_values"], expected["pixel_values"])
+            assert output["input_ids"] == expected["input_ids"]
+        for entry in ({"path": str(path)}, {"url": url}):
+            chat = [{"role": "user", "content": [{"type": "image", **entry}, {"type": "text", "text": "What?"}]}]
+            output = processor.apply_chat_template(chat, tokenize=True, return_dict=True)
+            torch.testing.assert_close(output["pixel_values"], expected["pixel_values"])
+            assert output["input_ids"][0].count(processor.image_token_id) == num_visual_tokens(1, 56, 56, patch_size=14)
+    finally:
+        server.shutdown()
+
+
+def test_video_as_frame_paths_and_as_datasets_lists_equals_the_array(processor, tmp_path):
+    frames = make_frames(6)
+    paths = []
+    for index, frame in enumerate(frames):
+        paths.append(str(tmp_path / f"frame{index}.png"))
+        Image.fromarray(frame).save(paths[-1])
+    settings = {"text": "<|video_pad|>", "do_sample_frames": False}
+    expected = processor(videos=frames, **settings)
+    for video in (paths, frames.tolist()):
+        output = processor(videos=video, **settings)
+        torch.testing.assert_close(output["pixel_values_videos"], expected["pixel_values_videos"])
+        assert output["input_ids"] == expected["input_ids"]
+    chat = video_chat(paths)
+    output = processor.apply_chat_template(chat, tokenize=True, return_dict=True, processor_kwargs={"num_frames": 6})
+    torch.testing.assert_close(output["pixel_values_videos"], expected["pixel_values_videos"])
+    with pytest.raises(ValueError, match="0..255 pixel values"):
+        processor(videos=(frames.astype(int) * 2).tolist(), **settings)
+
+
+# ---------------------------------------------------------------- conventions and old checkpoints
+
+
+def test_per_call_settings_are_video_processor_kwargs_only(processor):
+    import inspect
+    import warnings
+
+    from storm_hf.processing import StormVideoProcessorKwargs, video_processing_storm
+
+    assert "temporal_sampling_stride" not in inspect.signature(StormProcessor.__init__).parameters
+    assert {"temporal_sampling_stride", "max_visual_tokens"} <= set(StormVideoProcessorKwargs.__annotations__)
+    with pytest.warns(DeprecationWarning, match="StormVideoProcessorKwargs"):
+        assert video_processing_storm.StormVideosKwargs is StormVideoProcessorKwargs
+    with pytest.warns(DeprecationWarning, match="settings of the video processor"):
+        legacy = StormProcessor(processor.image_processor, processor.tokenizer, StormVideoProcessor(), patch_size=16)
+    assert legacy.video_processor.patch_size == 16 and "patch_size" not in legacy.to_dict()
+    with pytest.warns(DeprecationWarning, match="video_processor.patch_size"):
+        assert legacy.patch_size == 16
+    with pytest.warns(DeprecationWarning, match="token_grid"):
+        assert processor.num_tokens(8, 56, 56, 2) == tokens_per_video(8, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        processor(text="<|video_pad|>", videos=make_frames(8), temporal_sampling_stride=2)
+
+
+def test_old_processor_config_loads_and_counts_like_the_model():
+    from transformers import AutoProcessor
+
+    from storm_hf import StormForConditionalGeneration
+    from storm_hf.demo import BUNDLED_CHECKPOINT
+
+    register_processing()
+    saved = json.loads((BUNDLED_CHECKPOINT / "processor_config.json").read_text())
+    assert saved["patch_size"] == 16 and "patch_size" not in saved["video_processor"]  # the old layout
+    processor = AutoProcessor.from_pretrained(BUNDLED_CHECKPOINT)
+    video_processor = processor.video_processor
+    assert (video_processor.patch_size, video_processor.downsample_ratio, video_processor.temporal_pool_size) == (
+        16,
+        4,
+        4,
+    )
+    model = StormForConditionalGeneration.from_pretrained(BUNDLED_CHECKPOINT).eval()
+    for stride in (1, 2):
+        inputs = processor(
+            text="<|video_pad|>", videos=make_frames(8, 64, 64), temporal_sampling_stride=stride, return_tensors="pt"
+        )
+        features = model.get_video_features(
+            inputs["pixel_values_videos"], inputs["video_num_frames"], inputs["temporal_sampling_stride"]
+        )
+        assert features.pooler_output[0].shape[0] == int((inputs["input_ids"] == processor.video_token_id).sum())
+
+
+def test_num_multimodal_tokens_match_the_processor(processor):
+    image = Image.fromarray(make_frames(1, 30, 70)[0])
+    output = processor(text="<|image_pad|>", images=image)
+    counted = processor._get_num_multimodal_tokens(image_sizes=[(30, 70)], video_sizes=[(6, 48, 64), (5, 48, 64)])
+    assert counted.num_image_tokens == [output["input_ids"][0].count(processor.image_token_id)]
+    for stride in (1, 2):
+        videos = [make_frames(6), make_frames(5)]
+        output = processor(
+            text="<|video_pad|><|video_pad|>", videos=videos, do_sample_frames=False, temporal_sampling_stride=stride
+        )
+        counted = processor._get_num_multimodal_tokens(
+            video_sizes=[(6, 48, 64), (5, 48, 64)], temporal_sampling_stride=stride
+        )
+        assert sum(counted.num_video_tokens) == output["input_ids"][0].count(processor.video_token_id)
+        assert counted.num_video_tokens == [tokens_per_video(6, stride), tokens_per_video(5, stride)]

@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument(
         "--fps", type=positive_float, help="frames sampled per second of video instead of --num-frames"
     )
+    sampling.add_argument(
+        "--max-visual-tokens",
+        type=positive_int,
+        help="LLM token budget of the video: the processor picks the frames and the temporal-sampling stride "
+        "(instead of --num-frames / --fps)",
+    )
     add_compression_arguments(generate)
     generate.add_argument("--max-new-tokens", type=positive_int, default=128, help="default: %(default)s")
     generate.add_argument("--dtype", choices=DTYPES, default="auto", help="weights' dtype (default: the checkpoint's)")
@@ -316,7 +322,8 @@ def load_model_and_processor(name: str, dtype: str, device: str, trust_remote_co
     check_model_name(name)
     overrides = {key: value for key, value in config_overrides.items() if value is not None}
     try:
-        processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+        # The pooling overrides reach the video processor, which counts the placeholders with the model's pooling.
+        processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code, **overrides)
         model = AutoModelForImageTextToText.from_pretrained(
             name,
             dtype=dtype if dtype == "auto" else getattr(torch, dtype),
@@ -325,8 +332,6 @@ def load_model_and_processor(name: str, dtype: str, device: str, trust_remote_co
         )
     except OSError as error:
         raise CommandError(f"cannot load {name!r}: {str(error).splitlines()[0]}") from None
-    for key, value in overrides.items():  # the processor counts placeholders with the same pooling as the model
-        setattr(processor, key, value)
     return model.to(device).eval(), processor
 
 
@@ -346,21 +351,27 @@ def run_generate(args) -> None:
     )
     video_processor = processor.video_processor
     num_frames, fps = args.num_frames, args.fps
-    if num_frames is None and fps is None:
+    if num_frames is None and fps is None and args.max_visual_tokens is None:
         num_frames, fps = video_processor.num_frames, video_processor.fps
+    stride = args.temporal_sampling_stride or video_processor.temporal_sampling_stride or 1
 
     started = time.perf_counter()
     with DecodingProgress(not args.no_progress).counting() as progress:
 
         def sample(metadata, **kwargs):
-            indices = video_processor.sample_frames(metadata, num_frames=num_frames, fps=fps)
+            nonlocal stride
+            if args.max_visual_tokens is not None:
+                plan = video_processor.plan_frames(metadata, args.max_visual_tokens, args.temporal_sampling_stride)
+                stride = plan.temporal_sampling_stride
+                indices = video_processor.sample_frames(metadata, num_frames=plan.num_frames)
+            else:
+                indices = video_processor.sample_frames(metadata, num_frames=num_frames, fps=fps)
             progress.start(len(set(indices.tolist())))
             return indices
 
         frames, metadata = read_video(args.video, sample)
     decoded = time.perf_counter()
 
-    stride = args.temporal_sampling_stride or processor.temporal_sampling_stride
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": args.prompt}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     inputs = processor(
@@ -369,6 +380,7 @@ def run_generate(args) -> None:
         video_metadata=[metadata],
         do_sample_frames=False,
         temporal_sampling_stride=stride,
+        max_visual_tokens=args.max_visual_tokens,
         return_tensors="pt",
     ).to(device)
     if "pixel_values_videos" in inputs:
@@ -501,40 +513,30 @@ def parameter_counts(config) -> dict[str, int]:
 
 def info_table(config, frames, text_tokens: int, dtype_bytes: int, stride: int) -> tuple[list[str], list[list[str]]]:
     """Rows of frames -> tokens -> estimated LLM memory, without compression and with the config's compression."""
-    from . import num_visual_tokens
+    from .accounting import (
+        compression_label,
+        kv_cache_bytes_per_token,
+        prefill_activation_bytes_per_token,
+        video_tokens,
+    )
 
-    text = config.text_config
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    kv_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * dtype_bytes
-    # Prefill keeps one layer's MLP intermediates (gate, up) and a few residual-stream copies per token alive.
-    activations_per_token = (2 * text.intermediate_size + 4 * text.hidden_size) * dtype_bytes
+    kv_per_token = kv_cache_bytes_per_token(config, dtype_bytes)
+    activations_per_token = prefill_activation_bytes_per_token(config, dtype_bytes)
     weights = parameter_counts(config)["language model"] * dtype_bytes
-    size = config.vision_config.image_size
-    common = dict(patch_size=config.vision_config.patch_size, downsample_ratio=config.downsample_ratio)
+    no_compression = dict(temporal_pool_size=1, spatial_pool_size=1, temporal_sampling_stride=1)
     compression = dict(
         temporal_pool_size=config.temporal_pool_size,
         spatial_pool_size=config.spatial_pool_size,
         temporal_sampling_stride=stride,
     )
-    name = (
-        " + ".join(
-            label
-            for label, value in (
-                (f"T.Pool {config.temporal_pool_size}", config.temporal_pool_size),
-                (f"S.Pool {config.spatial_pool_size}x{config.spatial_pool_size}", config.spatial_pool_size),
-                (f"T.Sampling {stride}", stride),
-            )
-            if value > 1
-        )
-        or "none"
-    )
+    name = compression_label(**compression)
     header = ["frames", "compression", "visual tokens", "% of full", "KV cache", "prefill activations", "LLM memory"]
     rows = []
     for num_frames in frames:
-        full = num_visual_tokens(num_frames, size, size, **common)
+        full = video_tokens(config, num_frames, **no_compression)
         variants = [("none", full)]
         if name != "none":
-            variants.append((name, num_visual_tokens(num_frames, size, size, **common, **compression)))
+            variants.append((name, video_tokens(config, num_frames, **compression)))
         for label, tokens in variants:
             total_tokens = tokens + text_tokens
             kv, activations = kv_per_token * total_tokens, activations_per_token * total_tokens
@@ -594,7 +596,7 @@ def run_info(args) -> None:
     print(
         f"LLM memory = LLM weights + KV cache + prefill activations for visual tokens + {args.text_tokens} text tokens, "
         f"in {args.dtype}; vision tower and projector weights and framework overhead not included. Token counts come "
-        "from storm_hf.num_visual_tokens."
+        "from storm_hf.accounting."
     )
 
 

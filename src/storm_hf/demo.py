@@ -42,9 +42,7 @@ def load(checkpoint: Path, **config_overrides):
     from .modeling import StormForConditionalGeneration
 
     model = StormForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, **config_overrides).eval()
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    for key, value in config_overrides.items():
-        setattr(processor, key, value)
+    processor = AutoProcessor.from_pretrained(checkpoint, **config_overrides)  # the video processor counts with them
     return model, processor
 
 
@@ -73,16 +71,14 @@ def median_latency(model, processor, video: Path, question: str, repeats: int = 
 
 def paper_scale_line(pool: int, num_frames: int = 128) -> str:
     """The same compression at the paper's scale: visual tokens and LLM KV cache of the 7B model (`storm-hf info`)."""
-    from . import num_visual_tokens
+    from .accounting import kv_cache_bytes_per_token, video_tokens
     from .modeling import StormConfig
 
     config = StormConfig()
-    text, size = config.text_config, config.vision_config.image_size
-    kv_bytes_per_token = (
-        2 * text.num_hidden_layers * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads) * 2
-    )
+    size = config.vision_config.image_size
+    kv_bytes_per_token = kv_cache_bytes_per_token(config, dtype_bytes=2)
     counts = [
-        num_visual_tokens(num_frames, size, size, patch_size=config.vision_config.patch_size, temporal_pool_size=k)
+        video_tokens(config, num_frames, temporal_pool_size=k, spatial_pool_size=1, temporal_sampling_stride=1)
         for k in (1, pool)
     ]
     return (
@@ -132,6 +128,7 @@ def run_demo(
     out=None,
 ) -> dict:
     """Run the demo, print it to `out` (default: stdout), and return its numbers."""
+    from .accounting import compression_label
     from .synthetic import (
         BAG_OF_FRAMES_CHANCE,
         ORDER_DEPENDENT_TYPES,
@@ -155,9 +152,7 @@ def run_demo(
 
     model, processor = load(checkpoint)
     pool = model.config.temporal_pool_size
-    compression = f"T.Pool {pool}" + (
-        f" + S.Pool {model.config.spatial_pool_size}" if model.config.spatial_pool_size > 1 else ""
-    )
+    compression = compression_label(pool, model.config.spatial_pool_size)
     num_frames = processor.video_processor.num_frames
     size = model.config.vision_config.image_size
     results = {"seed": seed, "question_type": question_type}

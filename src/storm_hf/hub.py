@@ -12,7 +12,7 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
-from .processing.token_budget import num_visual_tokens
+from .accounting import compression_label, video_tokens
 
 
 PIPELINE_TAG = "video-text-to-text"
@@ -24,33 +24,23 @@ def token_budget_rows(
     config, frames=TOKEN_BUDGET_FRAMES, sampling_strides=(1, 2, 4)
 ) -> list[tuple[int, int, list[int]]]:
     """(frames, tokens without compression, [tokens with the config's pooling and each temporal-sampling stride])."""
-    size = config.vision_config.image_size
-    common = dict(patch_size=config.vision_config.patch_size, downsample_ratio=config.downsample_ratio)
-    rows = []
-    for num_frames in frames:
-        full = num_visual_tokens(num_frames, size, size, **common)
-        compressed = [
-            num_visual_tokens(
-                num_frames,
-                size,
-                size,
-                temporal_pool_size=config.temporal_pool_size,
-                spatial_pool_size=config.spatial_pool_size,
-                temporal_sampling_stride=stride,
-                **common,
-            )
-            for stride in sampling_strides
-        ]
-        rows.append((num_frames, full, compressed))
-    return rows
+    no_compression = dict(temporal_pool_size=1, spatial_pool_size=1, temporal_sampling_stride=1)
+    return [
+        (
+            num_frames,
+            video_tokens(config, num_frames, **no_compression),
+            [video_tokens(config, num_frames, temporal_sampling_stride=stride) for stride in sampling_strides],
+        )
+        for num_frames in frames
+    ]
 
 
 def token_budget_table(config, sampling_strides=(1, 2, 4)) -> str:
     """Markdown table: LLM tokens per video for common frame counts, uncompressed and with this model's compression."""
-    pooling = f"T.Pool {config.temporal_pool_size}" + (
-        f" + S.Pool {config.spatial_pool_size}x{config.spatial_pool_size}" if config.spatial_pool_size > 1 else ""
-    )
-    header = ["frames", "no compression", pooling] + [f"{pooling} + T.Sampling {s}" for s in sampling_strides[1:]]
+    pooling = dict(temporal_pool_size=config.temporal_pool_size, spatial_pool_size=config.spatial_pool_size)
+    header = ["frames", "no compression"] + [
+        compression_label(**pooling, temporal_sampling_stride=stride) for stride in sampling_strides
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for num_frames, full, compressed in token_budget_rows(config, sampling_strides=sampling_strides):
         cells = [str(num_frames), f"{full:,}"] + [f"{tokens:,} ({100 * tokens / full:.1f}%)" for tokens in compressed]
@@ -86,7 +76,7 @@ STORM ("Token-Efficient Long Video Understanding for Multimodal LLMs", Jiang et 
 
 ## Token budget
 
-LLM tokens per video ({vision.image_size}x{vision.image_size} frames). Temporal sampling is a test-time choice (`temporal_sampling_stride` in the processor call); pooling sizes are fixed by training.
+LLM tokens per video ({vision.image_size}x{vision.image_size} frames). Temporal sampling is a test-time choice (`temporal_sampling_stride` in the processor call); pooling sizes are fixed by training. Or set the budget and let the processor choose frames and stride: `processor_kwargs={{"max_visual_tokens": 8192}}`.
 
 {token_budget_table(config)}
 
@@ -99,7 +89,8 @@ model = AutoModelForImageTextToText.from_pretrained("{repo}", trust_remote_code=
 processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)
 messages = [{{"role": "user", "content": [{{"type": "video", "path": "clip.mp4"}}, {{"type": "text", "text": "What happens?"}}]}}]
 inputs = processor.apply_chat_template(
-    messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", num_frames=32
+    messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+    processor_kwargs={{"num_frames": 32}},
 )
 output = model.generate(**inputs, max_new_tokens=64)
 print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))

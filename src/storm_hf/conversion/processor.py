@@ -37,17 +37,23 @@ def ensure_processing_registered() -> None:
 
 def build_processor(tokenizer, config, num_frames: int = 32) -> StormProcessor:
     """StormProcessor for `config`: SigLIP pre-processing at the vision tower's resolution, `num_frames` frames by
-    default, placeholder counts from the config's pixel-shuffle and pooling."""
+    default; the video processor counts placeholders with the config's patch size, pixel-shuffle, pooling and
+    default temporal-sampling stride."""
     ensure_processing_registered()
     size = {"height": config.vision_config.image_size, "width": config.vision_config.image_size}
     normalisation = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    return StormProcessor(
-        image_processor=SiglipImageProcessor(size=size, resample=3, **normalisation),
-        tokenizer=tokenizer,
-        video_processor=StormVideoProcessor(size=size, num_frames=num_frames, **normalisation),
+    video_processor = StormVideoProcessor(
+        size=size,
+        num_frames=num_frames,
         patch_size=config.vision_config.patch_size,
         downsample_ratio=config.downsample_ratio,
         temporal_pool_size=config.temporal_pool_size,
         spatial_pool_size=config.spatial_pool_size,
         temporal_sampling_stride=config.temporal_sampling_stride,
+        **normalisation,
+    )
+    return StormProcessor(
+        image_processor=SiglipImageProcessor(size=size, resample=3, **normalisation),
+        tokenizer=tokenizer,
+        video_processor=video_processor,
     )

@@ -5,9 +5,9 @@ imports only; this `__init__` is not shipped.
 """
 
 from .processing_storm import StormProcessor
-from .token_budget import num_visual_tokens
+from .token_budget import FramePlan, frames_within_budget, num_visual_tokens, visual_token_grid
 from .video_decoding import StormVideoMetadata, VideoDecodingError, read_video
-from .video_processing_storm import StormVideoProcessor
+from .video_processing_storm import StormVideoProcessor, StormVideoProcessorKwargs
 
 
 def register_processing():
@@ -26,11 +26,15 @@ def register_processing():
 
 
 __all__ = [
+    "FramePlan",
     "StormProcessor",
     "StormVideoMetadata",
     "StormVideoProcessor",
+    "StormVideoProcessorKwargs",
     "VideoDecodingError",
+    "frames_within_budget",
     "num_visual_tokens",
     "read_video",
     "register_processing",
+    "visual_token_grid",
 ]

@@ -1,13 +1,14 @@
-"""Processor of STORM: chat template, placeholder expansion and batch-major visual inputs."""
+"""Processor of STORM: chat template and placeholder expansion; the video processor counts the tokens."""
+
+import itertools
+import math
+import warnings
 
 import torch
-from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import make_flat_list_of_images
-from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin
 
-from .token_budget import num_visual_tokens
-from .video_processing_storm import make_list_of_videos, pad_videos
-
+from .video_processing_storm import TOKEN_GRID_SETTINGS, StormVideoProcessorKwargs, make_list_of_videos, pad_videos
 
 # ChatML (Qwen2-VL) with the default system prompt of the paper's LLM. Each image or video becomes one placeholder
 # wrapped in vision start/end tokens; the processor expands the placeholder to the number of visual tokens. Assistant
@@ -46,29 +47,37 @@ You are a helpful assistant.<|im_end|>
 
 
 class StormProcessorKwargs(ProcessingKwargs, total=False):
-    temporal_sampling_stride: int
+    videos_kwargs: StormVideoProcessorKwargs
+
+
+# Settings older processors carried themselves (processor_config.json of storm_hf <= 0.x); they live in the video
+# processor now. `temporal_sampling_stride` is the video processor's default stride.
+VIDEO_PROCESSOR_SETTINGS = (*TOKEN_GRID_SETTINGS, "temporal_sampling_stride")
 
 
 class StormProcessor(ProcessorMixin):
     r"""
     Processor of STORM: a Qwen2 tokenizer, a [`StormVideoProcessor`] and a SigLIP image processor.
 
-    Each `<|video_pad|>` (`<|image_pad|>`) in the text stands for one video (image), in order, and is expanded to as many
-    tokens as the model produces for it, counted by `num_visual_tokens` from the processed frames and the attributes
-    below; the stride used is returned with the pixels, so processor and model count with the same numbers.
+    Each `<|video_pad|>` (`<|image_pad|>`) in the text stands for one video (image), in order, and is replaced by as
+    many placeholders as the model produces for it: the video processor returns each video's LLM token grid with its
+    pixels (an image is counted as a one-frame video with the same settings), so processor and model count with the
+    same numbers. Per-call settings go to the video processor as keyword arguments: `num_frames`, `fps`,
+    `temporal_sampling_stride`, `max_visual_tokens` (see [`StormVideoProcessorKwargs`]), e.g.
+    `processor(text, videos=..., max_visual_tokens=8192)` or
+    `apply_chat_template(..., processor_kwargs={"max_visual_tokens": 8192})`.
+
+    `max_visual_tokens` is a budget per sample (one prompt): its videos share it equally. The frames and stride
+    chosen are in the outputs: `video_num_frames`, `temporal_sampling_stride` and the `<|video_pad|>` count of
+    `input_ids`.
 
     Args:
         image_processor: SigLIP image processor (448x448, mean = std = 0.5).
         tokenizer: Qwen2 tokenizer with the `<|video_pad|>`, `<|image_pad|>`, `<|vision_start|>`, `<|vision_end|>`
             special tokens.
-        video_processor ([`StormVideoProcessor`]): decodes, samples and normalises videos.
+        video_processor ([`StormVideoProcessor`]): decodes, samples and normalises videos; holds the model's patch
+            size, pixel-shuffle and pooling sizes.
         chat_template (`str`, *optional*): defaults to ChatML with video/image placeholders (`CHAT_TEMPLATE`).
-        patch_size (`int`, defaults to 14): patch size of the vision tower.
-        downsample_ratio (`int`, defaults to 2): side of the pixel-shuffle window.
-        temporal_pool_size (`int`, defaults to 4): frames averaged into one by the token compressor.
-        spatial_pool_size (`int`, defaults to 1): side of the spatial average-pooling window.
-        temporal_sampling_stride (`int`, defaults to 1): keep every n-th pooled frame (test time only); override per
-            call with `processor(..., temporal_sampling_stride=2)`. Ignored for images.
 
     Returns (from `__call__`), batch-major so that `generate` can repeat samples:
         - `input_ids`, `attention_mask`: (batch, seq).
@@ -77,100 +86,60 @@ class StormProcessor(ProcessorMixin):
           an empty slot; `temporal_sampling_stride`: long (batch,). Only when there are videos.
         - `pixel_values`: float (batch, max_images_per_sample, 3, H, W), zero-padded; `num_images`: long (batch,).
           Only when there are images.
+        - `video_metadata`: with `return_metadata=True`, one metadata per video (frame indices and timestamps).
     """
 
     valid_processor_kwargs = StormProcessorKwargs
 
-    def __init__(
-        self,
-        image_processor=None,
-        tokenizer=None,
-        video_processor=None,
-        chat_template=None,
-        patch_size: int = 14,
-        downsample_ratio: int = 2,
-        temporal_pool_size: int = 4,
-        spatial_pool_size: int = 1,
-        temporal_sampling_stride: int = 1,
-        **kwargs,
-    ):
+    def __init__(self, image_processor=None, tokenizer=None, video_processor=None, chat_template=None, **kwargs):
         self.image_token = "<|image_pad|>"
         self.video_token = "<|video_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
         if self.image_token_id == tokenizer.unk_token_id or self.video_token_id == tokenizer.unk_token_id:
             raise ValueError(f"The tokenizer must have the special tokens {self.image_token} and {self.video_token}.")
-        self.patch_size = patch_size
-        self.downsample_ratio = downsample_ratio
-        self.temporal_pool_size = temporal_pool_size
-        self.spatial_pool_size = spatial_pool_size
-        self.temporal_sampling_stride = temporal_sampling_stride
-        super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template or CHAT_TEMPLATE)
-
-    def num_tokens(self, num_frames: int, height: int, width: int, temporal_sampling_stride: int = 1) -> int:
-        """LLM tokens of a video of `num_frames` frames (an image is 1 frame) of `height`x`width` processed pixels."""
-        return num_visual_tokens(
-            num_frames,
-            height,
-            width,
-            patch_size=self.patch_size,
-            downsample_ratio=self.downsample_ratio,
-            temporal_pool_size=self.temporal_pool_size,
-            spatial_pool_size=self.spatial_pool_size,
-            temporal_sampling_stride=temporal_sampling_stride,
+        legacy = {name: kwargs.pop(name) for name in VIDEO_PROCESSOR_SETTINGS if name in kwargs}
+        if legacy:
+            warnings.warn(
+                f"Passing {sorted(legacy)} to StormProcessor is deprecated: they are settings of the video processor "
+                f"(`StormVideoProcessor({', '.join(f'{name}=...' for name in legacy)})`).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            for name, value in legacy.items():
+                setattr(video_processor, name, value)
+        super().__init__(
+            image_processor, tokenizer, video_processor, chat_template=chat_template or CHAT_TEMPLATE, **kwargs
         )
 
-    def __call__(self, images=None, text=None, videos=None, **kwargs) -> BatchFeature:
-        """Expand the placeholders of `text` (a string or a batch of strings) and process `images` and `videos`.
+    @classmethod
+    def from_args_and_dict(cls, args, processor_dict: dict, **kwargs):
+        """Load, moving the settings an older `processor_config.json` keeps at the top level to the video processor
+        (unless passed to `from_pretrained`, which already gave them to the video processor)."""
+        legacy = {name: processor_dict[name] for name in VIDEO_PROCESSOR_SETTINGS if name in processor_dict}
+        legacy = {name: value for name, value in legacy.items() if name not in kwargs}
+        video_processor = args[cls.get_attributes().index("video_processor")]
+        for name, value in legacy.items():
+            setattr(video_processor, name, value)
+        return super().from_args_and_dict(args, processor_dict, **kwargs)
 
-        `images` and `videos` are flat (in placeholder order over the batch) or nested per sample. See the class
-        docstring for the returned keys.
-        """
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """Load images given as paths or URLs, and group `images` and `videos` (flat in placeholder order over the batch,
+        or nested per sample) per sample, after checking that there is one per placeholder."""
         if text is None:
             raise ValueError(
                 f"{type(self).__name__} needs `text` with one {self.video_token} per video and one {self.image_token} "
                 "per image; `apply_chat_template` writes them for you."
             )
-        texts = [text] if isinstance(text, str) else list(text)
+        images, text, videos, audio = super().prepare_inputs_layout(images, text, videos, audio, **kwargs)
         videos = make_list_of_videos(videos) if videos is not None else []
         images = make_flat_list_of_images(images) if images is not None else []
-        videos_per_sample = self._count_placeholders(texts, self.video_token, len(videos), "video")
-        images_per_sample = self._count_placeholders(texts, self.image_token, len(images), "image")
+        videos_per_sample = self._count_placeholders(text, self.video_token, len(videos), "video")
+        images_per_sample = self._count_placeholders(text, self.image_token, len(images), "image")
+        return (_split(images, images_per_sample), text, _split(videos, videos_per_sample), audio)
 
-        merged = self._merge_kwargs(StormProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
-        text_kwargs = merged["text_kwargs"]
-        return_tensors = text_kwargs.pop("return_tensors", None)
-        return_mm_token_type_ids = text_kwargs.pop("return_mm_token_type_ids", merged["return_mm_token_type_ids"])
-        return_offsets = text_kwargs.pop("return_text_replacement_offsets", merged["return_text_replacement_offsets"])
-
-        data, video_replacements, image_replacements = {}, [], []
-        if videos:
-            stride = merged["temporal_sampling_stride"]
-            processed = self.video_processor(videos, **{**merged["videos_kwargs"], "return_tensors": None})
-            frames = processed["pixel_values_videos"]
-            video_replacements = [self.video_token * self.num_tokens(len(v), *v.shape[-2:], stride) for v in frames]
-            data.update(pad_videos(frames, videos_per_sample))
-            data["temporal_sampling_stride"] = torch.full((len(texts),), stride, dtype=torch.long)
-            if "video_metadata" in processed:
-                data["video_metadata"] = processed["video_metadata"]
-        if images:
-            images_kwargs = {**merged["images_kwargs"], "return_tensors": "pt"}
-            pixel_values = self.image_processor(images, **images_kwargs)["pixel_values"]
-            image_replacements = [self.image_token * self.num_tokens(1, *image.shape[-2:]) for image in pixel_values]
-            # An image is a one-frame video: the same padding gives (batch, max_images_per_sample, 3, H, W).
-            data["pixel_values"] = pad_videos(list(pixel_values[:, None]), images_per_sample)["pixel_values_videos"]
-            data["num_images"] = torch.tensor(images_per_sample, dtype=torch.long)
-
-        texts, replacement_offsets = self.get_text_with_replacements(texts, image_replacements, video_replacements)
-        text_inputs = self.tokenizer(texts, **text_kwargs, return_tensors=return_tensors)
-        self._check_special_mm_tokens(texts, text_inputs, modalities=["image", "video"])
-        if return_mm_token_type_ids:
-            text_inputs["mm_token_type_ids"] = self.create_mm_token_type_ids(text_inputs["input_ids"])
-        if return_offsets:
-            text_inputs["text_replacement_offsets"] = replacement_offsets
-        return BatchFeature(
-            {**text_inputs, **data}, tensor_type=return_tensors, skip_tensor_conversion=self.skip_tensor_conversion
-        )
+    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """Nothing left to check: `prepare_inputs_layout` matched the inputs to the placeholders."""
 
     def _count_placeholders(self, texts: list[str], token: str, num_inputs: int, kind: str) -> list[int]:
         """Placeholders per sample; raises unless there is exactly one input per placeholder."""
@@ -182,6 +151,84 @@ class StormProcessor(ProcessorMixin):
                 f'for {{"type": "{kind}"}} entries), or pass as many {kind}s as there are placeholders.'
             )
         return counts
+
+    def _process_videos(self, videos: list[list], **kwargs):
+        """Videos grouped per sample -> batch-major video inputs, their token grids, and the placeholder strings."""
+        if not any(videos):
+            return {}, []
+        processed = self.video_processor(videos, **{**kwargs, "return_tensors": "pt"})
+        return processed, [
+            self.replace_video_token(processed, index) for index in range(len(processed["video_token_grid"]))
+        ]
+
+    def _process_images(self, images: list[list], **kwargs):
+        """Images grouped per sample -> `pixel_values` (batch, max_images, 3, H, W), `num_images`, placeholder strings."""
+        flat = [image for sample in images for image in sample]
+        if not flat:
+            return {}, []
+        pixel_values = self.image_processor(flat, **{**kwargs, "return_tensors": "pt"})["pixel_values"]
+        grid = [self.video_processor.token_grid(1, *image.shape[-2:]) for image in pixel_values]
+        # An image is a one-frame video: the same padding gives (batch, max_images_per_sample, 3, H, W).
+        counts = [len(sample) for sample in images]
+        processed = {
+            "pixel_values": pad_videos(list(pixel_values[:, None]), counts)["pixel_values_videos"],
+            "num_images": torch.tensor(counts, dtype=torch.long),
+            "image_token_grid": torch.tensor(grid, dtype=torch.long),
+        }
+        return processed, [self.replace_image_token(processed, index) for index in range(len(flat))]
+
+    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        return self.video_token * int(video_inputs["video_token_grid"][video_idx].prod())
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token * int(image_inputs["image_token_grid"][image_idx].prod())
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, **kwargs) -> MultiModalData:
+        """Placeholder counts for images of (height, width) and videos of (num_frames, height, width) (frames as sampled;
+        the processed frame size is the processors' `size` when they resize). `kwargs`: processor kwargs
+        (e.g. `temporal_sampling_stride`)."""
+        merged = self._merge_kwargs(self.valid_processor_kwargs, **kwargs)
+        data = {}
+        if image_sizes is not None:
+            size = self._processed_size(self.image_processor, merged["images_kwargs"])
+            tokens = [self._count(1, *(size or image_size)) for image_size in image_sizes]
+            data.update(num_image_tokens=tokens, num_image_patches=[1] * len(image_sizes))
+        if video_sizes is not None:
+            videos_kwargs = merged["videos_kwargs"]
+            size = self._processed_size(self.video_processor, videos_kwargs)
+            stride = videos_kwargs.get("temporal_sampling_stride", self.video_processor.temporal_sampling_stride)
+            data["num_video_tokens"] = [
+                self._count(
+                    frames, *(size or (height, width)), temporal_sampling_stride=1 if stride is None else stride
+                )
+                for frames, height, width in video_sizes
+            ]
+        return MultiModalData(**data)
+
+    def num_tokens(self, num_frames: int, height: int, width: int, temporal_sampling_stride: int = 1) -> int:
+        """Deprecated: LLM tokens of a video of `num_frames` frames (an image is 1 frame) of `height`x`width` processed
+        pixels; the product of `video_processor.token_grid`."""
+        warnings.warn(
+            "`StormProcessor.num_tokens` is deprecated; use `processor.video_processor.token_grid` (its product).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self._count(num_frames, height, width, temporal_sampling_stride)
+
+    def _count(self, num_frames: int, height: int, width: int, temporal_sampling_stride: int = 1) -> int:
+        return math.prod(self.video_processor.token_grid(num_frames, height, width, temporal_sampling_stride))
+
+    @staticmethod
+    def _processed_size(processor, kwargs: dict) -> tuple[int, int] | None:
+        """(height, width) the processor resizes to, or None when it keeps the input size."""
+        if not kwargs.get("do_resize", processor.do_resize):
+            return None
+        size = kwargs.get("size") or processor.size
+        return size["height"], size["width"]
+
+    @property
+    def unused_input_names(self) -> list[str]:
+        return ["video_token_grid", "image_token_grid"]
 
     @property
     def model_input_names(self) -> list[str]:
@@ -198,3 +245,25 @@ class StormProcessor(ProcessorMixin):
         """Decode generated token ids (batch, seq) to strings."""
         return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 
+
+def _deprecated_video_processor_setting(name: str) -> property:
+    def get(self):
+        warnings.warn(
+            f"`StormProcessor.{name}` is deprecated; read `processor.video_processor.{name}`.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(self.video_processor, name)
+
+    return property(get, doc=f"Deprecated: `video_processor.{name}`.")
+
+
+for _name in VIDEO_PROCESSOR_SETTINGS:
+    setattr(StormProcessor, _name, _deprecated_video_processor_setting(_name))
+del _name
+
+
+def _split(items: list, counts: list[int]) -> list[list]:
+    """`items` (flat, in placeholder order) as one list per sample holding `counts[i]` of them."""
+    starts = [sum(counts[:i]) for i in range(len(counts) + 1)]
+    return [items[start:end] for start, end in itertools.pairwise(starts)]

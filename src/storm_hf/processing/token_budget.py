@@ -1,10 +1,18 @@
-"""How many LLM tokens a video or an image becomes: the one place that counts them.
+"""How many LLM tokens a video or an image becomes, and how many frames fit a token budget.
 
-The processor expands placeholders with `num_visual_tokens`; the model produces exactly that many tokens
-(checked against the placeholder mask at every forward), and `tests/test_token_budget.py` holds the two together.
+The processor expands placeholders with `visual_token_grid` (`num_visual_tokens` is its product); the model produces
+exactly that many tokens (checked against the placeholder mask at every forward). `frames_within_budget` is the policy that
+turns a `max_visual_tokens` budget into a frame count and a temporal-sampling stride.
 """
 
 import math
+from typing import NamedTuple
+
+# Temporal sampling strides the budget policy chooses from: 1 (what STORM is trained with) and 2 (the test-time
+# setting of the paper's T.Pool + T.Sampling results). Larger strides are not evaluated in the paper's tables.
+BUDGET_STRIDES = (1, 2)
+# Below this many sampled frames per second at stride 1, the policy doubles the frames and samples with stride 2.
+MIN_FRAMES_PER_SECOND = 1.0
 
 
 def merged_grid_size(image_size: int, patch_size: int, downsample_ratio: int) -> int:
@@ -15,7 +23,7 @@ def merged_grid_size(image_size: int, patch_size: int, downsample_ratio: int) ->
     return math.ceil((image_size // patch_size) / downsample_ratio)
 
 
-def num_visual_tokens(
+def visual_token_grid(
     num_frames: int,
     height: int,
     width: int,
@@ -25,8 +33,9 @@ def num_visual_tokens(
     temporal_pool_size: int = 1,
     spatial_pool_size: int = 1,
     temporal_sampling_stride: int = 1,
-) -> int:
-    """Number of LLM tokens for `num_frames` frames of `height`x`width` pixels (an image is one frame).
+) -> tuple[int, int, int]:
+    """(frames, rows, columns) of the LLM tokens of `num_frames` frames of `height`x`width` pixels (an image is one
+    frame); the token count is their product.
 
     Order of operations, as in the model: patchify -> pixel-shuffle -> Mamba (keeps the count) ->
     temporal pooling (average of `temporal_pool_size` consecutive frames, a shorter last group included)
@@ -52,4 +61,62 @@ def num_visual_tokens(
         )
     pooled_frames = math.ceil(num_frames / temporal_pool_size)
     kept_frames = math.ceil(pooled_frames / temporal_sampling_stride)
-    return kept_frames * (grid_height // spatial_pool_size) * (grid_width // spatial_pool_size)
+    return (kept_frames, grid_height // spatial_pool_size, grid_width // spatial_pool_size)
+
+
+def num_visual_tokens(num_frames: int, height: int, width: int, **settings: int) -> int:
+    """Number of LLM tokens for `num_frames` frames of `height`x`width` pixels (an image is one frame): the product
+    of `visual_token_grid` with the same keyword `settings` (`patch_size` is required)."""
+    return math.prod(visual_token_grid(num_frames, height, width, **settings))
+
+
+class FramePlan(NamedTuple):
+    """Frames to sample from a video and the temporal-sampling stride to encode them with."""
+
+    num_frames: int
+    temporal_sampling_stride: int
+
+
+def frames_within_budget(
+    max_visual_tokens: int,
+    *,
+    total_frames: int,
+    duration: float | None,
+    tokens_per_frame: int,
+    temporal_pool_size: int,
+    temporal_sampling_stride: int | None = None,
+    max_frames: int | None = None,
+) -> FramePlan:
+    """The most frames of a video whose LLM tokens fit `max_visual_tokens`, and the stride to encode them with.
+
+    `tokens_per_frame` is the token count of one pooled frame (rows x columns of `visual_token_grid`). With stride `s`,
+    `n` frames give `ceil(ceil(n / temporal_pool_size) / s) * tokens_per_frame` tokens, so the budget admits
+    `n <= (max_visual_tokens // tokens_per_frame) * temporal_pool_size * s` frames, capped at the frames the video has
+    (no frame is sampled twice) and at `max_frames`.
+
+    The stride, unless given: 1 when all frames fit at stride 1, or when the frames that fit at stride 1 still cover
+    the video with at least `MIN_FRAMES_PER_SECOND` (or its duration is unknown); 2 otherwise, with twice the frames.
+    Sampling happens after the bidirectional Mamba, so each kept token has already mixed in the frames whose tokens
+    are dropped: at the same LLM budget, 2x the frames with stride 2 see events that fall between the frames of
+    stride 1 (the paper's T.Pool + T.Sampling on 256 frames against T.Pool on 128: MLVU 72.9 vs 72.5, LongVideoBench
+    60.5 vs 59.5, VideoMME 62.4 vs 63.4), at twice the vision-encoder cost. When stride-1 frames are already at least
+    one per second, more frames add mostly near-duplicates, so the policy keeps stride 1 and the cheaper encoding.
+
+    Raises when the budget is smaller than one pooled frame's tokens.
+    """
+    if max_visual_tokens < tokens_per_frame:
+        raise ValueError(
+            f"`max_visual_tokens={max_visual_tokens}` is below the {tokens_per_frame} tokens of a single pooled frame; "
+            f"pass at least {tokens_per_frame} (or a multiple of it)."
+        )
+    if temporal_sampling_stride is not None and temporal_sampling_stride < 1:
+        raise ValueError(f"`temporal_sampling_stride` must be >= 1, got {temporal_sampling_stride}.")
+    if total_frames < 1:
+        raise ValueError(f"Cannot plan frames for a video of {total_frames} frames.")
+    frames_per_stride = (max_visual_tokens // tokens_per_frame) * temporal_pool_size
+    cap = min(total_frames, max_frames or total_frames)
+    if temporal_sampling_stride is None:
+        fits_at_stride_one = frames_per_stride >= cap
+        dense_enough = duration is None or duration <= 0 or frames_per_stride / duration >= MIN_FRAMES_PER_SECOND
+        temporal_sampling_stride = BUDGET_STRIDES[0] if fits_at_stride_one or dense_enough else BUDGET_STRIDES[-1]
+    return FramePlan(min(cap, frames_per_stride * temporal_sampling_stride), temporal_sampling_stride)

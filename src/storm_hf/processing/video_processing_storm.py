@@ -1,43 +1,129 @@
-"""Video processor of STORM: decode (PyAV) -> sample frames -> resize to 448x448 -> rescale and normalise (SigLIP)."""
+"""Video processor of STORM: decode (PyAV) -> sample frames -> resize to 448x448 -> rescale and normalise (SigLIP),
+and the LLM token grid each video becomes."""
+
+import itertools
+import os
+import warnings
+from functools import partial
 
 import numpy as np
 import PIL.Image
 import torch
+from huggingface_hub.dataclasses import validate_typed_dict
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import PILImageResampling, is_valid_image
+from transformers.image_utils import PILImageResampling, is_valid_image, load_image
 from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_metadata
 
+from .token_budget import FramePlan, frames_within_budget, visual_token_grid
 from .video_decoding import StormVideoMetadata, is_video_source, read_video
 
+# Settings of the model the token count depends on; `build_processor` copies them from the model config.
+TOKEN_GRID_SETTINGS = ("patch_size", "downsample_ratio", "temporal_pool_size", "spatial_pool_size")
 
-class StormVideosKwargs(VideosKwargs, total=False):
+
+class StormVideoProcessorKwargs(VideosKwargs, total=False):
     r"""
     min_frames (`int`, *optional*):
         Fewest frames `fps` sampling may return (the count it derives is raised to this), and the smallest `num_frames`
         accepted.
     max_frames (`int`, *optional*):
-        Most frames `fps` sampling may return (the count it derives is capped to this), and the largest `num_frames`
-        accepted.
+        Most frames `fps` sampling or the token budget may pick (the count is capped to this), and the largest
+        `num_frames` accepted.
+    max_visual_tokens (`int`, *optional*):
+        LLM token budget of each sample's videos. Replaces `num_frames`/`fps`: the processor picks the frame count and
+        the temporal-sampling stride from each video's length (see `StormVideoProcessor.plan_frames`).
+    temporal_sampling_stride (`int`, *optional*, defaults to 1):
+        Keep every n-th pooled frame (test time only). With `max_visual_tokens`, a stride passed in the call fixes the
+        stride; otherwise the budget policy chooses it (the default stride is not used).
+    patch_size (`int`, defaults to 14), downsample_ratio (`int`, defaults to 2), temporal_pool_size (`int`, defaults
+    to 4), spatial_pool_size (`int`, defaults to 1):
+        The model's patch size, pixel-shuffle side and pooling sizes, from which each video's token grid is counted.
+        They must match the model's config (`build_processor` copies them from it).
     """
 
     min_frames: int | None
     max_frames: int | None
+    max_visual_tokens: int | None
+    temporal_sampling_stride: int | None
+    patch_size: int
+    downsample_ratio: int
+    temporal_pool_size: int
+    spatial_pool_size: int
+
+
+def _image_extensions() -> set[str]:
+    return set(PIL.Image.registered_extensions())
+
+
+def _is_frame_paths(video) -> bool:
+    """A list of image file paths or URLs (by extension): the frames of one video."""
+    extensions = _image_extensions()
+    return bool(video) and all(
+        isinstance(frame, (str, os.PathLike)) and os.path.splitext(os.fspath(frame))[1].lower() in extensions
+        for frame in video
+    )
+
+
+def _nesting_depth(value) -> int | None:
+    """How many list levels hold numbers (4 for a `datasets` video: frames x height x width x channels); None when the
+    innermost item is not a number."""
+    depth = 0
+    while isinstance(value, (list, tuple)) and value:
+        value, depth = value[0], depth + 1
+    return depth if isinstance(value, (int, float, np.number)) else None
+
+
+def _as_video(item):
+    """`item` as one video (path, bytes, file object, array, list of frames or of frame paths), or None if it is none.
+
+    Nested lists of numbers (frames stored by `datasets`) become a uint8 (or float) array.
+    """
+    if isinstance(item, (list, tuple)):
+        if _is_frame_paths(item):
+            return list(item)
+        if item and all(is_valid_image(frame) and np.ndim(frame) != 4 for frame in item):
+            return list(item)
+        if _nesting_depth(item) == 4:
+            return _array_from_nested_lists(item)
+        return None
+    if is_video_source(item):
+        return item
+    if isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 4:
+        return item
+    return None
+
+
+def _array_from_nested_lists(video) -> np.ndarray:
+    try:
+        array = np.asarray(video)
+    except ValueError as error:
+        raise ValueError(
+            f"A video given as nested lists must have frames of equal size (frames x height x width x channels): {error}"
+        ) from None
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError(
+                f"A video given as nested lists of integers must hold 0..255 pixel values, got {array.min()}.."
+                f"{array.max()}."
+            )
+        array = array.astype(np.uint8)
+    return array
 
 
 def make_list_of_videos(videos) -> list:
     """Flatten a video, a list of videos or per-sample lists of videos into a flat list of videos.
 
     A video is a path, bytes or a binary file object (decoded later), a (num_frames, height, width, channels) or
-    (num_frames, channels, height, width) array or tensor, or a list of frames (PIL images or 3D arrays). A 5D array is
+    (num_frames, channels, height, width) array or tensor, a list of frames (PIL images or 3D arrays), a list of image
+    file paths or URLs (one frame each), or nested lists of pixel values (how `datasets` stores frames). A 5D array is
     a batch of videos. A single image is rejected: it is not a video.
     """
-    if is_video_source(videos):
-        return [videos]
+    video = _as_video(videos)
+    if video is not None:
+        return [video]
     if isinstance(videos, (np.ndarray, torch.Tensor)):
-        if videos.ndim == 4:
-            return [videos]
         if videos.ndim == 5:
             return list(videos)
         raise ValueError(
@@ -45,8 +131,6 @@ def make_list_of_videos(videos) -> list:
             "width, channels) array, a list of frames or a file; pass single images with `images=` instead."
         )
     if isinstance(videos, (list, tuple)):
-        if videos and all(is_valid_image(frame) and np.ndim(frame) != 4 for frame in videos):
-            return [list(videos)]  # one video given as a list of frames
         return [video for item in videos for video in make_list_of_videos(item)]
     if is_valid_image(videos):
         raise ValueError(
@@ -55,24 +139,45 @@ def make_list_of_videos(videos) -> list:
         )
     raise TypeError(
         f"Unsupported video input of type {type(videos).__name__}: pass a path, bytes, a binary file object, a "
-        "(num_frames, height, width, channels) array or tensor, or a list of frames."
+        "(num_frames, height, width, channels) array or tensor, a list of frames or of frame paths, or nested lists "
+        "of pixel values."
     )
+
+
+def group_videos_by_sample(videos) -> tuple[list[list], bool]:
+    """The videos of each sample, and whether the input was nested per sample.
+
+    A list whose items are all videos (or a single video, or a 5D array) is a batch of one-video samples; a list of
+    lists of videos holds one list per sample (possibly empty).
+    """
+    nested = isinstance(videos, (list, tuple)) and videos and all(isinstance(item, (list, tuple)) for item in videos)
+    if nested and all(_as_video(item) is None for item in videos):
+        return [make_list_of_videos(sample) if sample else [] for sample in videos], True
+    return [[video] for video in make_list_of_videos(videos)], False
 
 
 class StormVideoProcessor(BaseVideoProcessor):
     r"""
     Video processor of STORM (the paper's SigLIP pre-processing): frames sampled uniformly
-    (`round(linspace(0, num_frames_in_video - 1, num_frames))`) or at `fps` frames per second, converted to RGB, resized
-    to 448x448 (bicubic), rescaled by 1/255 and normalised with mean = std = 0.5.
+    (`round(linspace(0, num_frames_in_video - 1, num_frames))`), at `fps` frames per second, or as many as fit
+    `max_visual_tokens`; converted to RGB, resized to 448x448 (bicubic), rescaled by 1/255 and normalised with
+    mean = std = 0.5.
 
     Files (paths, bytes, binary file objects) are decoded with PyAV, reading only what the sampled frames need; the
     returned metadata (`return_metadata=True`) holds the container's timestamps of the sampled frames. Decoded frames
-    (arrays, tensors, lists of PIL images) are sampled by index; sampling them by `fps` needs `video_metadata` with
-    their frame rate.
+    (arrays, tensors, lists of PIL images or of image paths, nested lists of pixel values) are sampled by index;
+    sampling them by `fps` or by a token budget uses `video_metadata` with their frame rate.
 
-    Returns a `BatchFeature` with `pixel_values_videos`, float (num_videos, max_frames, 3, 448, 448) zero-padded after
-    each video's frames, and `video_num_frames`, long (num_videos,). With `return_tensors=None`, `pixel_values_videos`
-    is a list of (num_frames, 3, 448, 448) tensors (no padding) and `video_num_frames` a list.
+    `videos` is a batch of videos (one sample each) or a list of per-sample lists of videos. Returns a `BatchFeature`:
+        - `pixel_values_videos`: float (num_samples, max_frames, 3, 448, 448), each sample's frames back to back,
+          zero-padded at the end.
+        - `video_num_frames`: long, frames per video: (num_videos,) for a flat batch, (num_samples, max_videos) with
+          0 for empty slots for a per-sample batch.
+        - `temporal_sampling_stride`: long (num_samples,), the stride each sample's tokens were counted with.
+        - `video_token_grid`: long (num_videos, 3), (frames, rows, columns) of each video's LLM tokens after pooling
+          and sampling; their product is the number of placeholders the processor writes.
+    With `return_tensors=None`, `pixel_values_videos` is a list of (num_frames, 3, 448, 448) tensors (no padding) and
+    the other keys are lists, per video (`temporal_sampling_stride` per sample).
     """
 
     resample = PILImageResampling.BICUBIC
@@ -88,26 +193,61 @@ class StormVideoProcessor(BaseVideoProcessor):
     fps = None
     min_frames = None
     max_frames = None
+    max_visual_tokens = None
+    temporal_sampling_stride = 1
+    patch_size = 14
+    downsample_ratio = 2
+    temporal_pool_size = 4
+    spatial_pool_size = 1
     return_tensors = "pt"
-    valid_kwargs = StormVideosKwargs
-    model_input_names = ["pixel_values_videos", "video_num_frames"]
+    valid_kwargs = StormVideoProcessorKwargs
+    model_input_names = ["pixel_values_videos", "video_num_frames", "temporal_sampling_stride", "video_token_grid"]
 
-    def __init__(self, **kwargs: Unpack[StormVideosKwargs]):
+    def __init__(self, **kwargs: Unpack[StormVideoProcessorKwargs]):
         super().__init__(**kwargs)
 
-    def preprocess(self, videos, **kwargs: Unpack[StormVideosKwargs]) -> BatchFeature:
-        # `fps` passed in a call replaces the default `num_frames`, and `num_frames` replaces a default `fps`.
-        if kwargs.get("fps") is not None:
-            kwargs.setdefault("num_frames", None)
-        if kwargs.get("num_frames") is not None:
-            kwargs.setdefault("fps", None)
-        return super().preprocess(videos, **kwargs)
+    def token_grid(self, num_frames: int, height: int, width: int, temporal_sampling_stride: int = 1, **settings):
+        """(frames, rows, columns) of the LLM tokens of `num_frames` processed frames of `height`x`width` pixels;
+        `settings` override this processor's `TOKEN_GRID_SETTINGS`."""
+        settings = {name: settings.get(name) or getattr(self, name) for name in TOKEN_GRID_SETTINGS}
+        return visual_token_grid(
+            num_frames, height, width, temporal_sampling_stride=temporal_sampling_stride, **settings
+        )
+
+    def plan_frames(
+        self,
+        metadata: VideoMetadata,
+        max_visual_tokens: int,
+        temporal_sampling_stride: int | None = None,
+        max_frames: int | None = None,
+        size: dict | None = None,
+        **settings,
+    ) -> FramePlan:
+        """How many frames of the video `metadata` describes to sample, and the stride, so that its LLM tokens fit
+        `max_visual_tokens` (the policy of `token_budget.frames_within_budget`: all frames if they fit; else stride 1
+        while that still samples >= 1 frame per second, stride 2 with twice the frames below that).
+
+        `size` (the processed frame size, defaults to `self.size`) and `settings` (`TOKEN_GRID_SETTINGS`) override this
+        processor's.
+        """
+        size = size or self.size
+        _, rows, columns = self.token_grid(1, size["height"], size["width"], **settings)
+        duration = metadata.duration or (metadata.total_num_frames / metadata.fps if metadata.fps else None)
+        return frames_within_budget(
+            max_visual_tokens,
+            total_frames=metadata.total_num_frames,
+            duration=duration,
+            tokens_per_frame=rows * columns,
+            temporal_pool_size=settings.get("temporal_pool_size") or self.temporal_pool_size,
+            temporal_sampling_stride=temporal_sampling_stride,
+            max_frames=max_frames,
+        )
 
     def sample_frames(
         self,
         metadata: VideoMetadata,
         num_frames: int | None = None,
-        fps: int | float | None = None,
+        fps: float | None = None,
         min_frames: int | None = None,
         max_frames: int | None = None,
         **kwargs,
@@ -133,7 +273,9 @@ class StormVideoProcessor(BaseVideoProcessor):
         elif num_frames is not None:
             too_few = min_frames is not None and num_frames < min_frames
             if too_few or (max_frames is not None and num_frames > max_frames):
-                raise ValueError(f"`num_frames={num_frames}` is outside [min_frames={min_frames}, max_frames={max_frames}].")
+                raise ValueError(
+                    f"`num_frames={num_frames}` is outside [min_frames={min_frames}, max_frames={max_frames}]."
+                )
             requested = f"num_frames={num_frames}"
         else:
             return np.arange(total)
@@ -144,47 +286,196 @@ class StormVideoProcessor(BaseVideoProcessor):
             )
         return np.round(np.linspace(0, total - 1, num_frames)).astype(np.int64)
 
-    def _decode_and_sample_videos(self, videos, video_metadata, do_sample_frames=None, sample_indices_fn=None):
-        """Decode files and sample frames. Returns a list of (num_frames, ...) frames and a list of metadata."""
-        videos = make_list_of_videos(videos)
-        sample_indices_fn = sample_indices_fn if do_sample_frames else None
-        if video_metadata is not None:
-            decoded = [video for video in videos if not is_video_source(video)]
-            if len(decoded) != len(videos):
-                raise ValueError(
-                    "`video_metadata` describes decoded frames; video files carry their own. Pass it only with "
-                    "arrays, tensors or lists of frames."
-                )
-            video_metadata = make_batched_metadata(videos, video_metadata)
+    def preprocess(self, videos, **kwargs: Unpack[StormVideoProcessorKwargs]) -> BatchFeature:
+        """Decode, sample and normalise `videos` (a batch, or per-sample lists) and count their tokens; see the class
+        docstring for the outputs. A sample's videos share `max_visual_tokens` and one stride."""
+        validate_typed_dict(self.valid_kwargs, kwargs)
+        unknown = set(kwargs) - {*self.valid_kwargs.__annotations__, "return_tensors"}
+        if unknown:
+            raise TypeError(f"Unexpected keyword argument(s) {sorted(unknown)} for {type(self).__name__}.")
+        self._resolve_frame_selection(kwargs)
+        call_stride = kwargs.get("temporal_sampling_stride")
+        for name in self.valid_kwargs.__annotations__:
+            kwargs.setdefault(name, getattr(self, name, None))
+        kwargs = self._standardize_kwargs(**kwargs)
+        self._validate_preprocess_kwargs(**kwargs)
+
+        samples, per_sample = group_videos_by_sample(videos)
+        flat_videos = [video for sample in samples for video in sample]
+        if not flat_videos:
+            raise ValueError("No videos were passed.")
+        metadata = self._metadata_per_video(flat_videos, kwargs.pop("video_metadata"))
+        budget, stride = kwargs.pop("max_visual_tokens"), kwargs.pop("temporal_sampling_stride")
+        grid_settings = {name: kwargs.pop(name) for name in TOKEN_GRID_SETTINGS}
+        selection = {name: kwargs.pop(name) for name in ("num_frames", "fps", "min_frames", "max_frames")}
+        if budget is not None and not kwargs["do_resize"]:
+            raise ValueError("`max_visual_tokens` needs `do_resize=True`: the token count depends on the frame size.")
+        plans = [[] for _ in samples]  # filled per sample by the budget samplers while decoding
+        if not kwargs.pop("do_sample_frames"):
+            samplers = [[None] * len(sample) for sample in samples]
+        elif budget is None:
+            samplers = [[partial(self.sample_frames, **selection)] * len(sample) for sample in samples]
         else:
-            video_metadata = [None] * len(videos)
+            budget_settings = dict(max_frames=selection["max_frames"], size=kwargs["size"], **grid_settings)
+            samplers = [
+                self._budget_samplers(len(sample), budget, call_stride, sample_plans, budget_settings)
+                for sample, sample_plans in zip(samples, plans)
+            ]
+        decoded, sampled_metadata = [], []
+        for video, video_metadata, sampler in zip(flat_videos, metadata, itertools.chain(*samplers)):
+            frames, video_metadata = self._decode_and_sample(video, video_metadata, sampler)
+            decoded.append(frames)
+            sampled_metadata.append(video_metadata)
+        sample_strides = [
+            sample_plans[0].temporal_sampling_stride if sample_plans else _stride(stride) for sample_plans in plans
+        ]
 
-        sampled_videos, sampled_metadata = [], []
-        for video, metadata in zip(videos, video_metadata):
-            if is_video_source(video):
-                frames, metadata = read_video(video, sample_indices_fn)
-            else:
-                frames = np.stack([_frame_to_array(frame) for frame in video]) if isinstance(video, list) else video
-                if metadata is None:
-                    metadata = StormVideoMetadata(total_num_frames=len(frames))
-                metadata.total_num_frames = len(frames)
-                indices = np.arange(len(frames)) if sample_indices_fn is None else sample_indices_fn(metadata=metadata)
-                frames = frames[torch.as_tensor(indices) if isinstance(frames, torch.Tensor) else indices]
-                metadata.frames_indices = np.asarray(indices).tolist()
-            sampled_videos.append(frames)
-            sampled_metadata.append(metadata)
-        return sampled_videos, sampled_metadata
+        return_metadata, return_tensors = kwargs.pop("return_metadata"), kwargs.pop("return_tensors")
+        videos = self._prepare_input_videos(
+            decoded,
+            do_convert_rgb=kwargs.pop("do_convert_rgb"),
+            input_data_format=kwargs.pop("input_data_format"),
+            device=kwargs.pop("device"),
+        )
+        kwargs.pop("data_format")
+        frames = super()._preprocess(videos, return_tensors=None, **kwargs)["pixel_values_videos"]
+        video_strides = [stride for sample, stride in zip(samples, sample_strides) for _ in sample]
+        grids = [
+            self.token_grid(len(video), *video.shape[-2:], temporal_sampling_stride=video_stride, **grid_settings)
+            for video, video_stride in zip(frames, video_strides)
+        ]
+        if budget is not None:
+            self._check_budget(grids, [len(sample) for sample in samples], budget)
 
-    def _preprocess(self, videos: list[torch.Tensor], return_tensors=None, **kwargs) -> BatchFeature:
-        """Resize, rescale and normalise each (num_frames, 3, height, width) video, then pad them into one tensor."""
-        processed = super()._preprocess(videos, return_tensors=None, **kwargs)["pixel_values_videos"]
         if return_tensors is None:
-            return BatchFeature({"pixel_values_videos": processed, "video_num_frames": [len(v) for v in processed]})
-        return BatchFeature(pad_videos(processed), tensor_type=return_tensors)
+            output = BatchFeature(
+                {
+                    "pixel_values_videos": frames,
+                    "video_num_frames": [len(video) for video in frames],
+                    "temporal_sampling_stride": sample_strides,
+                    "video_token_grid": [list(grid) for grid in grids],
+                }
+            )
+        else:
+            layout = pad_videos(frames, [len(sample) for sample in samples] if per_sample else None)
+            output = BatchFeature(
+                {
+                    **layout,
+                    "temporal_sampling_stride": torch.tensor(sample_strides, dtype=torch.long),
+                    "video_token_grid": torch.tensor(grids, dtype=torch.long),
+                },
+                tensor_type=return_tensors,
+            )
+        if return_metadata:
+            output["video_metadata"] = sampled_metadata
+        return output
+
+    @staticmethod
+    def _resolve_frame_selection(kwargs: dict) -> None:
+        """Make the frame selection of a call win over the defaults: `fps` replaces the default `num_frames` (and the
+        reverse); either replaces a default `max_visual_tokens`, and `max_visual_tokens` replaces both defaults."""
+        explicit = [name for name in ("num_frames", "fps") if kwargs.get(name) is not None]
+        if kwargs.get("max_visual_tokens") is not None:
+            if explicit:
+                raise ValueError(
+                    f"`max_visual_tokens` picks the number of frames itself; do not pass it with `{explicit[0]}`."
+                )
+            kwargs.update(num_frames=None, fps=None)
+        elif explicit:
+            kwargs.setdefault("max_visual_tokens", None)
+            kwargs.setdefault("fps" if explicit[0] == "num_frames" else "num_frames", None)
+
+    def _budget_samplers(
+        self, num_videos: int, budget: int, stride: int | None, plans: list[FramePlan], settings: dict
+    ) -> list[partial]:
+        """Frame samplers of the `num_videos` videos of one sample, which share `budget` equally. The policy picks the
+        stride of a lone video; several videos use `stride` (1 if None), since the model takes one stride per sample.
+        Each sampler appends its plan to `plans`."""
+        if not num_videos:
+            return []
+        sampler = partial(
+            self._sample_within_budget,
+            plans=plans,
+            max_visual_tokens=budget // num_videos,
+            temporal_sampling_stride=stride if num_videos == 1 else _stride(stride),
+            **settings,
+        )
+        return [sampler] * num_videos
+
+    def _sample_within_budget(self, metadata, plans: list[FramePlan], max_frames=None, **plan_kwargs) -> np.ndarray:
+        """`sample_frames` with the frame count of `plan_frames`; the plan is appended to `plans`."""
+        plan = self.plan_frames(metadata, max_frames=max_frames, **plan_kwargs)
+        plans.append(plan)
+        return self.sample_frames(metadata, num_frames=plan.num_frames)
+
+    @staticmethod
+    def _check_budget(grids: list[tuple[int, int, int]], videos_per_sample: list[int], budget: int) -> None:
+        start = 0
+        for sample, count in enumerate(videos_per_sample):
+            tokens = sum(int(np.prod(grid)) for grid in grids[start : start + count])
+            if tokens > budget:
+                raise ValueError(
+                    f"The videos of sample {sample} give {tokens} LLM tokens, over `max_visual_tokens={budget}`; with "
+                    "`do_sample_frames=False` pass fewer frames, or let the processor sample them."
+                )
+            start += count
+
+    @staticmethod
+    def _metadata_per_video(videos: list, video_metadata) -> list[VideoMetadata | None]:
+        """One metadata (or None) per video. `video_metadata` describes decoded frames only: files carry their own."""
+        if video_metadata is None:
+            return [None] * len(videos)
+        if any(is_video_source(video) for video in videos):
+            raise ValueError(
+                "`video_metadata` describes decoded frames; video files carry their own. Pass it only with arrays, "
+                "tensors or lists of frames."
+            )
+        if isinstance(video_metadata, (dict, VideoMetadata)):
+            video_metadata = [video_metadata]
+        if len(video_metadata) != len(videos):
+            raise ValueError(
+                f"Got {len(video_metadata)} `video_metadata` for {len(videos)} videos; pass one per video."
+            )
+        # A dict may leave out the frame count: the frames are at hand.
+        video_metadata = [
+            {"total_num_frames": len(video), **metadata} if isinstance(metadata, dict) else metadata
+            for video, metadata in zip(videos, video_metadata)
+        ]
+        return make_batched_metadata(videos, video_metadata)
+
+    @staticmethod
+    def _decode_and_sample(video, metadata: VideoMetadata | None, sampler) -> tuple:
+        """Decode a file, or take decoded frames, keeping the frames `sampler(metadata=...)` picks (all when None).
+
+        Returns the (num_frames, ...) frames and the metadata with `frames_indices` set.
+        """
+        if is_video_source(video):
+            return read_video(video, sampler)
+        if metadata is None:
+            metadata = StormVideoMetadata(total_num_frames=len(video))
+        metadata.total_num_frames = len(video)
+        indices = np.arange(len(video)) if sampler is None else np.asarray(sampler(metadata=metadata))
+        metadata.frames_indices = indices.tolist()
+        if not isinstance(video, list):
+            return video[torch.as_tensor(indices) if isinstance(video, torch.Tensor) else indices], metadata
+        frames = [_frame_to_array(video[index]) for index in indices.tolist()]
+        if len({frame.shape for frame in frames}) > 1:
+            raise ValueError(
+                f"The frames of a video given as a list have different shapes {sorted({f.shape for f in frames})}; "
+                "all frames of a video must have the same size."
+            )
+        return np.stack(frames), metadata
+
+
+def _stride(stride: int | None) -> int:
+    """A stride that was not set is 1."""
+    return 1 if stride is None else stride
 
 
 def _frame_to_array(frame) -> np.ndarray:
-    """A frame of a list-of-frames video as an array; PIL images are converted to RGB first."""
+    """A frame of a list-of-frames video as an array; paths and URLs are loaded, PIL images converted to RGB."""
+    if isinstance(frame, (str, os.PathLike)):
+        frame = load_image(os.fspath(frame))
     return np.asarray(frame.convert("RGB")) if isinstance(frame, PIL.Image.Image) else np.asarray(frame)
 
 
@@ -203,7 +494,7 @@ def pad_videos(videos: list[torch.Tensor], num_videos_per_sample: list[int] | No
         )
     counts = [1] * len(videos) if num_videos_per_sample is None else num_videos_per_sample
     starts = np.cumsum([0] + counts)
-    samples = [videos[start:end] for start, end in zip(starts[:-1], starts[1:])]
+    samples = [videos[start:end] for start, end in itertools.pairwise(starts)]
     num_frames = torch.zeros(len(samples), max(counts), dtype=torch.long)
     for row, sample in enumerate(samples):
         num_frames[row, : len(sample)] = torch.tensor([len(video) for video in sample], dtype=torch.long)
@@ -217,3 +508,14 @@ def pad_videos(videos: list[torch.Tensor], num_videos_per_sample: list[int] | No
     if num_videos_per_sample is None:
         num_frames = num_frames[:, 0]
     return {"pixel_values_videos": pixel_values, "video_num_frames": num_frames}
+
+
+def __getattr__(name: str):
+    if name == "StormVideosKwargs":
+        warnings.warn(
+            "`StormVideosKwargs` is renamed `StormVideoProcessorKwargs`; the old name will be removed.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return StormVideoProcessorKwargs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
