@@ -56,16 +56,18 @@ def test_impossible_config_values_raise_at_construction(overrides, message):
 
 
 def test_zero_mamba_layers_is_a_linear_projector_with_independent_frames():
-    model = tiny_model(mamba_num_layers=0)
+    model = tiny_model(mamba_num_layers=0, temporal_pool_size=1)
     assert len(model.model.temporal_projector.layers) == 0
     inputs = video_inputs(model.config, [[4]])
     with torch.no_grad():
-        features = model.get_video_features(inputs["pixel_values_videos"], inputs["video_num_frames"]).last_hidden_state[0]
+        features = model.get_video_features(inputs["pixel_values_videos"], inputs["video_num_frames"]).pooler_output[0]
         reversed_features = model.get_video_features(
             inputs["pixel_values_videos"].flip(1), inputs["video_num_frames"]
-        ).last_hidden_state[0]
+        ).pooler_output[0]
         assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape
-    torch.testing.assert_close(features.flip(0), reversed_features)  # no frame sees another
+    tokens_per_frame = model.config.merged_grid_size**2
+    # no frame sees another: reversing the frames reverses the per-frame token blocks
+    torch.testing.assert_close(features.unflatten(0, (4, tokens_per_frame)).flip(0), reversed_features.unflatten(0, (4, -1)))
 
 
 def test_auto_classes_resolve_storm():
@@ -316,13 +318,9 @@ def test_loss_is_finite_and_backward_reaches_every_parameter():
     model = tiny_model().train()
     loss, grads = _loss_and_grads(model, _training_inputs(model))
     assert torch.isfinite(loss)
-    # Features of the second-to-last vision layer never use the last layer and the final norm.
-    unused_by_design = ("vision_tower.encoder.layers.1.", "vision_tower.post_layernorm")
-    missing = [
-        name
-        for name, p in model.named_parameters()
-        if p.requires_grad and not any(part in name for part in unused_by_design) and name not in grads
-    ]
+    # The vision layers after `vision_feature_layer` and the post-layernorm are not built: nothing is left unused.
+    assert model.config.vision_config.num_hidden_layers == 2 and len(model.model.vision_tower.encoder.layers) == 1
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and name not in grads]
     assert not missing
     assert all(torch.isfinite(g).all() for g in grads.values())
     assert any(g.abs().sum() > 0 for name, g in grads.items() if "A_b_log" in name)
