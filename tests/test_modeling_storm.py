@@ -415,3 +415,130 @@ def test_mamba_ssm_kernels_and_pytorch_scan_agree_on_the_same_checkpoint():
         cuda_inputs = {name: tensor.cuda() for name, tensor in inputs.items()}
         kernel = model.cuda()(**cuda_inputs).logits.cpu()
     torch.testing.assert_close(kernel, reference, rtol=1e-3, atol=1e-3)
+
+
+# ---------------------------------------------------------------- bounded vision encoding
+
+
+def test_vision_tower_is_built_only_up_to_the_feature_layer_and_the_config_keeps_the_whole_tower():
+    config = StormConfig()  # the paper's 7B: SigLIP-so400m, 27 layers, features of layer -2
+    with torch.device("meta"):
+        model = StormModel(config)
+    assert len(model.vision_tower.encoder.layers) == config.num_vision_layers_used == 26
+    assert isinstance(model.vision_tower.post_layernorm, torch.nn.Identity)
+    assert not any("post_layernorm" in name or ".head." in name for name in model.state_dict())
+    assert StormConfig.from_dict(config.to_dict()).vision_config.num_hidden_layers == 27
+
+
+def test_truncated_tower_gives_the_full_siglip_hidden_state_of_the_feature_layer():
+    from transformers import SiglipVisionModel
+
+    model = tiny_model(vision_config={**tiny_config().vision_config.to_dict(), "num_hidden_layers": 3})
+    full = SiglipVisionModel(model.config.vision_config).eval()
+    missing, unexpected = full.load_state_dict(model.model.vision_tower.state_dict(), strict=False)
+    assert all(key.startswith(("encoder.layers.2.", "post_layernorm.")) for key in missing) and not unexpected
+    frames = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        expected = full(frames, output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
+        features = model.model.get_frame_features(frames)
+    assert torch.equal(features.flatten(1, 2), expected)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_micro_batched_vision_features_equal_all_at_once_exactly(grad):
+    model = tiny_model(vision_config={**tiny_config().vision_config.to_dict(), "num_hidden_layers": 3})
+    frames = torch.randn(7, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.set_grad_enabled(grad):
+        all_at_once = model.model.get_frame_features(frames, vision_batch_size=7)
+        for batch_size in (1, 3, 4, 16):  # 3 and 4 do not divide 7 frames
+            calls = []
+            features = model.model.get_frame_features(
+                frames, vision_batch_size=batch_size, progress_callback=lambda *done_total: calls.append(done_total)
+            )
+            assert torch.equal(features, all_at_once), batch_size
+            expected_calls = [(min(end, 7), 7) for end in range(batch_size, 7 + batch_size, batch_size)]
+            assert calls == expected_calls
+
+
+def test_vision_batch_size_reaches_the_tower_from_forward_and_generate_and_changes_nothing():
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[5], [3]])
+    batch_sizes = []
+    model.model.vision_tower.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    with torch.no_grad():
+        logits = model(**inputs, vision_batch_size=8).logits
+        assert batch_sizes == [8]
+        batch_sizes.clear()
+        torch.testing.assert_close(model(**inputs, vision_batch_size=3).logits, logits, rtol=0, atol=0)
+        assert batch_sizes == [3, 3, 2]
+    batch_sizes.clear()
+    progress = []
+    settings = dict(max_new_tokens=3, do_sample=False)
+    reference = model.generate(**inputs, **settings)
+    batch_sizes.clear()
+    output = model.generate(**inputs, **settings, vision_batch_size=2, progress_callback=lambda *p: progress.append(p))
+    assert output.tolist() == reference.tolist()
+    assert batch_sizes == [2, 2, 2, 2] and progress == [(2, 8), (4, 8), (6, 8), (8, 8)]
+    with pytest.raises(ValueError, match="vision_batch_size"):
+        model(**inputs, vision_batch_size=0)
+
+
+def test_get_features_follow_transformers_output_conventions():
+    model = tiny_model(vision_config={**tiny_config().vision_config.to_dict(), "num_hidden_layers": 3})
+    model.set_attn_implementation("eager")
+    inputs = video_inputs(model.config, [[3], [2]])
+    pixels, counts = inputs["pixel_values_videos"], inputs["video_num_frames"]
+    with torch.no_grad():
+        for owner in (model, model.model):
+            output = owner.get_video_features(
+                pixels, counts, output_hidden_states=True, output_attentions=True, vision_batch_size=2
+            )
+            num_patches = (IMAGE_SIZE // 14) ** 2
+            assert output.last_hidden_state.shape == (5, num_patches, 32)  # the feature layer of all 5 frames
+            assert len(output.hidden_states) == 3 and len(output.attentions) == 2  # embeddings + the 2 built layers
+            assert torch.equal(output.hidden_states[-1], output.last_hidden_state)
+            assert output.attentions[0].shape == (5, 2, num_patches, num_patches)
+            assert [video.shape[0] for video in output.pooler_output] == [video_tokens(model.config, n) for n in (3, 2)]
+            as_tuple = owner.get_video_features(pixels, counts, return_dict=False)
+            assert torch.equal(as_tuple[0], output.last_hidden_state)
+            images = owner.get_image_features(pixels[:, :2], return_dict=True)
+            assert images.last_hidden_state.shape[0] == 4 and len(images.pooler_output) == 4
+
+
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_placeholders_without_pixels_raise_at_prefill_only(kind):
+    model = tiny_model()
+    num_frames = 3 if kind == "video" else 1
+    token_id = model.config.video_token_id if kind == "video" else model.config.image_token_id
+    name = "pixel_values_videos" if kind == "video" else "pixel_values"
+    input_ids = torch.tensor([[5, 6] + [token_id] * video_tokens(model.config, num_frames) + [7, 8]])
+    pixels = torch.randn(1, num_frames, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with pytest.raises(ValueError, match=f"{kind} placeholder tokens .* but no `{name}`"):
+        model(input_ids=input_ids)
+    with pytest.raises(ValueError, match=f"no `{name}`"):
+        model.generate(input_ids=input_ids, max_new_tokens=2)
+    # a cached decode step receives only new tokens (and no pixels), even if one of them is a placeholder id
+    with torch.no_grad():
+        prefill = model(input_ids=input_ids, **{name: pixels}, use_cache=True)
+        step = model(input_ids=torch.tensor([[token_id]]), past_key_values=prefill.past_key_values, use_cache=True)
+    assert torch.isfinite(step.logits).all()
+
+
+def test_sft_stage_with_activation_checkpointing_gives_every_trainable_parameter_a_gradient():
+    from storm_hf.training import apply_training_stage
+
+    model = tiny_model().train()
+    apply_training_stage(model, "sft")
+    model.activation_checkpointing_enable()
+    inputs = _training_inputs(model)
+    model(**inputs, labels=inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)).loss.backward()
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert any(name.startswith("model.vision_tower.") for name in trainable)
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_mamba_decay_parameters_are_marked_without_weight_decay_after_loading(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    model = StormForConditionalGeneration.from_pretrained(tmp_path)
+    marked = sorted(name.rsplit(".", 1)[-1] for name, p in model.named_parameters() if getattr(p, "_no_weight_decay", False))
+    assert marked == sorted(["A_log", "D", "A_b_log", "D_b"] * 2)  # two bidirectional Mamba layers

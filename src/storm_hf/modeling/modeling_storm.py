@@ -184,8 +184,9 @@ class StormMambaMixer(nn.Module):
         projected = self.in_proj(hidden_states)
         output, new_state = self._scan(projected, "", state)
         if self.bidirectional:
-            reversed_output, _ = self._scan(reverse_sequences(projected, lengths), "_b", None)
-            output = output + reverse_sequences(reversed_output, lengths)
+            projected = reverse_sequences(projected, lengths)  # the forward-order copy is freed at inference
+            reversed_output, _ = self._scan(projected, "_b", None)
+            output += reverse_sequences(reversed_output, lengths)
             new_state = None
         elif lengths is not None and bool((lengths < hidden_states.shape[1]).any()):
             new_state = None  # the scan ran into padding: its final state is no sequence's state
@@ -291,7 +292,10 @@ class StormTemporalProjector(nn.Module):
         videos = tokens.split(num_frames)
         # Equal lengths need no padding: a plain flip is then cheaper than the per-sequence gather.
         lengths = None if len(set(num_frames)) == 1 else torch.tensor([n * height * width for n in num_frames], device=tokens.device)
-        hidden_states = nn.utils.rnn.pad_sequence([video.reshape(-1, hidden_size) for video in videos], batch_first=True)
+        if len(videos) == 1:  # one video (a long one, typically): a view, no padded copy
+            hidden_states = tokens.reshape(1, -1, hidden_size)
+        else:
+            hidden_states = nn.utils.rnn.pad_sequence([video.reshape(-1, hidden_size) for video in videos], batch_first=True)
         states = states if states is not None else [None] * len(self.layers)
         new_states = []
         for layer, state in zip(self.layers, states):
