@@ -270,7 +270,9 @@ def test_compose_fails_on_unknown_and_missing_keys(tmp_path):
     with pytest.raises(ConversionError, match=r"vision_model\.adapter\.weight"):
         compose_storm(tmp_path / "vision", tmp_path / "language")
     save_file({k: v for k, v in original.items() if k != "vision_model.encoder.layers.1.mlp.fc2.bias"}, weights)
-    with pytest.raises(ConversionError, match=r"no source: \['model\.vision_tower\.encoder\.layers\.1\.mlp\.fc2\.bias'\]"):
+    with pytest.raises(
+        ConversionError, match=r"no source: \['model\.vision_tower\.encoder\.layers\.1\.mlp\.fc2\.bias'\]"
+    ):
         compose_storm(tmp_path / "vision", tmp_path / "language")
 
 

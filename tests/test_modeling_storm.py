@@ -67,7 +67,9 @@ def test_zero_mamba_layers_is_a_linear_projector_with_independent_frames():
         assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape
     tokens_per_frame = model.config.merged_grid_size**2
     # no frame sees another: reversing the frames reverses the per-frame token blocks
-    torch.testing.assert_close(features.unflatten(0, (4, tokens_per_frame)).flip(0), reversed_features.unflatten(0, (4, -1)))
+    torch.testing.assert_close(
+        features.unflatten(0, (4, tokens_per_frame)).flip(0), reversed_features.unflatten(0, (4, -1))
+    )
 
 
 def test_auto_classes_resolve_storm():
@@ -125,10 +127,19 @@ def _reference_mixer_output(mixer: StormMambaMixer, hidden_states: torch.Tensor)
         flip = (lambda tensor: tensor.flip(-1)) if suffix else (lambda tensor: tensor)
         conv1d, x_proj, dt_proj = (getattr(mixer, f"{name}{suffix}") for name in ("conv1d", "x_proj", "dt_proj"))
         u = torch.nn.functional.silu(conv1d(torch.nn.functional.pad(flip(x), (mixer.conv_kernel - 1, 0))))
-        time_step, B, C = x_proj(u.transpose(1, 2)).split([mixer.time_step_rank, mixer.state_size, mixer.state_size], dim=-1)
+        time_step, B, C = x_proj(u.transpose(1, 2)).split(
+            [mixer.time_step_rank, mixer.state_size, mixer.state_size], dim=-1
+        )
         y = selective_scan_reference(
-            u, (time_step @ dt_proj.weight.T).transpose(1, 2), -torch.exp(getattr(mixer, f"A{suffix}_log")),
-            B.transpose(1, 2), C.transpose(1, 2), getattr(mixer, f"D{suffix}"), flip(gate), dt_proj.bias, delta_softplus=True,
+            u,
+            (time_step @ dt_proj.weight.T).transpose(1, 2),
+            -torch.exp(getattr(mixer, f"A{suffix}_log")),
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            getattr(mixer, f"D{suffix}"),
+            flip(gate),
+            dt_proj.bias,
+            delta_softplus=True,
         )
         output = output + flip(y)
     return mixer.out_proj(output.transpose(1, 2))
@@ -140,7 +151,9 @@ def test_mixer_matches_a_channel_major_reference(bidirectional):
     torch.manual_seed(0)
     hidden_states = torch.randn(2, 150, 64)  # longer than one scan chunk
     with torch.no_grad():
-        torch.testing.assert_close(mixer(hidden_states)[0], _reference_mixer_output(mixer, hidden_states), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            mixer(hidden_states)[0], _reference_mixer_output(mixer, hidden_states), rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
@@ -194,8 +207,14 @@ def test_token_count_function_equals_tokens_produced(temporal_pool_size, spatial
         temporal_pool_size=temporal_pool_size,
         spatial_pool_size=spatial_pool_size,
         vision_config=dict(
-            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, image_size=112, patch_size=14, vision_use_head=False,
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=112,
+            patch_size=14,
+            vision_use_head=False,
         ),
     )
     for num_frames, stride in itertools.product([1, 2, 3, 5, 8, 9], [1, 2, 3]):
@@ -398,7 +417,9 @@ def test_trust_remote_code_loading_without_storm_hf(tmp_path):
 def test_malformed_visual_inputs_raise_clear_errors(change, message):
     model = tiny_model()
     inputs = video_inputs(model.config, [[3]])
-    inputs["pixel_values_videos"] = torch.cat([inputs["pixel_values_videos"], torch.zeros_like(inputs["pixel_values_videos"])], 1)
+    inputs["pixel_values_videos"] = torch.cat(
+        [inputs["pixel_values_videos"], torch.zeros_like(inputs["pixel_values_videos"])], 1
+    )
     change(inputs)
     with pytest.raises(ValueError, match=message):
         model(**inputs)
@@ -453,7 +474,7 @@ def test_micro_batched_vision_features_equal_all_at_once_exactly(grad):
         for batch_size in (1, 3, 4, 16):  # 3 and 4 do not divide 7 frames
             calls = []
             features = model.model.get_frame_features(
-                frames, vision_batch_size=batch_size, progress_callback=lambda *done_total: calls.append(done_total)
+                frames, vision_batch_size=batch_size, progress_callback=lambda *done_total, sink=calls: sink.append(done_total)
             )
             assert torch.equal(features, all_at_once), batch_size
             expected_calls = [(min(end, 7), 7) for end in range(batch_size, 7 + batch_size, batch_size)]
@@ -540,5 +561,7 @@ def test_sft_stage_with_activation_checkpointing_gives_every_trainable_parameter
 def test_mamba_decay_parameters_are_marked_without_weight_decay_after_loading(tmp_path):
     tiny_model().save_pretrained(tmp_path)
     model = StormForConditionalGeneration.from_pretrained(tmp_path)
-    marked = sorted(name.rsplit(".", 1)[-1] for name, p in model.named_parameters() if getattr(p, "_no_weight_decay", False))
+    marked = sorted(
+        name.rsplit(".", 1)[-1] for name, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)
+    )
     assert marked == sorted(["A_log", "D", "A_b_log", "D_b"] * 2)  # two bidirectional Mamba layers

@@ -150,9 +150,7 @@ class StormConfig(PreTrainedConfig):
         """Rejects settings no STORM model can run with, naming the setting and what would work."""
         super().validate_architecture()
         if self.mamba_num_layers < 0:
-            raise ValueError(
-                f"`mamba_num_layers` must be >= 0 (0: no temporal encoder), got {self.mamba_num_layers}."
-            )
+            raise ValueError(f"`mamba_num_layers` must be >= 0 (0: no temporal encoder), got {self.mamba_num_layers}.")
         for name in (
             "downsample_ratio",
             "mamba_state_size",

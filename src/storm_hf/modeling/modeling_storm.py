@@ -148,7 +148,9 @@ class StormMambaMixer(nn.Module):
         directions = ("", "_b") if bidirectional else ("",)
         for suffix in directions:
             self.add_module(f"conv1d{suffix}", self._make_conv())
-            self.add_module(f"x_proj{suffix}", nn.Linear(self.intermediate_size, self.time_step_rank + 2 * state_size, bias=False))
+            self.add_module(
+                f"x_proj{suffix}", nn.Linear(self.intermediate_size, self.time_step_rank + 2 * state_size, bias=False)
+            )
             self.add_module(f"dt_proj{suffix}", nn.Linear(self.time_step_rank, self.intermediate_size, bias=True))
             setattr(self, f"A{suffix}_log", nn.Parameter(torch.zeros(self.intermediate_size, state_size)))
             setattr(self, f"D{suffix}", nn.Parameter(torch.ones(self.intermediate_size)))
@@ -179,7 +181,9 @@ class StormMambaMixer(nn.Module):
         Returns the output `(batch_size, sequence_length, hidden_size)` and the state (None when bidirectional).
         """
         if self.bidirectional and state is not None:
-            raise ValueError("A bidirectional Mamba scan sees the whole sequence at once; streaming `state` needs `mamba_bidirectional=False`.")
+            raise ValueError(
+                "A bidirectional Mamba scan sees the whole sequence at once; streaming `state` needs `mamba_bidirectional=False`."
+            )
         # Everything stays (batch, sequence, channels), the layout of the Linear layers: no transposed copies.
         projected = self.in_proj(hidden_states)
         output, new_state = self._scan(projected, "", state)
@@ -197,7 +201,11 @@ class StormMambaMixer(nn.Module):
     ) -> tuple[torch.Tensor, StormMambaState]:
         """One scan direction: projected `(batch_size, sequence_length, 2 * intermediate_size)` (x and gate) ->
         `(batch_size, sequence_length, intermediate_size)` and the final state."""
-        conv1d, x_proj, dt_proj = getattr(self, f"conv1d{suffix}"), getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}")
+        conv1d, x_proj, dt_proj = (
+            getattr(self, f"conv1d{suffix}"),
+            getattr(self, f"x_proj{suffix}"),
+            getattr(self, f"dt_proj{suffix}"),
+        )
         A_log, D = getattr(self, f"A{suffix}_log"), getattr(self, f"D{suffix}")
         x, gate = projected.chunk(2, dim=-1)
 
@@ -215,7 +223,10 @@ class StormMambaMixer(nn.Module):
             # The depthwise convolution as a 1-row conv2d on channels-last memory: oneDNN reads and writes
             # (batch, sequence, channels) directly, where conv1d would need two transposed copies.
             conv_output = F.conv2d(
-                conv_input.unsqueeze(1).permute(0, 3, 1, 2), conv1d.weight.unsqueeze(2), conv1d.bias, groups=self.intermediate_size
+                conv_input.unsqueeze(1).permute(0, 3, 1, 2),
+                conv1d.weight.unsqueeze(2),
+                conv1d.bias,
+                groups=self.intermediate_size,
             )
             x = F.silu(conv_output.permute(0, 2, 3, 1).squeeze(1))
 
@@ -291,11 +302,17 @@ class StormTemporalProjector(nn.Module):
         _, height, width, hidden_size = tokens.shape
         videos = tokens.split(num_frames)
         # Equal lengths need no padding: a plain flip is then cheaper than the per-sequence gather.
-        lengths = None if len(set(num_frames)) == 1 else torch.tensor([n * height * width for n in num_frames], device=tokens.device)
+        lengths = (
+            None
+            if len(set(num_frames)) == 1
+            else torch.tensor([n * height * width for n in num_frames], device=tokens.device)
+        )
         if len(videos) == 1:  # one video (a long one, typically): a view, no padded copy
             hidden_states = tokens.reshape(1, -1, hidden_size)
         else:
-            hidden_states = nn.utils.rnn.pad_sequence([video.reshape(-1, hidden_size) for video in videos], batch_first=True)
+            hidden_states = nn.utils.rnn.pad_sequence(
+                [video.reshape(-1, hidden_size) for video in videos], batch_first=True
+            )
         states = states if states is not None else [None] * len(self.layers)
         new_states = []
         for layer, state in zip(self.layers, states):
@@ -408,7 +425,9 @@ def _select_padded(padded: torch.Tensor, counts: torch.Tensor, name: str) -> tor
     """
     max_count = padded.shape[1]
     if bool((counts > max_count).any()):
-        raise ValueError(f"The per-sample counts {counts.tolist()} exceed the {max_count} entries per sample of `{name}`.")
+        raise ValueError(
+            f"The per-sample counts {counts.tolist()} exceed the {max_count} entries per sample of `{name}`."
+        )
     counts = counts.tolist()
     # only the padding region of each sample is read (views, no copy of the pixels)
     if any(bool(sample[count:].any()) for sample, count in zip(padded, counts)):
@@ -483,7 +502,9 @@ class StormModel(StormPreTrainedModel):
         """
         batch_size = self.config.vision_batch_size if vision_batch_size is None else vision_batch_size
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`vision_batch_size` must be a positive integer (frames per vision call), got {batch_size!r}.")
+            raise ValueError(
+                f"`vision_batch_size` must be a positive integer (frames per vision call), got {batch_size!r}."
+            )
         num_frames = frames.shape[0]
         outputs, features = [], None
         for start in range(0, num_frames, batch_size):
@@ -574,7 +595,9 @@ class StormModel(StormPreTrainedModel):
         `pooler_output`: one `(num_llm_tokens, hidden_size)` tensor per video (projected and compressed), in sample
         then prompt order.
         """
-        _check_visual_shape("pixel_values_videos", pixel_values_videos, "(batch_size, max_total_frames, 3, height, width)")
+        _check_visual_shape(
+            "pixel_values_videos", pixel_values_videos, "(batch_size, max_total_frames, 3, height, width)"
+        )
         batch_size, max_frames = pixel_values_videos.shape[:2]
         if video_num_frames is None:
             video_num_frames = torch.full((batch_size, 1), max_frames, dtype=torch.long)
@@ -623,7 +646,11 @@ class StormModel(StormPreTrainedModel):
         return self._encode(images, ones, ones, vision_batch_size, progress_callback, **kwargs)
 
     def get_placeholder_mask(
-        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, token_id: int, features: torch.Tensor
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor,
+        token_id: int,
+        features: torch.Tensor,
     ) -> torch.BoolTensor:
         """Mask `(batch_size, sequence_length, 1)` of the placeholders `features` `(num_tokens, hidden_size)` replace.
 
@@ -761,7 +788,12 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
     ) -> BaseModelOutputWithPooling:
         """See `StormModel.get_video_features`."""
         return self.model.get_video_features(
-            pixel_values_videos, video_num_frames, temporal_sampling_stride, vision_batch_size, progress_callback, **kwargs
+            pixel_values_videos,
+            video_num_frames,
+            temporal_sampling_stride,
+            vision_batch_size,
+            progress_callback,
+            **kwargs,
         )
 
     @can_return_tuple
@@ -826,7 +858,9 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
 
         return StormCausalLMOutputWithPast(
             loss=loss,

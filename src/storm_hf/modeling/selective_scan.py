@@ -15,6 +15,7 @@ except (ImportError, OSError, RuntimeError):
 
 is_mamba_ssm_available = mamba_ssm_selective_scan_fn is not None
 
+
 def selective_scan(
     u,
     delta,
@@ -192,7 +193,9 @@ class _SelectiveScanFunction(torch.autograd.Function):
         grad_u, grad_delta, grad_B, grad_C = (torch.empty_like(tensor) for tensor in (u, delta, B, C))
         grad_z = None if z is None else torch.empty_like(z)
         grad_A_t = torch.zeros_like(A_t)
-        grad_D, grad_delta_bias = (None if tensor is None else A_t.new_zeros(tensor.shape) for tensor in (D, delta_bias))
+        grad_D, grad_delta_bias = (
+            None if tensor is None else A_t.new_zeros(tensor.shape) for tensor in (D, delta_bias)
+        )
         buffer_length = min(chunks.size, seqlen)
         states = _new_buffer(A_t, batch, buffer_length + 1)
         decay, grad_h, product = (_new_buffer(A_t, batch, buffer_length) for _ in range(3))
