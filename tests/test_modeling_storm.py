@@ -474,7 +474,9 @@ def test_micro_batched_vision_features_equal_all_at_once_exactly(grad):
         for batch_size in (1, 3, 4, 16):  # 3 and 4 do not divide 7 frames
             calls = []
             features = model.model.get_frame_features(
-                frames, vision_batch_size=batch_size, progress_callback=lambda *done_total, sink=calls: sink.append(done_total)
+                frames,
+                vision_batch_size=batch_size,
+                progress_callback=lambda *done_total, sink=calls: sink.append(done_total),
             )
             assert torch.equal(features, all_at_once), batch_size
             expected_calls = [(min(end, 7), 7) for end in range(batch_size, 7 + batch_size, batch_size)]

@@ -20,7 +20,7 @@ from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, log
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_storm import StormConfig
-from .selective_scan import selective_scan
+from .selective_scan import cuda_kernels_apply, selective_scan
 
 
 try:  # CUDA kernel of the causal depthwise convolution (optional extra `storm-hf[cuda]`)
@@ -186,10 +186,10 @@ class StormMambaMixer(nn.Module):
             )
         # Everything stays (batch, sequence, channels), the layout of the Linear layers: no transposed copies.
         projected = self.in_proj(hidden_states)
-        output, new_state = self._scan(projected, "", state)
+        output, new_state = self._scan(projected, "", state, return_state=not self.bidirectional)
         if self.bidirectional:
             projected = reverse_sequences(projected, lengths)  # the forward-order copy is freed at inference
-            reversed_output, _ = self._scan(projected, "_b", None)
+            reversed_output, _ = self._scan(projected, "_b", None, return_state=False)
             output += reverse_sequences(reversed_output, lengths)
             new_state = None
         elif lengths is not None and bool((lengths < hidden_states.shape[1]).any()):
@@ -197,10 +197,11 @@ class StormMambaMixer(nn.Module):
         return self.out_proj(output), new_state
 
     def _scan(
-        self, projected: torch.Tensor, suffix: str, state: StormMambaState | None
-    ) -> tuple[torch.Tensor, StormMambaState]:
+        self, projected: torch.Tensor, suffix: str, state: StormMambaState | None, return_state: bool
+    ) -> tuple[torch.Tensor, StormMambaState | None]:
         """One scan direction: projected `(batch_size, sequence_length, 2 * intermediate_size)` (x and gate) ->
-        `(batch_size, sequence_length, intermediate_size)` and the final state."""
+        `(batch_size, sequence_length, intermediate_size)` and, with `return_state`, the final state (asking for it
+        costs nothing on the CPU; on CUDA, a state that needs a gradient moves the scan off mamba-ssm's kernel)."""
         conv1d, x_proj, dt_proj = (
             getattr(self, f"conv1d{suffix}"),
             getattr(self, f"x_proj{suffix}"),
@@ -213,13 +214,17 @@ class StormMambaMixer(nn.Module):
             conv_state = x.new_zeros(x.shape[0], self.conv_kernel - 1, x.shape[2])
         else:
             conv_state = state.conv_state.transpose(1, 2)
-        conv_input = torch.cat([conv_state, x], dim=1)
-        if causal_conv1d_fn is not None and x.is_cuda and state is None:
+        # the convolution's last `conv_kernel - 1` inputs (the next call's conv state), without copying all of x
+        keep = self.conv_kernel - 1
+        tail = torch.cat([conv_state, x[:, max(x.shape[1] - keep, 0) :]], dim=1)
+        new_conv_state = tail[:, tail.shape[1] - keep :]
+        if causal_conv1d_fn is not None and cuda_kernels_apply(x, self.conv_kernel) and state is None:
             # the kernel's standard (batch, channels, sequence) layout; a transposed copy is cheap on the GPU
             x = causal_conv1d_fn(
                 x.transpose(1, 2).contiguous(), conv1d.weight.squeeze(1), conv1d.bias, activation="silu"
             ).transpose(1, 2)
         else:
+            conv_input = torch.cat([conv_state, x], dim=1)
             # The depthwise convolution as a 1-row conv2d on channels-last memory: oneDNN reads and writes
             # (batch, sequence, channels) directly, where conv1d would need two transposed copies.
             conv_output = F.conv2d(
@@ -231,7 +236,7 @@ class StormMambaMixer(nn.Module):
             x = F.silu(conv_output.permute(0, 2, 3, 1).squeeze(1))
 
         time_step, B, C = torch.split(x_proj(x), [self.time_step_rank, self.state_size, self.state_size], dim=-1)
-        output, ssm_state = selective_scan(
+        scanned = selective_scan(
             x.transpose(1, 2),
             (time_step @ dt_proj.weight.T).transpose(1, 2),
             -torch.exp(A_log.float()),
@@ -242,10 +247,12 @@ class StormMambaMixer(nn.Module):
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
             initial_state=state.ssm_state if state is not None else None,
-            return_last_state=True,
+            return_last_state=return_state,
         )
-        new_conv_state = conv_input[:, conv_input.shape[1] - (self.conv_kernel - 1) :].transpose(1, 2)
-        return output.transpose(1, 2), StormMambaState(new_conv_state, ssm_state)
+        if not return_state:
+            return scanned.transpose(1, 2), None
+        output, ssm_state = scanned
+        return output.transpose(1, 2), StormMambaState(new_conv_state.transpose(1, 2), ssm_state)
 
 
 class StormMambaLayer(GradientCheckpointingLayer):
