@@ -1,4 +1,5 @@
 import itertools
+import math
 import json
 import os
 import subprocess
@@ -567,3 +568,26 @@ def test_mamba_decay_parameters_are_marked_without_weight_decay_after_loading(tm
         name.rsplit(".", 1)[-1] for name, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)
     )
     assert marked == sorted(["A_log", "D", "A_b_log", "D_b"] * 2)  # two bidirectional Mamba layers
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_mixer_in_chunks_at_inference_equals_the_whole_sequence_scan(bidirectional):
+    torch.manual_seed(0)
+    mixer = tiny_model(mamba_bidirectional=bidirectional).model.temporal_projector.layers[0].mixer
+    hidden_states = torch.randn(2, 203, mixer.in_proj.in_features)
+    calls = []
+    mixer.in_proj.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        expected, expected_state = mixer(hidden_states)  # 203 positions <= 1024: one whole-sequence scan
+        assert len(calls) == 1
+        for chunk_tokens in (1, 3, 64, 100):
+            mixer.inference_chunk_tokens = chunk_tokens
+            calls.clear()
+            output, state = mixer(hidden_states)
+            assert len(calls) == math.ceil(203 / chunk_tokens) * (2 if bidirectional else 1)
+            torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
+            if bidirectional:
+                assert state is None
+            else:
+                torch.testing.assert_close(state.ssm_state, expected_state.ssm_state, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(state.conv_state, expected_state.conv_state, rtol=1e-5, atol=1e-6)

@@ -20,7 +20,7 @@ from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, log
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_storm import StormConfig
-from .selective_scan import cuda_kernels_apply, selective_scan
+from .selective_scan import cuda_kernels_apply, is_mamba_ssm_available, selective_scan
 
 
 try:  # CUDA kernel of the causal depthwise convolution (optional extra `storm-hf[cuda]`)
@@ -124,7 +124,8 @@ class StormMambaMixer(nn.Module):
     Parameters are named as in mamba-ssm's `Mamba` (`in_proj`, `conv1d`, `x_proj`, `dt_proj`, `A_log`, `D`, `out_proj`);
     the bidirectional variant follows Vision Mamba: `in_proj`/`out_proj` are shared, the reversed scan has its own
     `conv1d_b`, `x_proj_b`, `dt_proj_b`, `A_b_log`, `D_b`, and the two directions' gated outputs are summed.
-    On CUDA with mamba-ssm and causal-conv1d installed their kernels run; elsewhere the pure-PyTorch scan does.
+    On CUDA with mamba-ssm and causal-conv1d installed their kernels run; elsewhere the pure-PyTorch scan does, and at
+    inference it runs long unpadded sequences `inference_chunk_tokens` positions at a time (bounded memory).
     """
 
     def __init__(
@@ -137,6 +138,7 @@ class StormMambaMixer(nn.Module):
         bidirectional: bool = True,
     ):
         super().__init__()
+        self.inference_chunk_tokens = 1024  # sequence positions per chunk of `_forward_in_chunks`
         self.intermediate_size = expand * hidden_size
         self.state_size = state_size
         self.conv_kernel = conv_kernel
@@ -184,6 +186,13 @@ class StormMambaMixer(nn.Module):
             raise ValueError(
                 "A bidirectional Mamba scan sees the whole sequence at once; streaming `state` needs `mamba_bidirectional=False`."
             )
+        if (
+            lengths is None
+            and not torch.is_grad_enabled()
+            and hidden_states.shape[1] > self.inference_chunk_tokens
+            and not (is_mamba_ssm_available and cuda_kernels_apply(hidden_states))
+        ):
+            return self._forward_in_chunks(hidden_states, state)
         # Everything stays (batch, sequence, channels), the layout of the Linear layers: no transposed copies.
         projected = self.in_proj(hidden_states)
         output, new_state = self._scan(projected, "", state, return_state=not self.bidirectional)
@@ -195,6 +204,42 @@ class StormMambaMixer(nn.Module):
         elif lengths is not None and bool((lengths < hidden_states.shape[1]).any()):
             new_state = None  # the scan ran into padding: its final state is no sequence's state
         return self.out_proj(output), new_state
+
+    def _forward_in_chunks(
+        self, hidden_states: torch.Tensor, state: StormMambaState | None
+    ) -> tuple[torch.Tensor, StormMambaState | None]:
+        """`forward` on an unpadded batch at inference, `inference_chunk_tokens` positions at a time, each direction
+        carrying its conv and SSM state from chunk to chunk (the reversed scan runs over the chunks last to first).
+
+        Same result as the whole-sequence scan, but only one chunk's `in_proj` output (4x the hidden size) and scan
+        intermediates exist at a time: memory is the input, the output and the forward direction's gated output
+        (2x the hidden size), plus a constant. On CUDA with mamba-ssm the whole-sequence kernel runs instead (it
+        cannot start from a state).
+        """
+        sequence_length = hidden_states.shape[1]
+        chunks = [
+            slice(start, start + self.inference_chunk_tokens)
+            for start in range(0, sequence_length, self.inference_chunk_tokens)
+        ]
+        output = hidden_states.new_empty(hidden_states.shape)
+        forward_gated = (
+            hidden_states.new_empty(*hidden_states.shape[:2], self.intermediate_size) if self.bidirectional else None
+        )
+        for chunk in chunks:
+            gated, state = self._scan(self.in_proj(hidden_states[:, chunk]), "", state, return_state=True)
+            if self.bidirectional:
+                forward_gated[:, chunk] = gated
+            else:
+                output[:, chunk] = self.out_proj(gated)
+        if not self.bidirectional:
+            return output, state
+        reversed_state = None
+        for chunk in reversed(chunks):
+            gated, reversed_state = self._scan(
+                self.in_proj(hidden_states[:, chunk].flip(1)), "_b", reversed_state, return_state=True
+            )
+            output[:, chunk] = self.out_proj(forward_gated[:, chunk] + gated.flip(1))
+        return output, None
 
     def _scan(
         self, projected: torch.Tensor, suffix: str, state: StormMambaState | None, return_state: bool
@@ -276,7 +321,7 @@ class StormMambaLayer(GradientCheckpointingLayer):
     ) -> tuple[torch.Tensor, StormMambaState | None]:
         """hidden_states: `(batch_size, sequence_length, hidden_size)` -> same shape, and the mixer's state."""
         mixed, state = self.mixer(self.norm(hidden_states), lengths, state)
-        return hidden_states + mixed, state
+        return mixed.add_(hidden_states), state  # in place: the mixer's output is no autograd input
 
 
 class StormTemporalProjector(nn.Module):
