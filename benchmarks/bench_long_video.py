@@ -12,14 +12,15 @@ space), in two arms measured in the same run:
                 `config.vision_batch_size` frames at a time, then the projector -> the compressor
 
 Both arms use the same weights (the micro-batched tower is the all-at-once tower's first 11 layers) and must give the
-same compressed tokens. Each (arm, frames) runs in a fresh subprocess. Peak memory is the kernel's resident-set
+same compressed tokens. Each (arm, frames) runs in a fresh subprocess; the two arms of a frame count run side by side.
+Both arms share the current projector and compressor (the all-at-once arm reproduces the old VISION path only). Peak memory is the kernel's resident-set
 high-water mark (VmHWM from /proc/self/status, reset with /proc/self/clear_refs once the model and the pixels are in
 memory and one warm-up encoding of 32 frames has run): it sees every allocation (torch's CPU allocator included, which
 tracemalloc does not), without a sampling thread that could miss a short peak. "Growth" is VmHWM minus the RSS at the
 reset. Workers run with glibc's `MALLOC_MMAP_THRESHOLD_=131072`, so freed tensors leave the RSS. The target of issue 9: growth at
 1024 frames <= 2 x (pixels + projector tokens), i.e. no term that grows with the number of vision layers.
 
-    python benchmarks/bench_long_video.py                          # 32 128 512 1024 frames, 64 px frames
+    python benchmarks/bench_long_video.py                          # 32 128 512 1024 frames, 32 px frames
     python benchmarks/bench_long_video.py --frames 32 128 --image-size 128
 
 Writes benchmarks/results/long_video.md, .json and long_video.png (memory vs frames, both arms).
@@ -53,11 +54,12 @@ def parse_args():
     parser.add_argument(
         "--image-size",
         type=int,
-        default=64,
-        help="frame side in pixels, patch 16 (default 64: the all-at-once arm at 1024 frames and 256 px would need "
-        "~10 GB and ~15 min of CPU per arm on this machine)",
+        default=32,
+        help="frame side in pixels, patch 16 (default 32: 2x2 patches, one LLM token per frame; at bench_compression's "
+        "256 px the all-at-once arm would need ~10 GB at 1024 frames, and at 64 px ~15 min per arm on this shared "
+        "2-core machine)",
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker (0: torch's default)")
     parser.add_argument("--out", type=Path, default=RESULTS / "long_video.md")
     parser.add_argument("--worker", nargs=2, metavar=("ARM", "FRAMES"), help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -146,18 +148,23 @@ def projector_tokens_mb(config, num_frames: int) -> float:
 
 
 def run_encoding(args) -> list[dict]:
+    """For each frame count, the two arms run at the same time, each in its own fresh process (per-process peak
+    memory is unaffected; both arms' times are taken under the same machine load)."""
+    # a fixed mmap threshold: every large tensor is its own mapping, returned to the kernel when freed, so RSS follows
+    # the live tensors (glibc's adaptive threshold would keep freed warm-up buffers resident)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     rows = []
     for num_frames in args.frames:
+        workers = {}
         for arm in ARMS:
             command = [sys.executable, __file__, "--worker", arm, str(num_frames)]
             command += ["--image-size", str(args.image_size), "--threads", str(args.threads)]
-            # a fixed mmap threshold: every large tensor is its own mapping, returned to the kernel when freed, so
-            # RSS follows the live tensors (glibc's adaptive threshold would keep freed warm-up buffers resident)
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-            completed = subprocess.run(command, capture_output=True, text=True, env=env)
-            if completed.returncode != 0:
-                raise RuntimeError(f"worker {arm} frames={num_frames} failed:\n{completed.stderr[-3000:]}")
-            rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+            workers[arm] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for arm, worker in workers.items():
+            stdout, stderr = worker.communicate()
+            if worker.returncode != 0:
+                raise RuntimeError(f"worker {arm} frames={num_frames} failed:\n{stderr[-3000:]}")
+            rows.append(json.loads(stdout.strip().splitlines()[-1]))
             print(rows[-1], file=sys.stderr)
     return rows
 
@@ -199,8 +206,10 @@ def render(rows, config, settings) -> str:
         f"Mamba layers into width {config.text_config.hidden_size}; temporal pool {config.temporal_pool_size}), float32, "
         f"{settings['image_size']} px frames (patch 16: {(settings['image_size'] // 16) ** 2} patches, "
         f"{config.merged_grid_size**2} tokens per frame; the image size is reduced from bench_compression's 256 px so "
-        "that the all-at-once arm fits the 6 GB / 10 min limits at 1024 frames). Micro-batch: "
-        f"`vision_batch_size={config.vision_batch_size}` (the config default).",
+        "that both arms fit the 6 GB / ~10 min limits at 1024 frames on this shared machine). Micro-batch: "
+        f"`vision_batch_size={config.vision_batch_size}` (the config default). {settings['threads']} torch thread(s) "
+        "per worker; the two arms of a frame count run side by side, each in a fresh process. Both arms share the "
+        "current projector and compressor: the all-at-once arm reproduces the old vision path only.",
         "",
         "Peak growth = VmHWM - RSS at the reset (after the model, the pixels and a 32-frame warm-up encoding; "
         "`MALLOC_MMAP_THRESHOLD_=131072`). Target: growth at 1024 frames <= 2 x (pixels + projector tokens).",

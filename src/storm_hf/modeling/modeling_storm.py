@@ -16,7 +16,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, logging
+from transformers.utils import TransformersKwargs, is_torchdynamo_compiling
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_storm import StormConfig
@@ -27,8 +27,6 @@ try:  # CUDA kernel of the causal depthwise convolution (optional extra `storm-h
     from causal_conv1d import causal_conv1d_fn
 except (ImportError, OSError, RuntimeError):
     causal_conv1d_fn = None
-
-logger = logging.get_logger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 """`progress_callback(done_frames, total_frames)`: called after each vision micro-batch with the frames encoded so far."""
@@ -321,7 +319,7 @@ class StormMambaLayer(GradientCheckpointingLayer):
     ) -> tuple[torch.Tensor, StormMambaState | None]:
         """hidden_states: `(batch_size, sequence_length, hidden_size)` -> same shape, and the mixer's state."""
         mixed, state = self.mixer(self.norm(hidden_states), lengths, state)
-        return mixed.add_(hidden_states), state  # in place: the mixer's output is no autograd input
+        return mixed.add_(hidden_states), state  # in place: no backward reads the mixer's output
 
 
 class StormTemporalProjector(nn.Module):
