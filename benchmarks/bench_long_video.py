@@ -13,10 +13,11 @@ space), in two arms measured in the same run:
 
 Both arms use the same weights (the micro-batched tower is the all-at-once tower's first 11 layers) and must give the
 same compressed tokens. Each (arm, frames) runs in a fresh subprocess; the two arms of a frame count run side by side.
-Both arms share the current projector and compressor (the all-at-once arm reproduces the old VISION path only). Peak memory is the kernel's resident-set
-high-water mark (VmHWM from /proc/self/status, reset with /proc/self/clear_refs once the model and the pixels are in
-memory and one warm-up encoding of 32 frames has run): it sees every allocation (torch's CPU allocator included, which
-tracemalloc does not), without a sampling thread that could miss a short peak. "Growth" is VmHWM minus the RSS at the
+Both arms share the current projector and compressor (the all-at-once arm reproduces the old VISION path only).
+Peak memory is the kernel's resident-set high-water mark (VmHWM from /proc/self/status, reset with
+/proc/self/clear_refs once the model and the pixels are in memory and one warm-up encoding of 32 frames has run): it
+sees every allocation (torch's CPU allocator included, which tracemalloc does not), without a sampling thread that
+could miss a short peak. "Growth" is VmHWM minus the RSS at the
 reset. Workers run with glibc's `MALLOC_MMAP_THRESHOLD_=131072`, so freed tensors leave the RSS. The target of issue
 9: growth at 1024 frames <= 2 x (pixels + projector tokens), i.e. no term that grows with the number of vision layers;
 the report also gives the growth per additional frame (the slope), which a fixed buffer does not affect.
@@ -204,7 +205,8 @@ def render(rows, config, settings) -> str:
         "",
         f"Model: `bench_compression.bench_config({settings['image_size']})` (mid-size: SigLIP-base-like tower, 12 "
         f"layers, width 768, features of layer {config.vision_feature_layer}; {config.mamba_num_layers} bidirectional "
-        f"Mamba layers into width {config.text_config.hidden_size}; temporal pool {config.temporal_pool_size}), float32, "
+        f"Mamba layers into width {config.text_config.hidden_size}; temporal pool {config.temporal_pool_size}), "
+        "float32, "
         f"{settings['image_size']} px frames (patch 16: {(settings['image_size'] // 16) ** 2} patches, "
         f"{config.merged_grid_size**2} tokens per frame; the image size is reduced from bench_compression's 256 px so "
         "that both arms fit the 6 GB / ~10 min limits at 1024 frames on this shared machine). Micro-batch: "
@@ -238,18 +240,19 @@ def render(rows, config, settings) -> str:
     per_frame = (growth - smallest_growth) / (largest - smallest) * 1024
     target_per_frame = (target - smallest_target) / (largest - smallest) * 1024
     old_largest, old_smallest = by_key[(ARMS[0], largest)], by_key[(ARMS[0], smallest)]
+    slope_verdict = "met" if per_frame <= target_per_frame else "NOT met"
     old_per_frame = (old_largest["growth_mb"] - old_smallest["growth_mb"]) / (largest - smallest) * 1024
     lines += [
         "",
-        f"Target at {largest} frames: micro-batched growth {growth:.1f} MiB vs 2 x (pixels + tokens) = {target:.1f} MiB: "
-        f"**{'met' if growth <= target else 'NOT met'}** ({growth / target:.2f} of the target).",
+        f"Target at {largest} frames: micro-batched growth {growth:.1f} MiB vs 2 x (pixels + tokens) = "
+        f"{target:.1f} MiB: **{'met' if growth <= target else 'NOT met'}** ({growth / target:.2f} of the target).",
         "",
-        f"Growth per additional frame ({smallest} -> {largest} frames, the slope without the fixed part): micro-batched "
-        f"{per_frame:.1f} KiB/frame, all-at-once {old_per_frame:.1f} KiB/frame, target 2 x (pixels + tokens) = "
-        f"{target_per_frame:.1f} KiB/frame: **{'met' if per_frame <= target_per_frame else 'NOT met'}**. The fixed part "
-        f"(growth at {smallest} frames: {smallest_growth:.1f} MiB) does not grow with frames: mostly the selective "
-        "scan's per-chunk buffers (64 positions x d_state 16 x d_inner 1792 x 4 B = 7 MiB each), which at this tiny "
-        "frame size outweigh the pixels.",
+        f"Growth per additional frame ({smallest} -> {largest} frames, the slope without the fixed part): "
+        f"micro-batched {per_frame:.1f} KiB/frame, all-at-once {old_per_frame:.1f} KiB/frame, target "
+        f"2 x (pixels + tokens) = {target_per_frame:.1f} KiB/frame: **{slope_verdict}**. The fixed part (growth at "
+        f"{smallest} frames: {smallest_growth:.1f} MiB) does not grow with frames: mostly the selective scan's "
+        "per-chunk buffers (64 positions x d_state 16 x d_inner 1792 x 4 B = 7 MiB each), which at this tiny frame "
+        "size outweigh the pixels.",
         "",
         "![memory vs frames](long_video.png)",
         "",

@@ -578,7 +578,8 @@ def test_mixer_in_chunks_at_inference_equals_the_whole_sequence_scan(bidirection
     calls = []
     mixer.in_proj.register_forward_hook(lambda *args: calls.append(1))
     with torch.no_grad():
-        expected, expected_state = mixer(hidden_states)  # 203 positions <= 1024: one whole-sequence scan
+        mixer.inference_chunk_tokens = 203
+        expected, expected_state = mixer(hidden_states)  # 203 positions: one whole-sequence scan
         assert len(calls) == 1
         for chunk_tokens in (1, 3, 64, 100):
             mixer.inference_chunk_tokens = chunk_tokens

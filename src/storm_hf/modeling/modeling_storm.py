@@ -136,7 +136,7 @@ class StormMambaMixer(nn.Module):
         bidirectional: bool = True,
     ):
         super().__init__()
-        self.inference_chunk_tokens = 1024  # sequence positions per chunk of `_forward_in_chunks`
+        self.inference_chunk_tokens = 256  # sequence positions per chunk of `_forward_in_chunks`
         self.intermediate_size = expand * hidden_size
         self.state_size = state_size
         self.conv_kernel = conv_kernel
