@@ -190,20 +190,24 @@ def hand_wired_logits(vision, feature_layer, project, embed, language_model, inp
 
 # ---------------------------------------------------------------- compose
 
+# what the reports say about the vision parts STORM does not build (3 SigLIP layers, features of layer -2)
+UNBUILT_LAYERS = "encoder.layers.2.layer_norm1.bias': vision encoder layers 2..2"
+POST_LAYERNORM = "final LayerNorm"
+
 
 @pytest.mark.parametrize(
     "vision_layout, language_layout, dropped",
     [
-        ("siglip_vision_model", "qwen2-tied", ["attention-pooling head"]),
+        ("siglip_vision_model", "qwen2-tied", ["attention-pooling head", UNBUILT_LAYERS, POST_LAYERNORM]),
         (
             "siglip",
             "qwen2_vl-legacy",
-            ["text tower", "contrastive-loss", "attention-pooling head", "Qwen2-VL's own vision"],
+            ["text tower", "contrastive-loss", "attention-pooling head", "Qwen2-VL's own vision", UNBUILT_LAYERS],
         ),
         (
             "paligemma",
             "qwen2_vl",
-            ["projector into Gemma", "Gemma language model", "attention-pooling head", "Qwen2-VL's own vision"],
+            ["projector into Gemma", "Gemma language model", "Qwen2-VL's own vision", UNBUILT_LAYERS, POST_LAYERNORM],
         ),
     ],
 )
@@ -265,8 +269,10 @@ def test_compose_fails_on_unknown_and_missing_keys(tmp_path):
     save_file({**original, "vision_model.adapter.weight": torch.zeros(2)}, weights)
     with pytest.raises(ConversionError, match=r"vision_model\.adapter\.weight"):
         compose_storm(tmp_path / "vision", tmp_path / "language")
-    save_file({k: v for k, v in original.items() if k != "vision_model.post_layernorm.bias"}, weights)
-    with pytest.raises(ConversionError, match=r"model\.vision_tower\.post_layernorm\.bias"):
+    save_file({k: v for k, v in original.items() if k != "vision_model.encoder.layers.1.mlp.fc2.bias"}, weights)
+    with pytest.raises(
+        ConversionError, match=r"no source: \['model\.vision_tower\.encoder\.layers\.1\.mlp\.fc2\.bias'\]"
+    ):
         compose_storm(tmp_path / "vision", tmp_path / "language")
 
 
@@ -346,7 +352,8 @@ def test_vila_conversion_gives_the_logits_of_the_hand_wired_parts(tmp_path):
         temporal_pool_size=2,
     )
     llm, vision, projector = write_vila_checkpoint(tmp_path / "vila", config)
-    convert_vila_checkpoint(tmp_path / "vila", tmp_path / "storm", max_shard_size="100KB")
+    _, _, report = convert_vila_checkpoint(tmp_path / "vila", tmp_path / "storm", max_shard_size="100KB")
+    assert "vision_tower/: dropped 2 tensor(s) such as 'vision_model.post_layernorm.bias'" in report, report
     model = StormForConditionalGeneration.from_pretrained(tmp_path / "storm").eval()
     assert model.config.vision_feature_layer == -1 and model.config.mamba_num_layers == 2
     assert AutoProcessor.from_pretrained(tmp_path / "storm").video_processor.num_frames == 6

@@ -1,4 +1,5 @@
 import itertools
+import math
 import json
 import os
 import subprocess
@@ -56,16 +57,20 @@ def test_impossible_config_values_raise_at_construction(overrides, message):
 
 
 def test_zero_mamba_layers_is_a_linear_projector_with_independent_frames():
-    model = tiny_model(mamba_num_layers=0)
+    model = tiny_model(mamba_num_layers=0, temporal_pool_size=1)
     assert len(model.model.temporal_projector.layers) == 0
     inputs = video_inputs(model.config, [[4]])
     with torch.no_grad():
-        features = model.get_video_features(inputs["pixel_values_videos"], inputs["video_num_frames"]).last_hidden_state[0]
+        features = model.get_video_features(inputs["pixel_values_videos"], inputs["video_num_frames"]).pooler_output[0]
         reversed_features = model.get_video_features(
             inputs["pixel_values_videos"].flip(1), inputs["video_num_frames"]
-        ).last_hidden_state[0]
+        ).pooler_output[0]
         assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape
-    torch.testing.assert_close(features.flip(0), reversed_features)  # no frame sees another
+    tokens_per_frame = model.config.merged_grid_size**2
+    # no frame sees another: reversing the frames reverses the per-frame token blocks
+    torch.testing.assert_close(
+        features.unflatten(0, (4, tokens_per_frame)).flip(0), reversed_features.unflatten(0, (4, -1))
+    )
 
 
 def test_auto_classes_resolve_storm():
@@ -123,10 +128,19 @@ def _reference_mixer_output(mixer: StormMambaMixer, hidden_states: torch.Tensor)
         flip = (lambda tensor: tensor.flip(-1)) if suffix else (lambda tensor: tensor)
         conv1d, x_proj, dt_proj = (getattr(mixer, f"{name}{suffix}") for name in ("conv1d", "x_proj", "dt_proj"))
         u = torch.nn.functional.silu(conv1d(torch.nn.functional.pad(flip(x), (mixer.conv_kernel - 1, 0))))
-        time_step, B, C = x_proj(u.transpose(1, 2)).split([mixer.time_step_rank, mixer.state_size, mixer.state_size], dim=-1)
+        time_step, B, C = x_proj(u.transpose(1, 2)).split(
+            [mixer.time_step_rank, mixer.state_size, mixer.state_size], dim=-1
+        )
         y = selective_scan_reference(
-            u, (time_step @ dt_proj.weight.T).transpose(1, 2), -torch.exp(getattr(mixer, f"A{suffix}_log")),
-            B.transpose(1, 2), C.transpose(1, 2), getattr(mixer, f"D{suffix}"), flip(gate), dt_proj.bias, delta_softplus=True,
+            u,
+            (time_step @ dt_proj.weight.T).transpose(1, 2),
+            -torch.exp(getattr(mixer, f"A{suffix}_log")),
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            getattr(mixer, f"D{suffix}"),
+            flip(gate),
+            dt_proj.bias,
+            delta_softplus=True,
         )
         output = output + flip(y)
     return mixer.out_proj(output.transpose(1, 2))
@@ -138,7 +152,9 @@ def test_mixer_matches_a_channel_major_reference(bidirectional):
     torch.manual_seed(0)
     hidden_states = torch.randn(2, 150, 64)  # longer than one scan chunk
     with torch.no_grad():
-        torch.testing.assert_close(mixer(hidden_states)[0], _reference_mixer_output(mixer, hidden_states), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            mixer(hidden_states)[0], _reference_mixer_output(mixer, hidden_states), rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
@@ -192,8 +208,14 @@ def test_token_count_function_equals_tokens_produced(temporal_pool_size, spatial
         temporal_pool_size=temporal_pool_size,
         spatial_pool_size=spatial_pool_size,
         vision_config=dict(
-            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, image_size=112, patch_size=14, vision_use_head=False,
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=112,
+            patch_size=14,
+            vision_use_head=False,
         ),
     )
     for num_frames, stride in itertools.product([1, 2, 3, 5, 8, 9], [1, 2, 3]):
@@ -316,13 +338,9 @@ def test_loss_is_finite_and_backward_reaches_every_parameter():
     model = tiny_model().train()
     loss, grads = _loss_and_grads(model, _training_inputs(model))
     assert torch.isfinite(loss)
-    # Features of the second-to-last vision layer never use the last layer and the final norm.
-    unused_by_design = ("vision_tower.encoder.layers.1.", "vision_tower.post_layernorm")
-    missing = [
-        name
-        for name, p in model.named_parameters()
-        if p.requires_grad and not any(part in name for part in unused_by_design) and name not in grads
-    ]
+    # The vision layers after `vision_feature_layer` and the post-layernorm are not built: nothing is left unused.
+    assert model.config.vision_config.num_hidden_layers == 2 and len(model.model.vision_tower.encoder.layers) == 1
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and name not in grads]
     assert not missing
     assert all(torch.isfinite(g).all() for g in grads.values())
     assert any(g.abs().sum() > 0 for name, g in grads.items() if "A_b_log" in name)
@@ -400,7 +418,9 @@ def test_trust_remote_code_loading_without_storm_hf(tmp_path):
 def test_malformed_visual_inputs_raise_clear_errors(change, message):
     model = tiny_model()
     inputs = video_inputs(model.config, [[3]])
-    inputs["pixel_values_videos"] = torch.cat([inputs["pixel_values_videos"], torch.zeros_like(inputs["pixel_values_videos"])], 1)
+    inputs["pixel_values_videos"] = torch.cat(
+        [inputs["pixel_values_videos"], torch.zeros_like(inputs["pixel_values_videos"])], 1
+    )
     change(inputs)
     with pytest.raises(ValueError, match=message):
         model(**inputs)
@@ -417,3 +437,158 @@ def test_mamba_ssm_kernels_and_pytorch_scan_agree_on_the_same_checkpoint():
         cuda_inputs = {name: tensor.cuda() for name, tensor in inputs.items()}
         kernel = model.cuda()(**cuda_inputs).logits.cpu()
     torch.testing.assert_close(kernel, reference, rtol=1e-3, atol=1e-3)
+
+
+# ---------------------------------------------------------------- bounded vision encoding
+
+
+def test_vision_tower_is_built_only_up_to_the_feature_layer_and_the_config_keeps_the_whole_tower():
+    config = StormConfig()  # the paper's 7B: SigLIP-so400m, 27 layers, features of layer -2
+    with torch.device("meta"):
+        model = StormModel(config)
+    assert len(model.vision_tower.encoder.layers) == config.num_vision_layers_used == 26
+    assert isinstance(model.vision_tower.post_layernorm, torch.nn.Identity)
+    assert not any("post_layernorm" in name or ".head." in name for name in model.state_dict())
+    assert StormConfig.from_dict(config.to_dict()).vision_config.num_hidden_layers == 27
+
+
+def test_truncated_tower_gives_the_full_siglip_hidden_state_of_the_feature_layer():
+    from transformers import SiglipVisionModel
+
+    model = tiny_model(vision_config={**tiny_config().vision_config.to_dict(), "num_hidden_layers": 3})
+    full = SiglipVisionModel(model.config.vision_config).eval()
+    missing, unexpected = full.load_state_dict(model.model.vision_tower.state_dict(), strict=False)
+    assert all(key.startswith(("encoder.layers.2.", "post_layernorm.")) for key in missing) and not unexpected
+    frames = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        expected = full(frames, output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
+        features = model.model.get_frame_features(frames)
+    assert torch.equal(features.flatten(1, 2), expected)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_micro_batched_vision_features_equal_all_at_once_exactly(grad):
+    model = tiny_model(vision_config={**tiny_config().vision_config.to_dict(), "num_hidden_layers": 3})
+    frames = torch.randn(7, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.set_grad_enabled(grad):
+        all_at_once = model.model.get_frame_features(frames, vision_batch_size=7)
+        for batch_size in (1, 3, 4, 16):  # 3 and 4 do not divide 7 frames
+            calls = []
+            features = model.model.get_frame_features(
+                frames,
+                vision_batch_size=batch_size,
+                progress_callback=lambda *done_total, sink=calls: sink.append(done_total),
+            )
+            assert torch.equal(features, all_at_once), batch_size
+            expected_calls = [(min(end, 7), 7) for end in range(batch_size, 7 + batch_size, batch_size)]
+            assert calls == expected_calls
+
+
+def test_vision_batch_size_reaches_the_tower_from_forward_and_generate_and_changes_nothing():
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[5], [3]])
+    batch_sizes = []
+    model.model.vision_tower.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    with torch.no_grad():
+        logits = model(**inputs, vision_batch_size=8).logits
+        assert batch_sizes == [8]
+        batch_sizes.clear()
+        torch.testing.assert_close(model(**inputs, vision_batch_size=3).logits, logits, rtol=0, atol=0)
+        assert batch_sizes == [3, 3, 2]
+    batch_sizes.clear()
+    progress = []
+    settings = dict(max_new_tokens=3, do_sample=False)
+    reference = model.generate(**inputs, **settings)
+    batch_sizes.clear()
+    output = model.generate(**inputs, **settings, vision_batch_size=2, progress_callback=lambda *p: progress.append(p))
+    assert output.tolist() == reference.tolist()
+    assert batch_sizes == [2, 2, 2, 2] and progress == [(2, 8), (4, 8), (6, 8), (8, 8)]
+    with pytest.raises(ValueError, match="vision_batch_size"):
+        model(**inputs, vision_batch_size=0)
+
+
+def test_get_features_follow_transformers_output_conventions():
+    model = tiny_model(vision_config={**tiny_config().vision_config.to_dict(), "num_hidden_layers": 3})
+    model.set_attn_implementation("eager")
+    inputs = video_inputs(model.config, [[3], [2]])
+    pixels, counts = inputs["pixel_values_videos"], inputs["video_num_frames"]
+    with torch.no_grad():
+        for owner in (model, model.model):
+            output = owner.get_video_features(
+                pixels, counts, output_hidden_states=True, output_attentions=True, vision_batch_size=2
+            )
+            num_patches = (IMAGE_SIZE // 14) ** 2
+            assert output.last_hidden_state.shape == (5, num_patches, 32)  # the feature layer of all 5 frames
+            assert len(output.hidden_states) == 3 and len(output.attentions) == 2  # embeddings + the 2 built layers
+            assert torch.equal(output.hidden_states[-1], output.last_hidden_state)
+            assert output.attentions[0].shape == (5, 2, num_patches, num_patches)
+            assert [video.shape[0] for video in output.pooler_output] == [video_tokens(model.config, n) for n in (3, 2)]
+            as_tuple = owner.get_video_features(pixels, counts, return_dict=False)
+            assert torch.equal(as_tuple[0], output.last_hidden_state)
+            images = owner.get_image_features(pixels[:, :2], return_dict=True)
+            assert images.last_hidden_state.shape[0] == 4 and len(images.pooler_output) == 4
+
+
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_placeholders_without_pixels_raise_at_prefill_only(kind):
+    model = tiny_model()
+    num_frames = 3 if kind == "video" else 1
+    token_id = model.config.video_token_id if kind == "video" else model.config.image_token_id
+    name = "pixel_values_videos" if kind == "video" else "pixel_values"
+    input_ids = torch.tensor([[5, 6] + [token_id] * video_tokens(model.config, num_frames) + [7, 8]])
+    pixels = torch.randn(1, num_frames, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with pytest.raises(ValueError, match=f"{kind} placeholder tokens .* but no `{name}`"):
+        model(input_ids=input_ids)
+    with pytest.raises(ValueError, match=f"no `{name}`"):
+        model.generate(input_ids=input_ids, max_new_tokens=2)
+    # a cached decode step receives only new tokens (and no pixels), even if one of them is a placeholder id
+    with torch.no_grad():
+        prefill = model(input_ids=input_ids, **{name: pixels}, use_cache=True)
+        step = model(input_ids=torch.tensor([[token_id]]), past_key_values=prefill.past_key_values, use_cache=True)
+    assert torch.isfinite(step.logits).all()
+
+
+def test_sft_stage_with_activation_checkpointing_gives_every_trainable_parameter_a_gradient():
+    from storm_hf.training import apply_training_stage
+
+    model = tiny_model().train()
+    apply_training_stage(model, "sft")
+    model.activation_checkpointing_enable()
+    inputs = _training_inputs(model)
+    model(**inputs, labels=inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)).loss.backward()
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert any(name.startswith("model.vision_tower.") for name in trainable)
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_mamba_decay_parameters_are_marked_without_weight_decay_after_loading(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    model = StormForConditionalGeneration.from_pretrained(tmp_path)
+    marked = sorted(
+        name.rsplit(".", 1)[-1] for name, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)
+    )
+    assert marked == sorted(["A_log", "D", "A_b_log", "D_b"] * 2)  # two bidirectional Mamba layers
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_mixer_in_chunks_at_inference_equals_the_whole_sequence_scan(bidirectional):
+    torch.manual_seed(0)
+    mixer = tiny_model(mamba_bidirectional=bidirectional).model.temporal_projector.layers[0].mixer
+    hidden_states = torch.randn(2, 203, mixer.in_proj.in_features)
+    calls = []
+    mixer.in_proj.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        mixer.inference_chunk_tokens = 203
+        expected, expected_state = mixer(hidden_states)  # 203 positions: one whole-sequence scan
+        assert len(calls) == 1
+        for chunk_tokens in (1, 3, 64, 100):
+            mixer.inference_chunk_tokens = chunk_tokens
+            calls.clear()
+            output, state = mixer(hidden_states)
+            assert len(calls) == math.ceil(203 / chunk_tokens) * (2 if bidirectional else 1)
+            torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
+            if bidirectional:
+                assert state is None
+            else:
+                torch.testing.assert_close(state.ssm_state, expected_state.ssm_state, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(state.conv_state, expected_state.conv_state, rtol=1e-5, atol=1e-6)

@@ -1,11 +1,19 @@
 """The chunked selective scan against the token loop: values, gradients, state passing, memory, dtypes."""
 
 import math
+import types
 
 import pytest
 import torch
 
-from storm_hf.modeling.selective_scan import _softplus, selective_scan, selective_scan_chunked, selective_scan_reference
+from storm_hf.modeling import selective_scan as selective_scan_module
+from storm_hf.modeling.selective_scan import (
+    _softplus,
+    cuda_kernels_apply,
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_reference,
+)
 
 
 CHUNK_SIZE = 64  # selective_scan_chunked's default
@@ -163,3 +171,55 @@ def test_softplus_is_accurate_over_the_whole_float_range():
     expected = torch.nn.functional.softplus(x.double(), threshold=100)  # exact to far below float32 rounding
     actual = _softplus(x).double()
     torch.testing.assert_close(actual, expected, rtol=3e-7, atol=0)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda inputs: inputs.update(A=torch.complex(inputs["A"], torch.ones_like(inputs["A"]))), "`A` is complex"),
+        (lambda inputs: inputs.update(B=torch.randn(6, 4)), r"time-invariant `\(d_inner, d_state\)` `B`"),
+        (lambda inputs: inputs.update(C=inputs["C"][:, None]), r"grouped .* `C`"),
+    ],
+)
+@pytest.mark.parametrize("scan", [selective_scan, selective_scan_chunked])
+def test_unsupported_mamba_ssm_variants_are_rejected(scan, change, message):
+    inputs = {name: tensor.detach() for name, tensor in make_inputs(5).items()}
+    change(inputs)
+    with pytest.raises(ValueError, match=message):
+        scan(**inputs)
+
+
+def test_cuda_fast_path_rule():
+    def tensor(dtype, cuda=True):  # only the device and dtype matter: no GPU needed
+        return types.SimpleNamespace(is_cuda=cuda, dtype=dtype)
+
+    assert cuda_kernels_apply(tensor(torch.bfloat16)) and cuda_kernels_apply(tensor(torch.float32), conv_kernel=4)
+    assert not cuda_kernels_apply(tensor(torch.float64))
+    assert not cuda_kernels_apply(tensor(torch.float32, cuda=False))
+    assert [width for width in range(1, 7) if cuda_kernels_apply(tensor(torch.float16), conv_kernel=width)] == [2, 3, 4]
+
+
+def test_a_last_state_that_needs_a_gradient_never_goes_to_the_mamba_ssm_kernel(monkeypatch):
+    """mamba-ssm's `selective_scan_fn` returns the last state without a gradient: such calls take the chunked scan."""
+    kernel_calls = []
+    monkeypatch.setattr(selective_scan_module, "is_mamba_ssm_available", True)
+    monkeypatch.setattr(selective_scan_module, "cuda_kernels_apply", lambda tensor, conv_kernel=None: True)
+    monkeypatch.setattr(
+        selective_scan_module,
+        "mamba_ssm_selective_scan_fn",
+        lambda *args: kernel_calls.append(args) or selective_scan_chunked(*args),
+    )
+    inputs = make_inputs(CHUNK_SIZE + 3)
+    initial_state = inputs.pop("initial_state")
+    selective_scan(**inputs, delta_softplus=True)  # no state returned: the kernel
+    with torch.no_grad():
+        selective_scan(**inputs, delta_softplus=True, return_last_state=True)  # no gradient needed: the kernel
+    assert len(kernel_calls) == 2
+    _, last_state = selective_scan(**inputs, delta_softplus=True, return_last_state=True)
+    assert len(kernel_calls) == 2 and last_state.requires_grad
+    _, expected_state = selective_scan_reference(**inputs, delta_softplus=True, return_last_state=True)
+    (grad,) = torch.autograd.grad(last_state.sum(), inputs["u"])
+    (expected_grad,) = torch.autograd.grad(expected_state.sum(), inputs["u"])
+    torch.testing.assert_close(grad, expected_grad)
+    selective_scan(**inputs, delta_softplus=True, initial_state=initial_state)  # a given state: never the kernel
+    assert len(kernel_calls) == 2

@@ -264,32 +264,21 @@ class DecodingProgress:
                 self.bar.close()
 
 
-@contextmanager
-def encoding_progress(model, batch_size: int, enabled: bool):
-    """Runs the vision tower `batch_size` frames at a time (bounding its memory) with a progress bar."""
-    import torch
-    from tqdm.auto import tqdm
+class EncodingProgress:
+    """A progress bar over the frames the vision tower encodes: the model's `progress_callback(done, total)`."""
 
-    inner = getattr(model, "model", None)
-    if inner is None or not hasattr(inner, "get_frame_features"):
-        yield
-        return
-    original = inner.get_frame_features
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
 
-    def batched(frames):
-        bar = tqdm(total=frames.shape[0], desc="encoding frames", unit="frame", disable=not enabled, file=sys.stderr)
-        features = []
-        for start in range(0, frames.shape[0], batch_size):
-            features.append(original(frames[start : start + batch_size]))
-            bar.update(min(batch_size, frames.shape[0] - start))
-        bar.close()
-        return torch.cat(features)
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
 
-    inner.get_frame_features = batched
-    try:
-        yield
-    finally:
-        del inner.get_frame_features
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc="encoding frames", unit="frame", disable=not self.enabled, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+        if done == total:
+            self.bar.close()
 
 
 def resolve_device(requested: str | None) -> str:
@@ -388,9 +377,16 @@ def run_generate(args) -> None:
     num_video_tokens = int((inputs["input_ids"] == processor.video_token_id).sum())
 
     streamer = _TimedStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    with encoding_progress(model, args.encode_batch_size, not args.no_progress), torch.inference_mode():
+    with torch.inference_mode():
         generation_start = time.perf_counter()
-        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer)
+        output = model.generate(
+            **inputs,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=False,
+            streamer=streamer,
+            vision_batch_size=args.encode_batch_size,
+            progress_callback=EncodingProgress(not args.no_progress),
+        )
     finished = time.perf_counter()
     new_tokens = output.shape[1] - inputs["input_ids"].shape[1]
     first = (streamer.first_token_time or finished) - generation_start

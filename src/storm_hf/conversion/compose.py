@@ -7,9 +7,12 @@ Accepted vision layouts (by the `model_type` of the vision checkpoint's config):
 
 | model_type | kept | dropped (and why) |
 |---|---|---|
-| `siglip_vision_model` | `[vision_model.]{embeddings,encoder,post_layernorm}.*` | `head.*`: attention-pooling head, STORM uses patch features |
-| `siglip` | `vision_model.{embeddings,encoder,post_layernorm}.*` | `text_model.*` (text tower), `logit_scale`/`logit_bias` (contrastive loss), `vision_model.head.*` |
-| `paligemma` | `[model.]vision_tower[.vision_model].{embeddings,encoder,post_layernorm}.*` | `multi_modal_projector.*` (replaced by STORM's projector), `language_model.*`/`lm_head.*` (Gemma) |
+| `siglip_vision_model` | `[vision_model.]{embeddings,encoder}.*` | `head.*`: attention-pooling head, STORM uses patch features |
+| `siglip` | `vision_model.{embeddings,encoder}.*` | `text_model.*` (text tower), `logit_scale`/`logit_bias` (contrastive loss), `vision_model.head.*` |
+| `paligemma` | `[model.]vision_tower[.vision_model].{embeddings,encoder}.*` | `multi_modal_projector.*` (replaced by STORM's projector), `language_model.*`/`lm_head.*` (Gemma) |
+
+In every vision layout, the encoder layers after `vision_feature_layer` and `post_layernorm` are dropped too (STORM
+builds the tower only up to its feature layer) and reported with the layer numbers.
 
 Accepted language layouts:
 
@@ -44,24 +47,26 @@ from .checkpoint_io import (
 from .processor import add_vision_tokens, build_processor
 
 
-VISION_PARTS = r"(embeddings|encoder|post_layernorm)\.(.*)"
+VISION_PARTS = r"(embeddings|encoder)\.(.*)"
 VISION_TARGET = r"model.vision_tower.\1.\2"
 HEAD_REASON = "SigLIP's attention-pooling head; STORM feeds patch features of `vision_feature_layer` to its projector"
-
-VISION_RULES = {
-    "siglip_vision_model": [
-        Rule(rf"(?:vision_model\.)?{VISION_PARTS}", VISION_TARGET),
-        Rule(r"(?:vision_model\.)?head\..*", None, HEAD_REASON),
-    ],
+POST_LAYERNORM_REASON = (
+    "SigLIP's final LayerNorm (after the last layer); STORM reads the raw output of `vision_feature_layer` and does "
+    "not build it"
+)
+# Where the SigLIP vision weights sit in each vision layout, and the rules for that layout's other parts.
+VISION_PREFIXES = {
+    "siglip_vision_model": r"(?:vision_model\.)?",
+    "siglip": r"vision_model\.",
+    "paligemma": r"(?:model\.)?vision_tower\.(?:vision_model\.)?",
+}
+OTHER_VISION_PARTS = {
+    "siglip_vision_model": [],
     "siglip": [
-        Rule(rf"vision_model\.{VISION_PARTS}", VISION_TARGET),
-        Rule(r"vision_model\.head\..*", None, HEAD_REASON),
         Rule(r"text_model\..*", None, "SigLIP's text tower, used only for contrastive pre-training"),
         Rule(r"logit_(scale|bias)", None, "SigLIP's contrastive-loss temperature and bias"),
     ],
     "paligemma": [
-        Rule(rf"(?:model\.)?vision_tower\.(?:vision_model\.)?{VISION_PARTS}", VISION_TARGET),
-        Rule(r"(?:model\.)?vision_tower\.(?:vision_model\.)?head\..*", None, HEAD_REASON),
         Rule(
             r"(?:model\.)?multi_modal_projector\..*",
             None,
@@ -74,6 +79,35 @@ VISION_RULES = {
         ),
     ],
 }
+
+
+def siglip_rules(prefix: str, config: StormConfig) -> list[Rule]:
+    """Rules for SigLIP vision weights under `prefix` (a regex): the embeddings and the encoder layers up to
+    `config.vision_feature_layer` map onto STORM's vision tower; the later layers, `post_layernorm` and the pooling head
+    are dropped, each with its reason (STORM does not build them, see `build_vision_encoder`)."""
+    used, total = config.num_vision_layers_used, config.vision_config.num_hidden_layers
+    rules = []
+    if used < total:
+        unused = "|".join(str(index) for index in range(used, total))
+        rules.append(
+            Rule(
+                rf"{prefix}encoder\.layers\.(?:{unused})\..*",
+                None,
+                f"vision encoder layers {used}..{total - 1}, after `vision_feature_layer={config.vision_feature_layer}`"
+                f" (its features are layer {used}'s output); STORM builds only layers 0..{used - 1}",
+            )
+        )
+    return rules + [
+        Rule(rf"{prefix}{VISION_PARTS}", VISION_TARGET),
+        Rule(rf"{prefix}post_layernorm\..*", None, POST_LAYERNORM_REASON),
+        Rule(rf"{prefix}head\..*", None, HEAD_REASON),
+    ]
+
+
+def vision_rules(model_type: str, config: StormConfig) -> list[Rule]:
+    """The key rules of a vision checkpoint of `model_type` for a STORM model built from `config`."""
+    return siglip_rules(VISION_PREFIXES[model_type], config) + OTHER_VISION_PARTS[model_type]
+
 
 QWEN2_VL_VISUAL_REASON = (
     "Qwen2-VL's own vision encoder and patch merger; STORM sees through SigLIP and its temporal projector instead"
@@ -100,10 +134,10 @@ _CHECKPOINT_FIELDS = {"architectures", "transformers_version", "_name_or_path", 
 def vision_config_of(config) -> dict:
     """The SigLIP vision config of a SiglipVisionModel, SiglipModel or PaliGemma config, without the pooling head."""
     model_type = config.model_type
-    if model_type not in VISION_RULES:
+    if model_type not in VISION_PREFIXES:
         raise ConversionError(
             f"Vision checkpoint of type '{model_type}' is not supported; pass a SiglipVisionModel, SiglipModel or "
-            f"PaliGemma checkpoint ({sorted(VISION_RULES)})."
+            f"PaliGemma checkpoint ({sorted(VISION_PREFIXES)})."
         )
     vision = config if model_type == "siglip_vision_model" else config.vision_config
     settings = {k: v for k, v in vision.to_dict().items() if k not in _CHECKPOINT_FIELDS}
@@ -182,7 +216,7 @@ def compose_storm(
 
     with open_state_dict(vision_folder) as vision_tensors, open_state_dict(language_folder) as language_tensors:
         mapped_vision = KeyMapping(
-            f"vision checkpoint '{vision}'", VISION_RULES[vision_source_config.model_type]
+            f"vision checkpoint '{vision}'", vision_rules(vision_source_config.model_type, config)
         ).apply(vision_tensors)
         mapped_language = KeyMapping(
             f"language checkpoint '{language}'", LANGUAGE_RULES[language_source_config.model_type]

@@ -24,8 +24,9 @@ bottom-left, bottom-right) after zero-padding odd grids at the bottom/right: the
 the Linear's weight is copied unchanged (`tests/test_conversion.py` checks the two shuffles agree).
 
 Each weight file may be safetensors or a pickle (`pytorch_model.bin`, read with `torch.load(weights_only=True)`).
-The mapping is strict: every source key becomes exactly one STORM key, every STORM key comes from exactly one source
-key, and anything else raises `ConversionError` naming the keys.
+The mapping is strict: every source key becomes exactly one STORM key or is dropped for a reported reason (only the
+vision tower's unbuilt parts: the encoder layers after `vision_feature_layer`, `post_layernorm` and `head`), every STORM
+key comes from exactly one source key, and anything else raises `ConversionError` naming the keys.
 """
 
 from pathlib import Path
@@ -47,7 +48,7 @@ from .checkpoint_io import (
     resolve_dtype,
     tensor_shape,
 )
-from .compose import text_config_of
+from .compose import VISION_PREFIXES, siglip_rules, text_config_of
 from .processor import add_vision_tokens, build_processor
 
 
@@ -58,7 +59,6 @@ _MIXER_WEIGHTS = (
 )
 FIRST_MAMBA_INDEX = 2  # layers.0: pixel-shuffle, layers.1: Linear
 
-VISION_RULES = [Rule(r"(?:vision_model\.)?(embeddings|encoder|post_layernorm|head)\.(.*)", r"model.vision_tower.\1.\2")]
 LLM_RULES = [
     Rule(r"model\.(.*)", r"model.language_model.\1"),
     Rule(r"lm_head\.weight", "lm_head.weight"),
@@ -183,14 +183,14 @@ def convert_vila_checkpoint(
             **{**settings, **config_overrides},
         )
         parts = {
-            "vision_tower": (vision_tensors, VISION_RULES),
+            "vision_tower": (vision_tensors, siglip_rules(VISION_PREFIXES["siglip_vision_model"], config)),
             "llm": (llm_tensors, LLM_RULES),
             "mm_projector": (projector_tensors, PROJECTOR_RULES),
         }
-        sources, tensors = {}, {}
+        sources, tensors, dropped = {}, {}, []
         for part, (part_tensors, rules) in parts.items():
             mapped = KeyMapping(f"{part}/", rules).apply(part_tensors)
-            assert not mapped.dropped  # no VILA rule drops anything
+            dropped += [f"{part}/: {line}" for line in mapped.describe_dropped()]
             filled_twice = sources.keys() & mapped.renamed.keys()
             if filled_twice:
                 raise ConversionError(f"STORM keys filled by two parts: {sorted(filled_twice)[:10]}")
@@ -200,9 +200,8 @@ def convert_vila_checkpoint(
         state_dict = {target: tensors[source] for target, source in sources.items()}
         model = load_storm_model(config, state_dict, set(), resolve_dtype(dtype, llm_config))
 
-    report.append(
-        f"converted {len(state_dict)} tensors: every source key mapped, none dropped, none freshly initialised"
-    )
+    report += dropped
+    report.append(f"converted {len(state_dict)} tensors: every other source key mapped, none freshly initialised")
     if (folders["llm"] / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folders["llm"])
     processor = build_processor(tokenizer, config, num_frames=num_frames or top_config.get("num_video_frames") or 32)

@@ -26,7 +26,19 @@ class StormConfig(PreTrainedConfig):
         video_token_id (`int`, defaults to 151656):
             Placeholder of one video token (`<|video_pad|>` in the Qwen2-VL vocabulary).
         vision_feature_layer (`int`, defaults to -2):
-            Hidden state of the vision tower fed to the projector (VILA takes the second-to-last layer).
+            Hidden state of the vision tower fed to the projector (VILA takes the second-to-last layer). Only the
+            layers up to it are built (`num_vision_layers_used`); `vision_config` still describes the whole tower, so
+            checkpoints of the full SigLIP load (the unused layers and the post-layernorm are reported and skipped).
+        vision_batch_size (`int`, defaults to 16):
+            Frames per vision-tower call: a video's frames go through the tower in micro-batches of this many, so the
+            tower's activation memory is bounded by the batch, not by the video. Overridable per call
+            (`vision_batch_size=` in `forward`, `generate`, `get_video_features`, `get_frame_features`). For
+            SigLIP-so400m at 448 px (1024 tokens x 1152 wide, MLP 4304, 16 heads) one frame inside one layer holds,
+            in bfloat16, ~2.4 MB of hidden state, ~8.8 MB of MLP activation and, with eager attention, ~34 MB of
+            attention scores (SDPA/flash never materialise them): at most ~45 MB per frame, so 16 frames stay under
+            0.75 GB (1.5 GB in float32) whatever the video's length, while 16 x 1024 = 16384 tokens per matmul
+            already keep a GPU's matrix units busy (larger batches barely run faster). Keeping every hidden state of
+            every frame instead costs 28 x 2.4 MB = 66 MB per frame: 17 GB at 256 frames.
         downsample_ratio (`int`, defaults to 2):
             Side of the pixel-shuffle (space-to-depth) window applied to the patch grid: 32x32 -> 16x16 tokens of
             width `downsample_ratio**2 * vision_hidden_size`. An odd grid is zero-padded first, as in NVILA.
@@ -114,6 +126,7 @@ class StormConfig(PreTrainedConfig):
     temporal_pool_size: int = 4
     spatial_pool_size: int = 1
     temporal_sampling_stride: int = 1
+    vision_batch_size: int = 16
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -127,13 +140,17 @@ class StormConfig(PreTrainedConfig):
         patches_per_side = self.vision_config.image_size // self.vision_config.patch_size
         return math.ceil(patches_per_side / self.downsample_ratio)
 
+    @property
+    def num_vision_layers_used(self) -> int:
+        """Vision encoder layers `vision_feature_layer` reads (hidden state k is layer k's output, 0 the embeddings):
+        26 of SigLIP-so400m's 27 for -2. Only these are built."""
+        return self.vision_feature_layer % (self.vision_config.num_hidden_layers + 1)
+
     def validate_architecture(self):
         """Rejects settings no STORM model can run with, naming the setting and what would work."""
         super().validate_architecture()
         if self.mamba_num_layers < 0:
-            raise ValueError(
-                f"`mamba_num_layers` must be >= 0 (0: no temporal encoder), got {self.mamba_num_layers}."
-            )
+            raise ValueError(f"`mamba_num_layers` must be >= 0 (0: no temporal encoder), got {self.mamba_num_layers}.")
         for name in (
             "downsample_ratio",
             "mamba_state_size",
@@ -143,6 +160,7 @@ class StormConfig(PreTrainedConfig):
             "temporal_pool_size",
             "spatial_pool_size",
             "temporal_sampling_stride",
+            "vision_batch_size",
         ):
             value = getattr(self, name)
             if isinstance(value, int) and value < 1:

@@ -1,6 +1,8 @@
 """PyTorch STORM: SigLIP frames -> pixel-shuffle -> Linear -> bidirectional Mamba -> token compression -> Qwen2."""
 
+import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,16 +15,21 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import PreTrainedModel
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, is_torchdynamo_compiling
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_storm import StormConfig
-from .selective_scan import selective_scan
+from .selective_scan import cuda_kernels_apply, is_mamba_ssm_available, selective_scan
 
 
 try:  # CUDA kernel of the causal depthwise convolution (optional extra `storm-hf[cuda]`)
     from causal_conv1d import causal_conv1d_fn
 except (ImportError, OSError, RuntimeError):
     causal_conv1d_fn = None
+
+ProgressCallback = Callable[[int, int], None]
+"""`progress_callback(done_frames, total_frames)`: called after each vision micro-batch with the frames encoded so far."""
 
 
 @dataclass
@@ -106,13 +113,17 @@ class StormPixelShuffle(nn.Module):
         return features.reshape(num_frames, height, width, r * r * channels)
 
 
+NO_WEIGHT_DECAY_PARAMETERS = ("A_log", "D", "A_b_log", "D_b")
+
+
 class StormMambaMixer(nn.Module):
     """Mamba v1 selective-scan mixer, uni- or bidirectional.
 
     Parameters are named as in mamba-ssm's `Mamba` (`in_proj`, `conv1d`, `x_proj`, `dt_proj`, `A_log`, `D`, `out_proj`);
     the bidirectional variant follows Vision Mamba: `in_proj`/`out_proj` are shared, the reversed scan has its own
     `conv1d_b`, `x_proj_b`, `dt_proj_b`, `A_b_log`, `D_b`, and the two directions' gated outputs are summed.
-    On CUDA with mamba-ssm and causal-conv1d installed their kernels run; elsewhere the pure-PyTorch scan does.
+    On CUDA with mamba-ssm and causal-conv1d installed their kernels run; elsewhere the pure-PyTorch scan does, and at
+    inference it runs long unpadded sequences `inference_chunk_tokens` positions at a time (bounded memory).
     """
 
     def __init__(
@@ -125,6 +136,7 @@ class StormMambaMixer(nn.Module):
         bidirectional: bool = True,
     ):
         super().__init__()
+        self.inference_chunk_tokens = 256  # sequence positions per chunk of `_forward_in_chunks`
         self.intermediate_size = expand * hidden_size
         self.state_size = state_size
         self.conv_kernel = conv_kernel
@@ -136,10 +148,19 @@ class StormMambaMixer(nn.Module):
         directions = ("", "_b") if bidirectional else ("",)
         for suffix in directions:
             self.add_module(f"conv1d{suffix}", self._make_conv())
-            self.add_module(f"x_proj{suffix}", nn.Linear(self.intermediate_size, self.time_step_rank + 2 * state_size, bias=False))
+            self.add_module(
+                f"x_proj{suffix}", nn.Linear(self.intermediate_size, self.time_step_rank + 2 * state_size, bias=False)
+            )
             self.add_module(f"dt_proj{suffix}", nn.Linear(self.time_step_rank, self.intermediate_size, bias=True))
-            self.register_parameter(f"A{suffix}_log", nn.Parameter(torch.zeros(self.intermediate_size, state_size)))
-            self.register_parameter(f"D{suffix}", nn.Parameter(torch.ones(self.intermediate_size)))
+            setattr(self, f"A{suffix}_log", nn.Parameter(torch.zeros(self.intermediate_size, state_size)))
+            setattr(self, f"D{suffix}", nn.Parameter(torch.ones(self.intermediate_size)))
+
+    def __setattr__(self, name: str, value):
+        # As in mamba-ssm, `A_log`, `D` (and `A_b_log`, `D_b`) carry `_no_weight_decay = True` for optimizers; marked
+        # on every assignment, since `from_pretrained` replaces the parameters with the loaded ones.
+        if name in NO_WEIGHT_DECAY_PARAMETERS and isinstance(value, nn.Parameter):
+            value._no_weight_decay = True
+        super().__setattr__(name, value)
 
     def _make_conv(self) -> nn.Conv1d:
         return nn.Conv1d(
@@ -160,24 +181,75 @@ class StormMambaMixer(nn.Module):
         Returns the output `(batch_size, sequence_length, hidden_size)` and the state (None when bidirectional).
         """
         if self.bidirectional and state is not None:
-            raise ValueError("A bidirectional Mamba scan sees the whole sequence at once; streaming `state` needs `mamba_bidirectional=False`.")
+            raise ValueError(
+                "A bidirectional Mamba scan sees the whole sequence at once; streaming `state` needs `mamba_bidirectional=False`."
+            )
+        if (
+            lengths is None
+            and not torch.is_grad_enabled()
+            and hidden_states.shape[1] > self.inference_chunk_tokens
+            and not (is_mamba_ssm_available and cuda_kernels_apply(hidden_states))
+        ):
+            return self._forward_in_chunks(hidden_states, state)
         # Everything stays (batch, sequence, channels), the layout of the Linear layers: no transposed copies.
         projected = self.in_proj(hidden_states)
-        output, new_state = self._scan(projected, "", state)
+        output, new_state = self._scan(projected, "", state, return_state=not self.bidirectional)
         if self.bidirectional:
-            reversed_output, _ = self._scan(reverse_sequences(projected, lengths), "_b", None)
-            output = output + reverse_sequences(reversed_output, lengths)
+            projected = reverse_sequences(projected, lengths)  # the forward-order copy is freed at inference
+            reversed_output, _ = self._scan(projected, "_b", None, return_state=False)
+            output += reverse_sequences(reversed_output, lengths)
             new_state = None
         elif lengths is not None and bool((lengths < hidden_states.shape[1]).any()):
             new_state = None  # the scan ran into padding: its final state is no sequence's state
         return self.out_proj(output), new_state
 
+    def _forward_in_chunks(
+        self, hidden_states: torch.Tensor, state: StormMambaState | None
+    ) -> tuple[torch.Tensor, StormMambaState | None]:
+        """`forward` on an unpadded batch at inference, `inference_chunk_tokens` positions at a time, each direction
+        carrying its conv and SSM state from chunk to chunk (the reversed scan runs over the chunks last to first).
+
+        Same result as the whole-sequence scan, but only one chunk's `in_proj` output (4x the hidden size) and scan
+        intermediates exist at a time: memory is the input, the output and the forward direction's gated output
+        (2x the hidden size), plus a constant. On CUDA with mamba-ssm the whole-sequence kernel runs instead (it
+        cannot start from a state).
+        """
+        sequence_length = hidden_states.shape[1]
+        chunks = [
+            slice(start, start + self.inference_chunk_tokens)
+            for start in range(0, sequence_length, self.inference_chunk_tokens)
+        ]
+        output = hidden_states.new_empty(hidden_states.shape)
+        forward_gated = (
+            hidden_states.new_empty(*hidden_states.shape[:2], self.intermediate_size) if self.bidirectional else None
+        )
+        for chunk in chunks:
+            gated, state = self._scan(self.in_proj(hidden_states[:, chunk]), "", state, return_state=True)
+            if self.bidirectional:
+                forward_gated[:, chunk] = gated
+            else:
+                output[:, chunk] = self.out_proj(gated)
+        if not self.bidirectional:
+            return output, state
+        reversed_state = None
+        for chunk in reversed(chunks):
+            gated, reversed_state = self._scan(
+                self.in_proj(hidden_states[:, chunk].flip(1)), "_b", reversed_state, return_state=True
+            )
+            output[:, chunk] = self.out_proj(forward_gated[:, chunk] + gated.flip(1))
+        return output, None
+
     def _scan(
-        self, projected: torch.Tensor, suffix: str, state: StormMambaState | None
-    ) -> tuple[torch.Tensor, StormMambaState]:
+        self, projected: torch.Tensor, suffix: str, state: StormMambaState | None, return_state: bool
+    ) -> tuple[torch.Tensor, StormMambaState | None]:
         """One scan direction: projected `(batch_size, sequence_length, 2 * intermediate_size)` (x and gate) ->
-        `(batch_size, sequence_length, intermediate_size)` and the final state."""
-        conv1d, x_proj, dt_proj = getattr(self, f"conv1d{suffix}"), getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}")
+        `(batch_size, sequence_length, intermediate_size)` and, with `return_state`, the final state (asking for it
+        costs nothing on the CPU; on CUDA, a state that needs a gradient moves the scan off mamba-ssm's kernel)."""
+        conv1d, x_proj, dt_proj = (
+            getattr(self, f"conv1d{suffix}"),
+            getattr(self, f"x_proj{suffix}"),
+            getattr(self, f"dt_proj{suffix}"),
+        )
         A_log, D = getattr(self, f"A{suffix}_log"), getattr(self, f"D{suffix}")
         x, gate = projected.chunk(2, dim=-1)
 
@@ -185,22 +257,29 @@ class StormMambaMixer(nn.Module):
             conv_state = x.new_zeros(x.shape[0], self.conv_kernel - 1, x.shape[2])
         else:
             conv_state = state.conv_state.transpose(1, 2)
-        conv_input = torch.cat([conv_state, x], dim=1)
-        if causal_conv1d_fn is not None and x.is_cuda and state is None:
+        # the convolution's last `conv_kernel - 1` inputs (the next call's conv state), without copying all of x
+        keep = self.conv_kernel - 1
+        tail = torch.cat([conv_state, x[:, max(x.shape[1] - keep, 0) :]], dim=1)
+        new_conv_state = tail[:, tail.shape[1] - keep :]
+        if causal_conv1d_fn is not None and cuda_kernels_apply(x, self.conv_kernel) and state is None:
             # the kernel's standard (batch, channels, sequence) layout; a transposed copy is cheap on the GPU
             x = causal_conv1d_fn(
                 x.transpose(1, 2).contiguous(), conv1d.weight.squeeze(1), conv1d.bias, activation="silu"
             ).transpose(1, 2)
         else:
+            conv_input = torch.cat([conv_state, x], dim=1)
             # The depthwise convolution as a 1-row conv2d on channels-last memory: oneDNN reads and writes
             # (batch, sequence, channels) directly, where conv1d would need two transposed copies.
             conv_output = F.conv2d(
-                conv_input.unsqueeze(1).permute(0, 3, 1, 2), conv1d.weight.unsqueeze(2), conv1d.bias, groups=self.intermediate_size
+                conv_input.unsqueeze(1).permute(0, 3, 1, 2),
+                conv1d.weight.unsqueeze(2),
+                conv1d.bias,
+                groups=self.intermediate_size,
             )
             x = F.silu(conv_output.permute(0, 2, 3, 1).squeeze(1))
 
         time_step, B, C = torch.split(x_proj(x), [self.time_step_rank, self.state_size, self.state_size], dim=-1)
-        output, ssm_state = selective_scan(
+        scanned = selective_scan(
             x.transpose(1, 2),
             (time_step @ dt_proj.weight.T).transpose(1, 2),
             -torch.exp(A_log.float()),
@@ -211,10 +290,12 @@ class StormMambaMixer(nn.Module):
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
             initial_state=state.ssm_state if state is not None else None,
-            return_last_state=True,
+            return_last_state=return_state,
         )
-        new_conv_state = conv_input[:, conv_input.shape[1] - (self.conv_kernel - 1) :].transpose(1, 2)
-        return output.transpose(1, 2), StormMambaState(new_conv_state, ssm_state)
+        if not return_state:
+            return scanned.transpose(1, 2), None
+        output, ssm_state = scanned
+        return output.transpose(1, 2), StormMambaState(new_conv_state.transpose(1, 2), ssm_state)
 
 
 class StormMambaLayer(GradientCheckpointingLayer):
@@ -238,7 +319,7 @@ class StormMambaLayer(GradientCheckpointingLayer):
     ) -> tuple[torch.Tensor, StormMambaState | None]:
         """hidden_states: `(batch_size, sequence_length, hidden_size)` -> same shape, and the mixer's state."""
         mixed, state = self.mixer(self.norm(hidden_states), lengths, state)
-        return hidden_states + mixed, state
+        return mixed.add_(hidden_states), state  # in place: no backward reads the mixer's output
 
 
 class StormTemporalProjector(nn.Module):
@@ -271,8 +352,17 @@ class StormTemporalProjector(nn.Module):
         _, height, width, hidden_size = tokens.shape
         videos = tokens.split(num_frames)
         # Equal lengths need no padding: a plain flip is then cheaper than the per-sequence gather.
-        lengths = None if len(set(num_frames)) == 1 else torch.tensor([n * height * width for n in num_frames], device=tokens.device)
-        hidden_states = nn.utils.rnn.pad_sequence([video.reshape(-1, hidden_size) for video in videos], batch_first=True)
+        lengths = (
+            None
+            if len(set(num_frames)) == 1
+            else torch.tensor([n * height * width for n in num_frames], device=tokens.device)
+        )
+        if len(videos) == 1:  # one video (a long one, typically): a view, no padded copy
+            hidden_states = tokens.reshape(1, -1, hidden_size)
+        else:
+            hidden_states = nn.utils.rnn.pad_sequence(
+                [video.reshape(-1, hidden_size) for video in videos], batch_first=True
+            )
         states = states if states is not None else [None] * len(self.layers)
         new_states = []
         for layer, state in zip(self.layers, states):
@@ -335,7 +425,8 @@ class StormPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "video", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["StormMambaLayer"]
+    # blocks FSDP / device maps must keep whole: vision encoder layers, Mamba layers, decoder layers
+    _no_split_modules = ["SiglipEncoderLayer", "StormMambaLayer", "Qwen2DecoderLayer"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -378,19 +469,53 @@ def _check_visual_shape(name: str, pixels: torch.Tensor, expected: str):
 
 
 def _select_padded(padded: torch.Tensor, counts: torch.Tensor, name: str) -> torch.Tensor:
-    """Rows `[b, :counts[b]]` of a batch-major padded tensor, concatenated: `(batch, max, ...)` -> `(sum(counts), ...)`."""
-    if bool((counts > padded.shape[1]).any()):
+    """Rows `[b, :counts[b]]` of a batch-major padded tensor, concatenated: `(batch, max, ...)` -> `(sum(counts), ...)`.
+
+    Without padding (every count is `max`, e.g. one video) the result is a view: the frames are not copied.
+    """
+    max_count = padded.shape[1]
+    if bool((counts > max_count).any()):
         raise ValueError(
-            f"The per-sample counts {counts.tolist()} exceed the {padded.shape[1]} entries per sample of `{name}`."
+            f"The per-sample counts {counts.tolist()} exceed the {max_count} entries per sample of `{name}`."
         )
-    mask = (torch.arange(padded.shape[1], device=counts.device)[None, :] < counts[:, None]).to(padded.device)
-    if bool(padded[~mask].any()):
+    counts = counts.tolist()
+    # only the padding region of each sample is read (views, no copy of the pixels)
+    if any(bool(sample[count:].any()) for sample, count in zip(padded, counts)):
         raise ValueError(
             f"`{name}` has non-zero entries after the counted ones: its padding must be zeros at the END of each "
             "sample. A batch padded on the left (e.g. by a pipeline whose tokenizer pads left) would pair text with "
             "the wrong frames; use StormProcessor or the `video-text-to-text` pipeline, which pad on the right."
         )
-    return padded[mask]
+    if all(count == max_count for count in counts):
+        return padded.flatten(0, 1)
+    return torch.cat([sample[:count] for sample, count in zip(padded, counts)])
+
+
+def build_vision_encoder(config: StormConfig) -> PreTrainedModel:
+    """The vision tower truncated after `config.vision_feature_layer`: its last layer is the feature layer.
+
+    The layers after it, SigLIP's `post_layernorm` (a no-op here) and its pooling head are not built, so the tower's
+    `last_hidden_state` is the feature layer's output and every parameter of the tower gets a gradient.
+    `config.vision_config` is left describing the whole tower.
+    """
+    vision_config = copy.deepcopy(config.vision_config)
+    vision_config.num_hidden_layers = config.num_vision_layers_used
+    vision_config.vision_use_head = False
+    tower = AutoModel.from_config(vision_config)
+    if not hasattr(tower, "post_layernorm"):
+        raise ValueError(
+            f"STORM's vision tower must be a SigLIP vision model (`siglip_vision_model`), got a "
+            f"'{vision_config.model_type}' model without `post_layernorm`."
+        )
+    tower.post_layernorm = nn.Identity()
+    return tower
+
+
+def _concatenate_records(outputs: list[ModelOutput], key: str) -> tuple[torch.Tensor, ...] | None:
+    """Per-layer `hidden_states` or `attentions` recorded on consecutive frame micro-batches, joined over the frames."""
+    if outputs[0].get(key) is None:
+        return None
+    return tuple(torch.cat(layer) for layer in zip(*(output[key] for output in outputs)))
 
 
 class StormModel(StormPreTrainedModel):
@@ -398,7 +523,7 @@ class StormModel(StormPreTrainedModel):
 
     def __init__(self, config: StormConfig):
         super().__init__(config)
-        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.vision_tower = build_vision_encoder(config)
         self.temporal_projector = StormTemporalProjector(config)
         self.token_compressor = StormTokenCompressor(config)
         self.language_model = AutoModel.from_config(config.text_config)
@@ -410,25 +535,86 @@ class StormModel(StormPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
-    def get_frame_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames: `(num_frames, 3, height, width)` -> `(num_frames, grid_height, grid_width, vision_hidden_size)`."""
-        layer = self.config.vision_feature_layer
-        features = self.vision_tower(frames, output_hidden_states=layer).hidden_states[layer]
-        grid_height = frames.shape[-2] // self.config.vision_config.patch_size
-        return features.unflatten(1, (grid_height, -1))
+    def encode_frames(
+        self,
+        frames: torch.Tensor,
+        vision_batch_size: int | None = None,
+        progress_callback: ProgressCallback | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Runs the vision tower on `frames` `(num_frames, 3, height, width)` in micro-batches of `vision_batch_size`
+        frames (default `config.vision_batch_size`), calling `progress_callback(done_frames, num_frames)` after each.
+
+        Returns `last_hidden_state`: the feature layer's output `(num_frames, num_patches, vision_hidden_size)`, equal
+        to running all frames at once; with `output_hidden_states` / `output_attentions` (in `kwargs`), the built
+        layers' hidden states and attentions over all frames.
+        """
+        batch_size = self.config.vision_batch_size if vision_batch_size is None else vision_batch_size
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                f"`vision_batch_size` must be a positive integer (frames per vision call), got {batch_size!r}."
+            )
+        num_frames = frames.shape[0]
+        outputs, features = [], None
+        for start in range(0, num_frames, batch_size):
+            output = self.vision_tower(frames[start : start + batch_size], return_dict=True, **kwargs)
+            if torch.is_grad_enabled():
+                outputs.append(output)  # autograd keeps each micro-batch's output anyway: concatenated below
+            else:  # written into one buffer: no list of chunks next to their concatenation
+                if features is None:
+                    features = output.last_hidden_state.new_empty(num_frames, *output.last_hidden_state.shape[1:])
+                features[start : start + batch_size] = output.last_hidden_state
+                output.last_hidden_state = None
+                outputs.append(output)
+            if progress_callback is not None:
+                progress_callback(min(start + batch_size, num_frames), num_frames)
+        if features is None:
+            features = torch.cat([output.last_hidden_state for output in outputs])
+        return BaseModelOutputWithPooling(
+            last_hidden_state=features,
+            hidden_states=_concatenate_records(outputs, "hidden_states"),
+            attentions=_concatenate_records(outputs, "attentions"),
+        )
+
+    def get_frame_features(
+        self,
+        frames: torch.Tensor,
+        vision_batch_size: int | None = None,
+        progress_callback: ProgressCallback | None = None,
+    ) -> torch.Tensor:
+        """The feature layer's patch grid of each frame, computed `vision_batch_size` frames at a time (see
+        `encode_frames`): frames `(num_frames, 3, height, width)` -> `(num_frames, grid_height, grid_width,
+        vision_hidden_size)`."""
+        features = self.encode_frames(frames, vision_batch_size, progress_callback).last_hidden_state
+        return self._patch_grid(features, frames)
+
+    def _patch_grid(self, features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """`(num_frames, num_patches, channels)` -> `(num_frames, grid_height, grid_width, channels)`."""
+        return features.unflatten(1, (frames.shape[-2] // self.config.vision_config.patch_size, -1))
 
     def _encode(
-        self, frames: torch.Tensor, num_frames: list[int], strides: list[int]
+        self,
+        frames: torch.Tensor,
+        num_frames: list[int],
+        strides: list[int],
+        vision_batch_size: int | None,
+        progress_callback: ProgressCallback | None,
+        **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """Encodes, projects and compresses videos whose frames are concatenated in `frames` `(total_frames, 3, H, W)`."""
-        projected, _ = self.temporal_projector(self.get_frame_features(frames), num_frames)
+        """Encodes, projects and compresses videos whose frames are concatenated in `frames` `(total_frames, 3, H, W)`:
+        the vision output (see `encode_frames`) with the compressed tokens of each video as `pooler_output`."""
         if self.training and any(stride > 1 for stride in strides):
             raise ValueError(
                 f"Temporal sampling (stride {max(strides)}) is a test-time operation: call `model.eval()` or send "
                 "`temporal_sampling_stride=1` while training."
             )
-        compressed = tuple(self.token_compressor(video, stride) for video, stride in zip(projected, strides))
-        return BaseModelOutputWithPooling(last_hidden_state=projected, pooler_output=compressed)
+        vision_output = self.encode_frames(frames, vision_batch_size, progress_callback, **kwargs)
+        projected, _ = self.temporal_projector(self._patch_grid(vision_output.last_hidden_state, frames), num_frames)
+        vision_output.pooler_output = tuple(
+            self.token_compressor(video, stride) for video, stride in zip(projected, strides)
+        )
+        return vision_output
 
     @can_return_tuple
     def get_video_features(
@@ -436,6 +622,9 @@ class StormModel(StormPreTrainedModel):
         pixel_values_videos: torch.FloatTensor,
         video_num_frames: torch.LongTensor | None = None,
         temporal_sampling_stride: torch.LongTensor | int | None = None,
+        vision_batch_size: int | None = None,
+        progress_callback: ProgressCallback | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
         pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, max_total_frames, 3, height, width)`):
@@ -446,11 +635,19 @@ class StormModel(StormPreTrainedModel):
         temporal_sampling_stride (`torch.LongTensor` of shape `(batch_size,)` or `int`, *optional*):
             Test-time temporal sampling stride per sample (the processor sends the one it counted placeholders with).
             Defaults to `config.temporal_sampling_stride`.
+        vision_batch_size (`int`, *optional*):
+            Frames per vision-tower call (default `config.vision_batch_size`); any value gives the same features.
+        progress_callback (`Callable[[int, int], None]`, *optional*):
+            Called as `progress_callback(done_frames, total_frames)` after each vision micro-batch.
 
-        Returns `pooler_output`: one `(num_llm_tokens, hidden_size)` tensor per video, in sample then prompt order, and
-        `last_hidden_state`: the projector's `(num_frames, grid_height, grid_width, hidden_size)` tokens per video.
+        Returns `last_hidden_state`: the vision encoder's feature-layer output `(total_frames, num_patches,
+        vision_hidden_size)` of all videos' frames (and `hidden_states` / `attentions` when requested), and
+        `pooler_output`: one `(num_llm_tokens, hidden_size)` tensor per video (projected and compressed), in sample
+        then prompt order.
         """
-        _check_visual_shape("pixel_values_videos", pixel_values_videos, "(batch_size, max_total_frames, 3, height, width)")
+        _check_visual_shape(
+            "pixel_values_videos", pixel_values_videos, "(batch_size, max_total_frames, 3, height, width)"
+        )
         batch_size, max_frames = pixel_values_videos.shape[:2]
         if video_num_frames is None:
             video_num_frames = torch.full((batch_size, 1), max_frames, dtype=torch.long)
@@ -467,29 +664,43 @@ class StormModel(StormPreTrainedModel):
         video_mask = video_num_frames > 0
         num_frames = video_num_frames[video_mask].tolist()
         strides = strides[:, None].expand_as(video_num_frames)[video_mask].tolist()
-        return self._encode(frames, num_frames, strides)
+        return self._encode(frames, num_frames, strides, vision_batch_size, progress_callback, **kwargs)
 
     @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.FloatTensor, num_images: torch.LongTensor | None = None
+        self,
+        pixel_values: torch.FloatTensor,
+        num_images: torch.LongTensor | None = None,
+        vision_batch_size: int | None = None,
+        progress_callback: ProgressCallback | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, max_images_per_sample, 3, height, width)`):
             Each sample's images, zero-padded at the end. An image is scanned as a one-frame video.
         num_images (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Images in each sample. None: all `max_images_per_sample`.
+        vision_batch_size, progress_callback:
+            As in `get_video_features` (images count as frames).
 
-        Returns `pooler_output`: one `(num_llm_tokens, hidden_size)` tensor per image, in sample then prompt order.
+        Returns `last_hidden_state`: the vision encoder's feature-layer output `(num_images, num_patches,
+        vision_hidden_size)` (and `hidden_states` / `attentions` when requested), and `pooler_output`: one
+        `(num_llm_tokens, hidden_size)` tensor per image, in sample then prompt order.
         """
         _check_visual_shape("pixel_values", pixel_values, "(batch_size, max_images_per_sample, 3, height, width)")
         batch_size, max_images = pixel_values.shape[:2]
         if num_images is None:
             num_images = torch.full((batch_size,), max_images, dtype=torch.long)
         images = _select_padded(pixel_values, num_images.to(pixel_values.device), "pixel_values")
-        return self._encode(images, [1] * images.shape[0], [1] * images.shape[0])
+        ones = [1] * images.shape[0]
+        return self._encode(images, ones, ones, vision_batch_size, progress_callback, **kwargs)
 
     def get_placeholder_mask(
-        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, token_id: int, features: torch.Tensor
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor,
+        token_id: int,
+        features: torch.Tensor,
     ) -> torch.BoolTensor:
         """Mask `(batch_size, sequence_length, 1)` of the placeholders `features` `(num_tokens, hidden_size)` replace.
 
@@ -515,6 +726,26 @@ class StormModel(StormPreTrainedModel):
         mask = self.get_placeholder_mask(input_ids, inputs_embeds, token_id, features)
         return inputs_embeds.masked_scatter(mask, features), features
 
+    def _check_placeholders_have_inputs(self, input_ids, pixel_values, pixel_values_videos, past_key_values) -> None:
+        """At prefill (empty cache), image/video placeholders in `input_ids` need their pixels: without them the
+        placeholders would be read as plain text. Later decode steps (cached) receive new tokens only and are not
+        checked."""
+        if input_ids is None or is_torchdynamo_compiling():
+            return
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            return
+        for kind, token_id, pixels, name in (
+            ("image", self.config.image_token_id, pixel_values, "pixel_values"),
+            ("video", self.config.video_token_id, pixel_values_videos, "pixel_values_videos"),
+        ):
+            if pixels is None and bool((input_ids == token_id).any()):
+                raise ValueError(
+                    f"The prompt has {int((input_ids == token_id).sum())} {kind} placeholder tokens (id {token_id}) but "
+                    f"no `{name}`: the {kind} inputs are missing. Build the inputs with StormProcessor from the "
+                    f"{kind}s (its `{name}` must reach the model, e.g. keep it through your data collator), or remove "
+                    "the placeholders from a text-only prompt."
+                )
+
     @can_return_tuple
     def forward(
         self,
@@ -529,24 +760,32 @@ class StormModel(StormPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        vision_batch_size: int | None = None,
+        progress_callback: ProgressCallback | None = None,
         **kwargs,
     ) -> StormModelOutputWithPast:
         r"""
         Visual inputs (see `get_image_features` / `get_video_features` for shapes) replace the image and video
-        placeholder tokens of `input_ids` `(batch_size, sequence_length)`; pass them at prefill only.
+        placeholder tokens of `input_ids` `(batch_size, sequence_length)`; pass them at prefill only (placeholders
+        without them raise there). `vision_batch_size` and `progress_callback` are those of `get_video_features`.
         """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        self._check_placeholders_have_inputs(input_ids, pixel_values, pixel_values_videos, past_key_values)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         image_features = video_features = None
+        vision_settings = dict(vision_batch_size=vision_batch_size, progress_callback=progress_callback)
         if pixel_values is not None:
-            encoded = self.get_image_features(pixel_values, num_images)
+            encoded = self.get_image_features(pixel_values, num_images, **vision_settings)
             inputs_embeds, image_features = self._merge(input_ids, inputs_embeds, self.config.image_token_id, encoded)
         if pixel_values_videos is not None:
-            encoded = self.get_video_features(pixel_values_videos, video_num_frames, temporal_sampling_stride)
+            encoded = self.get_video_features(
+                pixel_values_videos, video_num_frames, temporal_sampling_stride, **vision_settings
+            )
             inputs_embeds, video_features = self._merge(input_ids, inputs_embeds, self.config.video_token_id, encoded)
+        encoded = None  # the vision features are not needed by the language model
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -570,6 +809,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
     """STORM with a language modeling head: answers questions about videos and images."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: StormConfig):
         super().__init__(config)
@@ -586,13 +826,37 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def get_video_features(self, pixel_values_videos, video_num_frames=None, temporal_sampling_stride=None):
+    @can_return_tuple
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.FloatTensor,
+        video_num_frames: torch.LongTensor | None = None,
+        temporal_sampling_stride: torch.LongTensor | int | None = None,
+        vision_batch_size: int | None = None,
+        progress_callback: ProgressCallback | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
         """See `StormModel.get_video_features`."""
-        return self.model.get_video_features(pixel_values_videos, video_num_frames, temporal_sampling_stride)
+        return self.model.get_video_features(
+            pixel_values_videos,
+            video_num_frames,
+            temporal_sampling_stride,
+            vision_batch_size,
+            progress_callback,
+            **kwargs,
+        )
 
-    def get_image_features(self, pixel_values, num_images=None):
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        num_images: torch.LongTensor | None = None,
+        vision_batch_size: int | None = None,
+        progress_callback: ProgressCallback | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
         """See `StormModel.get_image_features`."""
-        return self.model.get_image_features(pixel_values, num_images)
+        return self.model.get_image_features(pixel_values, num_images, vision_batch_size, progress_callback, **kwargs)
 
     @can_return_tuple
     def forward(
@@ -610,11 +874,17 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        vision_batch_size: int | None = None,
+        progress_callback: ProgressCallback | None = None,
         **kwargs,
     ) -> StormCausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Next-token targets aligned with `input_ids` (shifted inside the loss); -100 is ignored.
+        vision_batch_size (`int`, *optional*):
+            Frames per vision-tower call (default `config.vision_batch_size`); also a `generate` kwarg.
+        progress_callback (`Callable[[int, int], None]`, *optional*):
+            `progress_callback(done_frames, total_frames)` after each vision micro-batch; also a `generate` kwarg.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -628,6 +898,8 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            vision_batch_size=vision_batch_size,
+            progress_callback=progress_callback,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -636,7 +908,9 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
 
         return StormCausalLMOutputWithPast(
             loss=loss,

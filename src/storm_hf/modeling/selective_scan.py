@@ -15,6 +15,41 @@ except (ImportError, OSError, RuntimeError):
 
 is_mamba_ssm_available = mamba_ssm_selective_scan_fn is not None
 
+CUDA_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # mamba-ssm and causal-conv1d reject float64
+CAUSAL_CONV1D_WIDTHS = (2, 3, 4)  # the convolution widths causal-conv1d compiles
+
+
+def cuda_kernels_apply(tensor: torch.Tensor, conv_kernel: int | None = None) -> bool:
+    """The one rule for STORM's CUDA fast path: whether mamba-ssm's scan (and, given `conv_kernel`, causal-conv1d's
+    convolution of that width) can take `tensor`: a CUDA tensor in float32, float16 or bfloat16, and a width of 2..4.
+    Everything else runs the PyTorch path. (Whether the libraries are installed is checked by the callers.)"""
+    return (
+        tensor.is_cuda
+        and tensor.dtype in CUDA_KERNEL_DTYPES
+        and (conv_kernel is None or conv_kernel in CAUSAL_CONV1D_WIDTHS)
+    )
+
+
+def check_scan_inputs(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> None:
+    """Rejects the mamba-ssm input variants the PyTorch scan does not implement, naming what it expects."""
+    if A.is_complex():
+        raise ValueError(
+            "`A` is complex; STORM's selective scan implements real, negative `A` only (Mamba v1's S4D-real "
+            "initialisation, `A = -exp(A_log)`): the imaginary part would be dropped. Pass a real `A`."
+        )
+    for name, tensor in (("B", B), ("C", C)):
+        if tensor.dim() != 3:
+            variant = (
+                "time-invariant `(d_inner, d_state)`"
+                if tensor.dim() == 2
+                else "grouped `(batch, groups, d_state, seqlen)`"
+            )
+            raise ValueError(
+                f"`{name}` has shape {tuple(tensor.shape)}: {variant} `{name}` is not supported; STORM's selective "
+                f"scan takes a selective `{name}` of shape `(batch, d_state, seqlen)` (one group)."
+            )
+
+
 def selective_scan(
     u,
     delta,
@@ -29,7 +64,9 @@ def selective_scan(
     initial_state=None,
 ):
     """
-    Selective scan with mamba_ssm's CUDA kernel for CUDA inputs without `initial_state`, else `selective_scan_chunked`.
+    Selective scan with mamba_ssm's CUDA kernel where it applies (`cuda_kernels_apply`, no `initial_state`, and no
+    returned state that needs a gradient: the kernel returns the last state without one), else
+    `selective_scan_chunked`.
 
     Args:
         u, delta, z: `(batch, d_inner, seqlen)`.
@@ -42,7 +79,13 @@ def selective_scan(
         y `(batch, d_inner, seqlen)` in `u`'s dtype, and with `return_last_state` the final state
         `(batch, d_inner, d_state)` in float32 (float64 for float64 inputs on CPU).
     """
-    if u.is_cuda and is_mamba_ssm_available and initial_state is None:
+    check_scan_inputs(A, B, C)
+    state_needs_grad = (
+        return_last_state
+        and torch.is_grad_enabled()
+        and any(tensor is not None and tensor.requires_grad for tensor in (u, delta, A, B, C, D, z, delta_bias))
+    )
+    if is_mamba_ssm_available and cuda_kernels_apply(u) and initial_state is None and not state_needs_grad:
         return mamba_ssm_selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_chunked(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state=initial_state
@@ -126,6 +169,7 @@ def selective_scan_chunked(
         y `(batch, d_inner, seqlen)` in `u`'s dtype, and with `return_last_state` the final state
         `(batch, d_inner, d_state)` in the compute dtype.
     """
+    check_scan_inputs(A, B, C)
     dtype = torch.promote_types(u.dtype, torch.float32)
     # The scan stores states as (d_state, d_inner), so that the innermost dimension is long enough to vectorize well.
     y, last_state = _SelectiveScanFunction.apply(
@@ -192,7 +236,9 @@ class _SelectiveScanFunction(torch.autograd.Function):
         grad_u, grad_delta, grad_B, grad_C = (torch.empty_like(tensor) for tensor in (u, delta, B, C))
         grad_z = None if z is None else torch.empty_like(z)
         grad_A_t = torch.zeros_like(A_t)
-        grad_D, grad_delta_bias = (None if tensor is None else A_t.new_zeros(tensor.shape) for tensor in (D, delta_bias))
+        grad_D, grad_delta_bias = (
+            None if tensor is None else A_t.new_zeros(tensor.shape) for tensor in (D, delta_bias)
+        )
         buffer_length = min(chunks.size, seqlen)
         states = _new_buffer(A_t, batch, buffer_length + 1)
         decay, grad_h, product = (_new_buffer(A_t, batch, buffer_length) for _ in range(3))
