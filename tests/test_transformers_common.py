@@ -331,6 +331,18 @@ class StormVideoProcessingTest(common.test_video_processing_common.VideoProcessi
     def video_processor_dict(self) -> dict:
         return self.video_processor_tester.prepare_video_processor_dict()
 
+    def test_edge_length_sizes_are_rejected(self):
+        """What test_video_processor_from_dict_with_kwargs sets (skipped below): a shortest-edge size would give frames
+        of the video's aspect ratio, which neither the vision tower nor the token count can take."""
+        videos = self.video_processor_tester.prepare_video_inputs(return_tensors="np")
+        video_processor = self.fast_video_processing_class(
+            **{**self.video_processor_dict, "size": {"shortest_edge": 20}}
+        )
+        with self.assertRaisesRegex(ValueError, r"size=\{'shortest_edge': 20\}.*height and width"):
+            video_processor(videos, return_tensors="pt")
+        with self.assertRaisesRegex(ValueError, r"size=\{'longest_edge': 30\}"):
+            self.fast_video_processing_class(**self.video_processor_dict)(videos, size={"longest_edge": 30})
+
 
 class StormProcessorTest(common.test_processing_common.ProcessorTesterMixin, unittest.TestCase):
     processor_class = StormProcessor
