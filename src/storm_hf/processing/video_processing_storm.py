@@ -290,8 +290,8 @@ class StormVideoProcessor(BaseVideoProcessor):
         """transformers' checks, and that frames are resized to a `height` x `width` (the vision tower's input size,
         from which the token grid is counted), not by an edge length."""
         super()._validate_preprocess_kwargs(do_resize=do_resize, size=size, **kwargs)
-        if do_resize and (size is None or size.height is None or size.width is None):
-            given = {key: value for key, value in vars(size or {}).items() if value is not None}
+        if do_resize and (size.height is None or size.width is None):  # the base class checks that `size` is set
+            given = {key: value for key, value in vars(size).items() if value is not None}
             raise ValueError(
                 f"{type(self).__name__} resizes frames to `size={{'height': ..., 'width': ...}}` (the vision tower's "
                 f"image size), got `size={given}`. Pass the height and width of the model's "
