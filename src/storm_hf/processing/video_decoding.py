@@ -132,7 +132,7 @@ def read_video(
             if not index.by_pts:
                 index = _FrameIndex.from_decoding(video_input)
         except av.FFmpegError as error:
-            raise _corrupt(name, error) from error
+            raise video_input.unreadable(error) from error
         if index.num_frames == 0:
             raise VideoDecodingError(f"{name} contains no video frames; pass a video with at least one frame.")
         if index.num_frames == 1 and stream.codec_context.name in _IMAGE_CODECS:
@@ -179,6 +179,16 @@ class _VideoInput:
             )
         return file.tell()
 
+    def unreadable(self, error: Exception) -> VideoDecodingError:
+        """The error for a video that opened but whose packets could not be read or decoded."""
+        if self.is_url:
+            return VideoDecodingError(
+                f"{self.name} could not be read to the end ({error}): the download broke off, the file is corrupt, or "
+                "the server does not support range requests, which files with their index at the end need (mp4/mov "
+                "written without faststart). Download the file and pass its path, or check the URL."
+            )
+        return VideoDecodingError(f"{self.name} is corrupt or truncated ({error}); re-encode or re-download it.")
+
     def open(self):
         """An input container of the video, checked to be a video container (not text, an image or a playlist)."""
         import av
@@ -199,7 +209,7 @@ class _VideoInput:
         else:
             file = "file:" + os.path.abspath(self.source)  # never an FFmpeg protocol ("concat:", "pipe:")
         try:
-            container = av.open(file, mode="r", options=options, timeout=timeout)
+            container = av.open(file, mode="r", options=options, timeout=timeout, metadata_errors="replace")
         except (av.FFmpegError, OSError) as error:
             raise VideoDecodingError(
                 f"{self.name} could not be opened as a video ({error}); pass an existing, complete video "
@@ -247,13 +257,14 @@ class _FrameIndex:
         frames (present and distinct). When they do not, frames are addressed by their position in decoding output.
     keyframe_pts: (num_keyframes,) sorted pts of the keyframes, where decoding can start.
     keyframe_seek: (num_keyframes,) the timestamp to seek to for each keyframe (its pts or dts, as the container seeks).
+    time_base: seconds per pts unit; None when the frames carry no times.
     start_time: the container's start, in seconds (timestamps are reported from there).
     """
 
     pts: np.ndarray
     keyframe_pts: np.ndarray
     keyframe_seek: np.ndarray
-    time_base: float
+    time_base: float | None
     start_time: float
     by_pts: bool = True
 
@@ -287,20 +298,14 @@ class _FrameIndex:
     @classmethod
     def from_decoding(cls, video_input: "_VideoInput") -> "_FrameIndex":
         """Index of a stream whose packets carry no usable pts: one decoding pass, from the start of a freshly opened
-        input, counts the frames and reads their pts where the decoder has them (else their positions)."""
+        input, counts the frames. Frames are then addressed by position; their times are known only when the decoder
+        gave every frame a pts, in increasing order (else `time_base` is None)."""
         with video_input.open() as container:
             stream = _video_stream(container, video_input.name)
             pts = [frame.pts for frame in container.decode(stream)]
-            time_base, start_time = (
-                float(stream.time_base),
-                (container.start_time or 0) / 1_000_000,
-            )
+            time_base, start_time = float(stream.time_base), (container.start_time or 0) / 1_000_000
         if None in pts or sorted(set(pts)) != pts:
-            pts, time_base, start_time = (
-                list(range(len(pts))),
-                1 / float(stream.average_rate or 1),
-                0.0,
-            )
+            pts, time_base = list(range(len(pts))), None
         return cls(
             pts=np.asarray(pts, dtype=np.int64),
             keyframe_pts=np.zeros(0, dtype=np.int64),
@@ -315,8 +320,10 @@ class _FrameIndex:
         position = np.searchsorted(self.keyframe_pts, pts, side="right") - 1
         return (int(self.keyframe_pts[position]), int(self.keyframe_seek[position])) if position >= 0 else None
 
-    def times(self, indices: np.ndarray) -> list[float]:
-        """Seconds from the container start of the frames at `indices`."""
+    def times(self, indices: np.ndarray) -> list[float] | None:
+        """Seconds from the container start of the frames at `indices` (None when the frames carry no times)."""
+        if self.time_base is None:
+            return None
         return [float(pts) * self.time_base - self.start_time for pts in self.pts[indices]]
 
 
@@ -345,10 +352,6 @@ def _sample(sample_indices_fn, metadata: StormVideoMetadata, name: str) -> np.nd
     return indices.astype(np.int64)
 
 
-def _corrupt(name: str, error: Exception) -> VideoDecodingError:
-    return VideoDecodingError(f"{name} is corrupt or truncated ({error}); re-encode or re-download it.")
-
-
 def _image_error(name: str, what: str) -> VideoDecodingError:
     return VideoDecodingError(
         f"{name} is an image ({what}), not a video; pass it as an image (`images=` or a "
@@ -359,7 +362,7 @@ def _image_error(name: str, what: str) -> VideoDecodingError:
 def _metadata(stream, index: _FrameIndex) -> StormVideoMetadata:
     """Frame count and average frame rate measured from the frame timestamps (no container guesses)."""
     num_frames = index.num_frames
-    if num_frames > 1 and index.by_pts:
+    if num_frames > 1 and index.time_base is not None:
         fps = (num_frames - 1) / float((index.pts[-1] - index.pts[0]) * index.time_base)
     else:  # no frame interval to measure: take the rate the container declares, if any
         fps = float(stream.average_rate) if stream.average_rate else None
@@ -373,13 +376,13 @@ def _metadata(stream, index: _FrameIndex) -> StormVideoMetadata:
 
 def _stream_end(container, stream) -> float | None:
     """End of `stream` in seconds as the container declares it: the stream's own duration, Matroska's per-track
-    DURATION tag, or the container's duration when the stream is its only one."""
+    DURATION tag, or the container's duration when the stream is its only one; None when unknown."""
     start = float((stream.start_time or 0) * stream.time_base)
     if stream.duration:
         return start + float(stream.duration * stream.time_base)
     tag = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", stream.metadata.get("DURATION", ""))
-    if tag:
-        return start + 3600 * int(tag[1]) + 60 * int(tag[2]) + float(tag[3])
+    if tag:  # FFmpeg writes the track's end time here (from 0, not from the track's start): read it as the end
+        return 3600 * int(tag[1]) + 60 * int(tag[2]) + float(tag[3])
     if container.duration and len(container.streams) == 1:
         return ((container.start_time or 0) + container.duration) / 1_000_000
     return None
@@ -388,7 +391,7 @@ def _stream_end(container, stream) -> float | None:
 def _check_complete(container, stream, index: _FrameIndex, metadata: StormVideoMetadata, name: str):
     """Raise when the frames end well before the duration the container declares (a cut-off download or recording)."""
     declared_end = _stream_end(container, stream)
-    if declared_end is None or not index.by_pts:
+    if declared_end is None or index.time_base is None:
         return
     frames_end = float(index.pts[-1]) * index.time_base + (1 / metadata.fps if metadata.fps else 0)
     if frames_end + max(1.0, 0.1 * (declared_end - float(index.pts[0]) * index.time_base)) < declared_end:
@@ -434,7 +437,7 @@ class _FrameReader:
             except (_SeekMissed, av.FFmpegError):
                 frames = self._in_order(wanted)
         except av.FFmpegError as error:
-            raise _corrupt(self.input.name, error) from error
+            raise self.input.unreadable(error) from error
         except _UnsupportedDisplayMatrix as error:
             raise VideoDecodingError(
                 f"{self.input.name} has a display matrix {error} that is not a rotation by a multiple of 90 degrees "
@@ -471,6 +474,8 @@ class _FrameReader:
                 last_pts = frame.pts
                 # Leading frames of an open GOP (pts before the keyframe sought) reference frames before the seek.
                 if frame.pts in wanted and frame.pts >= start_pts and frame.pts not in frames:
+                    if frame.is_corrupt:  # concealed errors; in order, the decoder may have what it lacked here
+                        raise _SeekMissed
                     frames[frame.pts] = _to_rgb(frame)
                 if frame.pts >= target:
                     break
@@ -491,6 +496,12 @@ class _FrameReader:
         frames: dict[int, np.ndarray] = {}
         for key, frame in decoded:
             if key in wanted and key not in frames:
+                if frame.is_corrupt:
+                    raise VideoDecodingError(
+                        f"Frame {self.index.pts.searchsorted(key) if self.index.by_pts else key} of "
+                        f"{self.input.name} is corrupt (the decoder concealed errors in it); re-encode or re-download "
+                        "the video."
+                    )
                 frames[key] = _to_rgb(frame)
                 if len(frames) == len(wanted):
                     break
