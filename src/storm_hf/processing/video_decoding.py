@@ -222,8 +222,9 @@ class _VideoInput:
         if not demuxers & _VIDEO_DEMUXERS:
             container.close()
             raise VideoDecodingError(
-                f"{self.name} is not a video: FFmpeg reads it as '{container.format.name}' ({container.format.long_name})"
-                ", which is not a video container. Pass a video file (e.g. mp4, webm, mkv, mov, avi, ts)."
+                f"{self.name} is not a video: FFmpeg reads it as '{container.format.name}' "
+                f"({container.format.long_name}), which is not a video container. Pass a video file (e.g. mp4, webm, "
+                "mkv, mov, avi, ts)."
             )
         return container
 
@@ -243,10 +244,29 @@ def _video_stream(container, name: str):
         found = f"only {' and '.join(kinds)}" if kinds else "no streams at all"
         raise VideoDecodingError(f"{name} contains no video frames ({found}, no video stream); pass a video file.")
     best = container.streams.best("video")
-    return next(
-        (stream for stream in videos if best is not None and stream.index == best.index),
-        videos[0],
-    )
+    stream = next((stream for stream in videos if best is not None and stream.index == best.index), videos[0])
+    if stream.codec_context is None:
+        raise VideoDecodingError(
+            f"The video stream of {name} has a codec this FFmpeg build cannot decode; re-encode it (e.g. to H.264)."
+        )
+    return stream
+
+
+def _demux(container, stream, name: str) -> Iterator:
+    """`container.demux(stream)`, with the IndexError PyAV raises when a stream appears in the middle of a file (an
+    MPEG-TS can announce new streams anywhere) turned into a named error."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except IndexError as error:
+            raise VideoDecodingError(
+                f"{name} announces new streams in the middle of the file, which PyAV cannot follow; re-mux it (e.g. "
+                "to mp4) first."
+            ) from error
+        yield packet
 
 
 @dataclass
@@ -277,7 +297,7 @@ class _FrameIndex:
         """Index from one pass over the packets (no decoding)."""
         seek_by_pts = bool(set(container.format.name.split(",")) & _SEEK_BY_PTS)
         pts, keyframes = [], []
-        for packet in container.demux(stream):
+        for packet in _demux(container, stream, name):
             if packet.size == 0 or packet.is_discard:
                 continue
             pts.append(packet.pts)
@@ -302,7 +322,7 @@ class _FrameIndex:
         gave every frame a pts, in increasing order (else `time_base` is None)."""
         with video_input.open() as container:
             stream = _video_stream(container, video_input.name)
-            pts = [frame.pts for frame in container.decode(stream)]
+            pts = [frame.pts for packet in _demux(container, stream, video_input.name) for frame in packet.decode()]
             time_base, start_time = float(stream.time_base), (container.start_time or 0) / 1_000_000
         if None in pts or sorted(set(pts)) != pts:
             pts, time_base = list(range(len(pts))), None
@@ -410,12 +430,7 @@ class _FrameReader:
     it should; otherwise (the verified fallback) by decoding the input again from its start, in order."""
 
     def __init__(self, video_input: _VideoInput, container, stream, index: _FrameIndex):
-        self.input, self.container, self.stream, self.index = (
-            video_input,
-            container,
-            stream,
-            index,
-        )
+        self.input, self.container, self.stream, self.index = video_input, container, stream, index
         self.reopened = None  # the container of the in-order fallback
 
     def __enter__(self):
@@ -449,6 +464,12 @@ class _FrameReader:
                 f"Frame {indices[missing[0]]} of {self.input.name} could not be decoded; the file is corrupt or "
                 "truncated. Re-encode or re-download it."
             )
+        sizes = sorted({f"{frame.shape[0]}x{frame.shape[1]}" for frame in frames.values()})
+        if len(sizes) > 1:
+            raise VideoDecodingError(
+                f"{self.input.name} changes its frame size between the sampled frames ({' and '.join(sizes)} pixels, "
+                "height x width); re-encode it to one size."
+            )
         return np.stack([frames[key] for key in keys.tolist()])
 
     def _by_seeking(self, wanted: list[int]) -> dict[int, np.ndarray]:
@@ -469,13 +490,11 @@ class _FrameReader:
                 start_pts = keyframe[0]
                 self.container.seek(keyframe[1], stream=self.stream, backward=True, any_frame=False)
                 codec.flush_buffers()
-                decoded = _decode_from_here(self.container, self.stream, set(wanted), start_pts)
+                decoded = _decode_from_here(self.container, self.stream, set(wanted), start_pts, self.input.name)
             for frame in decoded:
                 last_pts = frame.pts
                 # Leading frames of an open GOP (pts before the keyframe sought) reference frames before the seek.
                 if frame.pts in wanted and frame.pts >= start_pts and frame.pts not in frames:
-                    if frame.is_corrupt:  # concealed errors; in order, the decoder may have what it lacked here
-                        raise _SeekMissed
                     frames[frame.pts] = _to_rgb(frame)
                 if frame.pts >= target:
                     break
@@ -484,23 +503,20 @@ class _FrameReader:
         return frames
 
     def _in_order(self, wanted: list[int]) -> dict[int, np.ndarray]:
-        """Decode the input again from its start, in order; frames are recognised by pts, or by position when pts do
-        not identify them (then no frame is skipped, so that positions stay those of a full decode)."""
+        """Decode the input again from its start, every frame in order, as a plain sequential decode does (nothing is
+        skipped: in a damaged stream even a non-reference frame can change the decoder's state). Frames are recognised
+        by pts, or by position when pts do not identify them."""
         self.reopened = self.input.open()
         stream = _video_stream(self.reopened, self.input.name)
-        if self.index.by_pts:
-            stream.codec_context.open()
-            decoded = ((frame.pts, frame) for frame in _decode_from_here(self.reopened, stream, set(wanted)))
-        else:
-            decoded = enumerate(self.reopened.decode(stream))
         frames: dict[int, np.ndarray] = {}
-        for key, frame in decoded:
+        decoded = (frame for packet in _demux(self.reopened, stream, self.input.name) for frame in packet.decode())
+        for position, frame in enumerate(decoded):
+            key = frame.pts if self.index.by_pts else position
             if key in wanted and key not in frames:
                 if frame.is_corrupt:
                     raise VideoDecodingError(
-                        f"Frame {self.index.pts.searchsorted(key) if self.index.by_pts else key} of "
-                        f"{self.input.name} is corrupt (the decoder concealed errors in it); re-encode or re-download "
-                        "the video."
+                        f"Frame {self.index.pts.searchsorted(key) if self.index.by_pts else key} of {self.input.name} "
+                        "is corrupt (the decoder concealed errors in it); re-encode or re-download the video."
                     )
                 frames[key] = _to_rgb(frame)
                 if len(frames) == len(wanted):
@@ -508,17 +524,18 @@ class _FrameReader:
         return frames
 
 
-def _decode_from_here(container, stream, wanted: set[int], start_pts: int | None = None) -> Iterator:
-    """Decoded frames from the current demuxer position, skipping non-reference frames nobody asked for.
+def _decode_from_here(container, stream, wanted: set[int], start_pts: int, name: str) -> Iterator:
+    """Decoded frames after a seek to the keyframe at `start_pts`, skipping non-reference frames nobody asked for.
 
-    After a seek (`start_pts` given) packets before the first keyframe are dropped, and that keyframe must be the one
-    sought or an earlier one (else `_SeekMissed`). Packets come in decode order, so the skip is decided per packet: a
-    wanted frame's packet is decoded in full, every other packet with skip_frame "NONREF" (the decoder still decodes it
-    when it is a reference for later frames).
+    Packets before the first keyframe are dropped, and that keyframe must be the one sought or an earlier one. Packets
+    come in decode order, so the skip is decided per packet: a wanted frame's packet is decoded in full, every other
+    packet with skip_frame "NONREF" (the decoder still decodes it when it is a reference for later frames). Raises
+    `_SeekMissed` when the seek went past the keyframe or a frame is concealed (corrupt) or has no pts: an in-order
+    decode then decides.
     """
     codec = stream.codec_context
-    started = start_pts is None
-    for packet in container.demux(stream):
+    started = False
+    for packet in _demux(container, stream, name):
         if not started:
             if not packet.is_keyframe:
                 continue
@@ -527,7 +544,7 @@ def _decode_from_here(container, stream, wanted: set[int], start_pts: int | None
             started = True
         codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
         for frame in codec.decode(packet):
-            if frame.pts is None:
+            if frame.pts is None or frame.is_corrupt:
                 raise _SeekMissed
             yield frame
 
