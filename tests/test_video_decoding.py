@@ -138,7 +138,21 @@ def test_every_frame_alone_equals_sequential_decoding(corpus, name):
 
 
 @pytest.mark.parametrize(
-    "name", ["h264_b_pyramid.mp4", "h264.mkv", "h264_b_pyramid.ts", "mpeg2.mpg", "h264.flv", "mpeg4.avi", "vp8.webm"]
+    "name",
+    [
+        "h264_b_pyramid.mp4",
+        "h264_open_gop.mp4",
+        "h264.mkv",
+        "h264_b_pyramid.ts",
+        "h264_open_gop.ts",
+        "mpeg2.mpg",
+        "h264.flv",
+        "mpeg4.avi",
+        "vp8.webm",
+        "vp8.ogv",
+        "hevc.mp4",
+        "av1.mkv",
+    ],
 )
 def test_containers_are_read_by_seeking_without_the_in_order_fallback(corpus, name, monkeypatch):
     def no_fallback(self, wanted):

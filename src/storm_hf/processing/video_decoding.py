@@ -14,6 +14,7 @@ audio, images and playlists, none of which is a video.
 """
 
 import io
+import itertools
 import math
 import numbers
 import os
@@ -40,6 +41,7 @@ _VIDEO_DEMUXERS = {
 # Demuxers that seek by presentation timestamps (their index holds them); the others (MPEG-TS and -PS, FLV, AVI, ...)
 # seek by decoding timestamps or byte positions, so a keyframe is sought at its dts, which is at or before its pts.
 _SEEK_BY_PTS = {"mov", "matroska"}
+_SEEK_RETRIES = 2  # earlier keyframes to seek to when a seek does not land where it should
 # Codecs of still images: a one-frame stream of these is an image, not a video.
 _IMAGE_CODECS = {"png", "mjpeg", "jpeg2000", "jpegls", "bmp", "tiff", "webp", "gif", "ppm", "pgm", "pam", "qoi"}
 _URL_SCHEMES = ("http://", "https://")
@@ -335,10 +337,9 @@ class _FrameIndex:
             by_pts=False,
         )
 
-    def keyframe_before(self, pts: int) -> tuple[int, int] | None:
-        """(pts, seek timestamp) of the last keyframe at or before `pts`; None when there is none."""
-        position = np.searchsorted(self.keyframe_pts, pts, side="right") - 1
-        return (int(self.keyframe_pts[position]), int(self.keyframe_seek[position])) if position >= 0 else None
+    def keyframe_before(self, pts: int) -> int:
+        """Position in `keyframe_pts` of the last keyframe at or before `pts`; -1 when there is none."""
+        return int(np.searchsorted(self.keyframe_pts, pts, side="right")) - 1
 
     def times(self, indices: np.ndarray) -> list[float] | None:
         """Seconds from the container start of the frames at `indices` (None when the frames carry no times)."""
@@ -431,6 +432,7 @@ class _FrameReader:
 
     def __init__(self, video_input: _VideoInput, container, stream, index: _FrameIndex):
         self.input, self.container, self.stream, self.index = video_input, container, stream, index
+        self.known_pts = set(index.pts.tolist()) if index.by_pts else set()
         self.reopened = None  # the container of the in-order fallback
 
     def __enter__(self):
@@ -476,31 +478,49 @@ class _FrameReader:
         """Frames with pts in `wanted`, sought from their keyframes; raises `_SeekMissed` when a seek is off."""
         if not self.index.by_pts or not len(self.index.keyframe_pts):
             raise _SeekMissed
-        codec = self.stream.codec_context
         # Open the decoder before `_decode_from_here` sets skip_frame: some decoders (libdav1d) read skip_frame only
         # when opened, and opened with "NONREF" they would never return a wanted non-reference frame.
-        codec.open()
+        self.stream.codec_context.open()
         frames: dict[int, np.ndarray] = {}
-        decoded, start_pts, last_pts = None, None, None
+        decoded, last_pts = None, None
         for target in wanted:
             keyframe = self.index.keyframe_before(target)
-            if keyframe is None:
+            if keyframe < 0:
                 raise _SeekMissed
-            if decoded is None or last_pts is None or keyframe[0] > last_pts:
-                start_pts = keyframe[0]
-                self.container.seek(keyframe[1], stream=self.stream, backward=True, any_frame=False)
-                codec.flush_buffers()
-                decoded = _decode_from_here(self.container, self.stream, set(wanted), start_pts, self.input.name)
+            if decoded is None or last_pts is None or self.index.keyframe_pts[keyframe] > last_pts:
+                decoded = self._seek(keyframe, wanted)
             for frame in decoded:
                 last_pts = frame.pts
-                # Leading frames of an open GOP (pts before the keyframe sought) reference frames before the seek.
-                if frame.pts in wanted and frame.pts >= start_pts and frame.pts not in frames:
+                if frame.pts in wanted and frame.pts not in frames:
                     frames[frame.pts] = _to_rgb(frame)
                 if frame.pts >= target:
                     break
             if target not in frames:
                 raise _SeekMissed
         return frames
+
+    def _seek(self, keyframe: int, wanted: list[int]) -> Iterator:
+        """Decoded frames from the keyframe at position `keyframe` of the index on, after a verified seek.
+
+        The first frame must be that keyframe, at its pts. When it is not, the seek is retried from up to
+        `_SEEK_RETRIES` earlier keyframes (after a seek, the MPEG-PS demuxer guesses wrong timestamps for the first
+        packets); then `_SeekMissed`.
+        """
+        from av.video.frame import PictureType
+
+        start_pts, wanted = int(self.index.keyframe_pts[keyframe]), set(wanted)
+        for earlier in range(min(_SEEK_RETRIES, keyframe) + 1):
+            seek_to = int(self.index.keyframe_seek[keyframe - earlier])
+            self.container.seek(seek_to, stream=self.stream, backward=True, any_frame=False)
+            self.stream.codec_context.flush_buffers()
+            decoded = _decode_from_here(self.container, self.stream, wanted, start_pts, self.known_pts, self.input.name)
+            try:
+                first = next(decoded, None)
+            except _SeekMissed:
+                continue
+            if first is not None and first.pts == start_pts and (first.key_frame or first.pict_type == PictureType.I):
+                return itertools.chain([first], decoded)
+        raise _SeekMissed
 
     def _in_order(self, wanted: list[int]) -> dict[int, np.ndarray]:
         """Decode the input again from its start, every frame in order, as a plain sequential decode does (nothing is
@@ -524,14 +544,15 @@ class _FrameReader:
         return frames
 
 
-def _decode_from_here(container, stream, wanted: set[int], start_pts: int, name: str) -> Iterator:
-    """Decoded frames after a seek to the keyframe at `start_pts`, skipping non-reference frames nobody asked for.
+def _decode_from_here(container, stream, wanted: set[int], start_pts: int, known_pts: set[int], name: str) -> Iterator:
+    """Decoded frames from `start_pts` on, after a seek to a keyframe at or before it, skipping non-reference frames
+    nobody asked for.
 
-    Packets before the first keyframe are dropped, and that keyframe must be the one sought or an earlier one. Packets
-    come in decode order, so the skip is decided per packet: a wanted frame's packet is decoded in full, every other
-    packet with skip_frame "NONREF" (the decoder still decodes it when it is a reference for later frames). Raises
-    `_SeekMissed` when the seek went past the keyframe or a frame is concealed (corrupt) or has no pts: an in-order
-    decode then decides.
+    Packets before the first keyframe are dropped; frames before `start_pts` are decoded (they may be references) but
+    not returned. Packets come in decode order, so the skip is decided per packet: a wanted frame's packet is decoded
+    in full, every other packet with skip_frame "NONREF" (the decoder still decodes it when it is a reference for later
+    frames). Raises `_SeekMissed` when the seek went past `start_pts`, or a frame is concealed (corrupt) or has a pts
+    the index does not know: an in-order decode then decides.
     """
     codec = stream.codec_context
     started = False
@@ -544,9 +565,10 @@ def _decode_from_here(container, stream, wanted: set[int], start_pts: int, name:
             started = True
         codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
         for frame in codec.decode(packet):
-            if frame.pts is None or frame.is_corrupt:
+            if frame.pts is None or frame.pts >= start_pts and (frame.is_corrupt or frame.pts not in known_pts):
                 raise _SeekMissed
-            yield frame
+            if frame.pts >= start_pts:
+                yield frame
 
 
 class _UnsupportedDisplayMatrix(Exception):
