@@ -482,16 +482,16 @@ class _FrameReader:
         # when opened, and opened with "NONREF" they would never return a wanted non-reference frame.
         self.stream.codec_context.open()
         frames: dict[int, np.ndarray] = {}
-        decoded, last_pts = None, None
+        decoded, last_pts, wanted_set = None, None, set(wanted)
         for target in wanted:
             keyframe = self.index.keyframe_before(target)
             if keyframe < 0:
                 raise _SeekMissed
             if decoded is None or last_pts is None or self.index.keyframe_pts[keyframe] > last_pts:
-                decoded = self._seek(keyframe, wanted)
+                decoded = self._seek(keyframe, wanted_set)
             for frame in decoded:
                 last_pts = frame.pts
-                if frame.pts in wanted and frame.pts not in frames:
+                if frame.pts in wanted_set:
                     frames[frame.pts] = _to_rgb(frame)
                 if frame.pts >= target:
                     break
@@ -499,7 +499,7 @@ class _FrameReader:
                 raise _SeekMissed
         return frames
 
-    def _seek(self, keyframe: int, wanted: list[int]) -> Iterator:
+    def _seek(self, keyframe: int, wanted: set[int]) -> Iterator:
         """Decoded frames from the keyframe at position `keyframe` of the index on, after a verified seek.
 
         The first frame must be that keyframe, at its pts. When it is not, the seek is retried from up to
@@ -508,7 +508,7 @@ class _FrameReader:
         """
         from av.video.frame import PictureType
 
-        start_pts, wanted = int(self.index.keyframe_pts[keyframe]), set(wanted)
+        start_pts = int(self.index.keyframe_pts[keyframe])
         for earlier in range(min(_SEEK_RETRIES, keyframe) + 1):
             seek_to = int(self.index.keyframe_seek[keyframe - earlier])
             self.container.seek(seek_to, stream=self.stream, backward=True, any_frame=False)
@@ -529,10 +529,11 @@ class _FrameReader:
         self.reopened = self.input.open()
         stream = _video_stream(self.reopened, self.input.name)
         frames: dict[int, np.ndarray] = {}
+        wanted = set(wanted)
         decoded = (frame for packet in _demux(self.reopened, stream, self.input.name) for frame in packet.decode())
         for position, frame in enumerate(decoded):
             key = frame.pts if self.index.by_pts else position
-            if key in wanted and key not in frames:
+            if key in wanted:
                 if frame.is_corrupt:
                     raise VideoDecodingError(
                         f"Frame {self.index.pts.searchsorted(key) if self.index.by_pts else key} of {self.input.name} "
