@@ -55,14 +55,14 @@ CORPUS = {  # file name -> write_video options; the extension picks the containe
     "start_2s.mp4": {"codec": "libx264", **GOP, "frame_durations_ms": [100] * 30, "start_ms": 2000},
     "start_2s.mkv": {"codec": "libx264", **GOP, "frame_durations_ms": [100] * 30, "start_ms": 2000},
 }
-# Display matrices: (degrees counter-clockwise, hflip, vflip) -> the picture a viewer sees, from the stored one.
+# Display matrices (PyAV's set_display_rotation: degrees counter-clockwise, then mirrors) -> what a viewer sees.
 ORIENTATIONS = {
-    "rot90.mp4": ((90, False, False), lambda frames: np.rot90(frames, k=1, axes=(1, 2))),
-    "rot180.mov": ((180, False, False), lambda frames: frames[:, ::-1, ::-1]),
-    "rot270.mp4": ((270, False, False), lambda frames: np.rot90(frames, k=3, axes=(1, 2))),
-    "hflip.mp4": ((0, True, False), lambda frames: frames[:, :, ::-1]),
-    "vflip.mkv": ((0, False, True), lambda frames: frames[:, ::-1]),
-    "rot90_hflip.mp4": ((90, True, False), lambda frames: np.rot90(frames, k=1, axes=(1, 2))[:, :, ::-1]),
+    "rot90.mp4": ({"rotation": 90}, lambda frames: np.rot90(frames, k=1, axes=(1, 2))),
+    "rot180.mov": ({"rotation": 180}, lambda frames: frames[:, ::-1, ::-1]),
+    "rot270.mp4": ({"rotation": 270}, lambda frames: np.rot90(frames, k=3, axes=(1, 2))),
+    "hflip.mp4": ({"hflip": True}, lambda frames: frames[:, :, ::-1]),
+    "vflip.mkv": ({"vflip": True}, lambda frames: frames[:, ::-1]),
+    "rot90_hflip.mp4": ({"rotation": 90, "hflip": True}, lambda frames: np.rot90(frames, k=1, axes=(1, 2))[:, :, ::-1]),
 }
 
 
@@ -112,13 +112,31 @@ class Corpus:
 
     def __getitem__(self, name: str) -> Path:
         if name not in self.paths:
-            options = CORPUS[name] if name in CORPUS else {"rotation": ORIENTATIONS[name][0][0]}
+            options = CORPUS[name] if name in CORPUS else ORIENTATIONS[name][0]
             encoder_or_skip(options.get("codec", "libx264"))
-            if name in ORIENTATIONS:
-                _, hflip, vflip = ORIENTATIONS[name][0]
-                options = {**options, "hflip": hflip, "vflip": vflip}
             self.paths[name] = write_video(self.directory / name, self.frames, **options)
         return self.paths[name]
+
+
+def test_corpus_files_have_what_their_names_promise(corpus):
+    def packets(name):
+        with av.open(str(corpus[name])) as container:
+            return [(packet.pts, packet.dts, packet.is_keyframe) for packet in container.demux(video=0) if packet.size]
+
+    for name in ("h264_open_gop.mp4", "h264_open_gop.ts"):  # frames after a later keyframe that are shown before it
+        decode_order = packets(name)
+        leading = [
+            position
+            for position, (pts, _, key) in enumerate(decode_order)
+            if key and position > 0 and decode_order[position + 1][0] < pts
+        ]
+        assert leading, f"{name} has no open GOP"
+    for name in ("h264_b_pyramid.ts", "mpeg2.ts", "mpeg2.mpg", "h264.flv", "mpeg4.avi"):  # dts < pts at keyframes
+        assert any(key and dts < pts for pts, dts, key in packets(name)[1:]), name
+    for name in ("start_2s.mp4", "start_2s.mkv"):
+        with av.open(str(corpus[name])) as container:
+            assert float(next(container.decode(video=0)).time) == pytest.approx(2.0), name
+    assert len(set(np.diff(sequential_decode(corpus["vfr.mkv"])[1]).round(3))) == 2  # 40 ms and 170 ms apart
 
 
 @pytest.mark.parametrize("name", CORPUS)
