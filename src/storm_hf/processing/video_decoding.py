@@ -578,10 +578,12 @@ class _UnsupportedDisplayMatrix(Exception):
 
 def _to_rgb(frame) -> np.ndarray:
     """(height, width, 3) uint8 RGB array of a decoded frame, as displayed: its display matrix applied."""
-    from av.sidedata.sidedata import Type
+    from av.sidedata.sidedata import SideDataContainer, Type
 
     rgb = frame.to_ndarray(format="rgb24")
-    side_data = frame.side_data.get(Type.DISPLAYMATRIX)
+    # A container of its own: `frame.side_data` caches one on the frame, a reference cycle that keeps every decoded
+    # frame (and the decoder's buffers) alive until the garbage collector runs.
+    side_data = SideDataContainer(frame).get(Type.DISPLAYMATRIX)
     if side_data is None:
         return rgb
     return _apply_display_matrix(rgb, np.frombuffer(bytes(side_data), dtype="<i4").reshape(3, 3))
