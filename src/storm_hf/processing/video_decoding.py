@@ -4,10 +4,12 @@ One demux pass (no decoding) lists every frame's presentation timestamp (pts) an
 frame count (also for webm/mkv, which store none) and the real time of every frame (also for variable frame rate).
 Frames are then decoded in presentation order: to reach a sampled frame the reader seeks to the keyframe before it when
 that keyframe lies beyond what was already decoded, and otherwise reads on; frames that no later frame references and
-that were not asked for are skipped by the decoder. Every seek is verified (the first keyframe read after it must be
-the one sought); when a container cannot seek there (a server without range requests, broken indexes), the reader
-opens the input again and decodes it in order. Files whose frames carry no usable timestamps are decoded in order and
-their frames are addressed by position.
+that were not asked for are skipped by the decoder. Every seek is verified: the first frame decoded from the sought
+keyframe on must be that keyframe at its pts, and every frame must be intact (not concealed) with a pts the index
+knows. When a seek cannot be verified (a server without range requests, MPEG-PS timestamps guessed after a seek, a
+damaged index), it is retried from earlier keyframes, then the input is opened again and decoded in order, exactly as
+a sequential decode. Files whose frames carry no usable timestamps are decoded in order and their frames are addressed
+by position.
 
 Only real video containers and elementary streams are accepted (`_VIDEO_DEMUXERS`): FFmpeg also opens text (`tty`),
 audio, images and playlists, none of which is a video.
