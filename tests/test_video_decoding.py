@@ -187,6 +187,11 @@ def test_in_order_fallback_gives_the_same_frames(corpus, monkeypatch):
     monkeypatch.setattr(video_decoding._FrameReader, "_by_seeking", seek_never_lands)
     for name in ("h264_b_pyramid.ts", "h264_open_gop.mp4", "vp9.webm"):
         assert_reads_like_sequential(corpus[name], [0, 9, 10, 29])
+    # The fallback opens the input a second time: file objects are read again from where the video starts.
+    reference, _ = sequential_decode(corpus["h264.mkv"])
+    with open(corpus["h264.mkv"], "rb") as file:
+        for source in (file, io.BytesIO(corpus["h264.mkv"].read_bytes())):
+            np.testing.assert_array_equal(read_video(source, pick([3, 26]))[0], reference[[3, 26]])
 
 
 @pytest.mark.parametrize("name", ORIENTATIONS)
