@@ -9,10 +9,8 @@ from transformers import TrainingArguments
 
 from storm_hf import StormForConditionalGeneration
 from storm_hf.synthetic import (
-    BAG_OF_FRAMES_CHANCE,
     build_task_processor,
     build_task_tokenizer,
-    evaluate_temporal_task,
     generate_temporal_task,
     make_messages,
     render_sample,
@@ -168,7 +166,9 @@ def test_trainer_lowers_the_loss_and_keeps_the_chat_columns(tmp_path, tokenizer,
     before = _loss(model, batch)
     args = training_arguments(tmp_path)
     assert args.remove_unused_columns  # the Trainer default, which would drop `messages`
-    trainer = StormTrainer(model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor))
+    trainer = StormTrainer(
+        model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)
+    )
     assert not trainer.args.remove_unused_columns and trainer.args.label_names == ["labels"]
     trainer.train()
     assert _loss(model, batch) < before - 1.0
@@ -179,14 +179,18 @@ def test_alignment_stage_trains_only_the_projector(tmp_path, tokenizer, processo
     apply_training_stage(model, "alignment")
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
     args = training_arguments(tmp_path, max_steps=3)
-    trainer = StormTrainer(model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor))
+    trainer = StormTrainer(
+        model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)
+    )
     trainer.train()
     for name, parameter in model.named_parameters():
         changed = not torch.equal(parameter, before[name])
         if name.startswith("model.temporal_projector."):
             continue  # trained (A_log/D of an unused direction may move little, but the stage allows it)
         assert not changed, f"{name} changed in the alignment stage"
-    assert not torch.equal(model.model.temporal_projector.linear.weight, before["model.temporal_projector.linear.weight"])
+    assert not torch.equal(
+        model.model.temporal_projector.linear.weight, before["model.temporal_projector.linear.weight"]
+    )
 
 
 def test_lora_trainer_adapters_save_reload_and_merge(tmp_path, tokenizer, processor, task):
@@ -195,7 +199,9 @@ def test_lora_trainer_adapters_save_reload_and_merge(tmp_path, tokenizer, proces
     batch = fixed_batch(processor, task)
     before = _loss(model, batch)
     args = training_arguments(tmp_path, learning_rate=1e-2)
-    trainer = StormTrainer(model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor))
+    trainer = StormTrainer(
+        model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)
+    )
     trainer.train()
     model.eval()
     with torch.no_grad():
@@ -226,5 +232,63 @@ def test_activation_checkpointing_gives_the_same_gradients_and_trains(tmp_path, 
     model = tiny_task_model(tokenizer)
     before = _loss(model, batch)
     args = training_arguments(tmp_path, activation_checkpointing=True)
-    StormTrainer(model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)).train()
+    StormTrainer(
+        model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)
+    ).train()
     assert _loss(model, batch) < before - 1.0
+
+
+def test_trainer_saves_the_processor_with_the_model(tmp_path, tokenizer, processor, task):
+    from storm_hf import StormProcessor
+
+    model = tiny_task_model(tokenizer)
+    args = training_arguments(tmp_path, max_steps=1)
+    trainer = StormTrainer(
+        model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)
+    )
+    assert trainer.processing_class is processor  # taken from the collator
+    trainer.train()
+    trainer.save_model(str(tmp_path / "checkpoint"))
+    reloaded_processor = StormProcessor.from_pretrained(tmp_path / "checkpoint")
+    reloaded = StormForConditionalGeneration.from_pretrained(tmp_path / "checkpoint").eval()
+    batch = fixed_batch(processor, task)
+    reloaded_batch = fixed_batch(reloaded_processor, task)
+    for key, value in batch.items():
+        torch.testing.assert_close(reloaded_batch[key], value, rtol=0, atol=0, msg=key)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**reloaded_batch).logits, model(**batch).logits, rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match="processing_class=processor"):
+        StormTrainer(model=model, args=args, train_dataset=task["train"], data_collator=lambda features: features)
+
+
+@pytest.mark.parametrize("module_learning_rates", [None, {"language_model": 1e-4}])
+def test_optimizer_decays_neither_norms_biases_nor_the_mamba_state_parameters(
+    tmp_path, tokenizer, processor, task, module_learning_rates
+):
+    model = tiny_task_model(tokenizer)
+    state_parameters = {"A_log", "D", "A_b_log", "D_b"}
+    for name, parameter in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in state_parameters:
+            parameter._no_weight_decay = True  # as mamba-ssm marks them (and StormMambaMixer does)
+    args = training_arguments(tmp_path, weight_decay=0.1)
+    trainer = StormTrainer(
+        model=model,
+        args=args,
+        train_dataset=task["train"],
+        data_collator=StormDataCollator(processor),
+        module_learning_rates=module_learning_rates,
+    )
+    optimizer = trainer.create_optimizer()
+    decay_of = {
+        id(parameter): group["weight_decay"] for group in optimizer.param_groups for parameter in group["params"]
+    }
+    names = dict(model.named_parameters())
+    assert len(decay_of) == len(names)  # every parameter is in exactly one group
+    for name, parameter in names.items():
+        last = name.split(".")
+        undecayed = last[-1] in state_parameters or last[-1] == "bias" or any("norm" in part for part in last)
+        assert decay_of[id(parameter)] == (0.0 if undecayed else 0.1), name
+    assert decay_of[id(model.model.temporal_projector.layers[0].mixer.A_log)] == 0.0
+    assert decay_of[id(model.model.temporal_projector.layers[0].mixer.in_proj.weight)] == 0.1
