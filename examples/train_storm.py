@@ -57,8 +57,9 @@ def main(argv=None):
     parser.add_argument("--activation-checkpointing", action="store_true", help="DDP / ZeRO-3; FSDP: see fsdp2.yaml")
     parser.add_argument(
         "--ddp-find-unused-parameters",
-        action="store_true",
-        help="only if some batches leave a part unused (e.g. text-only samples in the SFT stage)",
+        choices=("true", "false"),
+        default=None,
+        help="DDP: look for parameters a step leaves unused (default: Trainer's, on unless activation checkpointing)",
     )
     parser.add_argument("--cpu", action="store_true", help="train on CPU (gloo) even when CUDA is available")
     parser.add_argument("--seed", type=int, default=0)
@@ -79,7 +80,7 @@ def main(argv=None):
         max_grad_norm=1.0,
         bf16=use_bf16,
         activation_checkpointing=args.activation_checkpointing,
-        ddp_find_unused_parameters=args.ddp_find_unused_parameters,
+        ddp_find_unused_parameters={"true": True, "false": False, None: None}[args.ddp_find_unused_parameters],
         use_cpu=args.cpu,
         logging_steps=1,
         save_strategy="no",

@@ -74,7 +74,8 @@ def apply_training_stage(model, stage: str) -> dict[str, int]:
     for name, parameter in model.named_parameters():
         train = any(module in name.split(".") for module in trainable_modules)
         parameter.requires_grad_(train)
-        counts["trainable" if train else "frozen"] += parameter.numel()
+        # Under DeepSpeed ZeRO-3 a parameter is partitioned (`numel()` 0 on this rank); `ds_numel` is its full size.
+        counts["trainable" if train else "frozen"] += getattr(parameter, "ds_numel", parameter.numel())
     return counts
 
 
