@@ -243,7 +243,7 @@ def test_trainer_saves_the_processor_with_the_model(tmp_path, task_tokenizer, ta
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**reloaded_batch).logits, model(**batch).logits, rtol=0, atol=0)
 
-    with pytest.raises(ValueError, match="processing_class=task_processor"):
+    with pytest.raises(ValueError, match="processing_class=processor"):
         StormTrainer(
             model=model, args=args, train_dataset=temporal_task["train"], data_collator=lambda features: features
         )

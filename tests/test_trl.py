@@ -41,6 +41,15 @@ def loss_of(model, batch) -> float:
         return model(**batch).loss.item()
 
 
+def train_and_check_the_loss_falls(trainer, batch) -> torch.Tensor:
+    """Trains; checks that the loss on `batch` fell by over 1 nat; returns the trained model's logits on `batch`."""
+    before = loss_of(trainer.model, batch)
+    trainer.train()
+    assert loss_of(trainer.model, batch) < before - 1.0
+    with torch.no_grad():
+        return trainer.model(**batch).logits
+
+
 def test_storm_sft_config_sets_what_the_collator_needs(tmp_path):
     config = storm_sft_config(output_dir=str(tmp_path), learning_rate=1e-4, use_cpu=True, bf16=False)
     assert isinstance(config, trl.SFTConfig)
@@ -63,13 +72,8 @@ def test_sft_trainer_with_storm_collator_and_lora_trains_and_reloads_exactly(
         data_collator=StormDataCollator(task_processor),
         peft_config=storm_lora_config(r=8, lora_dropout=0.0),
     )
-    model = trainer.model
-    assert isinstance(model, peft.PeftModel)
-    before = loss_of(model, batch)
-    trainer.train()
-    assert loss_of(model, batch) < before - 1.0
-    with torch.no_grad():
-        trained_logits = model(**batch).logits
+    assert isinstance(trainer.model, peft.PeftModel)
+    trained_logits = train_and_check_the_loss_falls(trainer, batch)
 
     trainer.save_model(str(tmp_path / "adapter"))
     processor = StormProcessor.from_pretrained(tmp_path / "adapter")  # SFTTrainer saves the processing class
@@ -133,12 +137,7 @@ def test_sft_trainer_with_trl_collator_on_stored_frames(tmp_path, task_tokenizer
         assert labelled.tolist() == expected.tolist()
         assert task_tokenizer.decode(labelled) == rows[sample]["messages"][1]["content"][0]["text"] + "<|im_end|>"
 
-    model = trainer.model
-    before = loss_of(model, reference)
-    trainer.train()
-    assert loss_of(model, reference) < before - 1.0
-    with torch.no_grad():
-        trained_logits = model(**reference).logits
+    trained_logits = train_and_check_the_loss_falls(trainer, reference)
     trainer.save_model(str(tmp_path / "checkpoint"))
     reloaded = StormForConditionalGeneration.from_pretrained(tmp_path / "checkpoint").eval()
     processor = StormProcessor.from_pretrained(tmp_path / "checkpoint")

@@ -47,7 +47,7 @@ class Storm(lmms):
         device: where the model runs (default: `cuda` when available, else `cpu`; each process's own device when
             launched with several processes).
         dtype: `"auto"` (the checkpoint's), `"bfloat16"`, `"float16"` or `"float32"`.
-        batch_size: documents per `generate` call.
+        batch_size: documents per `generate` call (`--batch_size`; `--max_batch_size` is not supported).
         max_new_tokens: answer length when the task's `generation_kwargs` do not set one.
         system_prompt: a system turn (text, or a file holding it) put before every conversation.
         num_frames, fps, temporal_sampling_stride, max_visual_tokens: `StormProcessor` settings for every video.
@@ -61,11 +61,14 @@ class Storm(lmms):
         device: str | None = None,
         dtype: str = "auto",
         batch_size: int | str = 1,
+        max_batch_size: int | None = None,
         max_new_tokens: int | str = 128,
         system_prompt: str | None = None,
         **processor_settings,
     ) -> None:
         super().__init__()
+        if max_batch_size is not None:
+            raise ValueError("storm batches exactly `--batch_size` documents; drop `--max_batch_size`.")
         unknown = sorted(set(processor_settings) - set(PROCESSOR_SETTINGS))
         if unknown:
             raise TypeError(
@@ -88,6 +91,10 @@ class Storm(lmms):
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.system_prompt = self._resolve_system_prompt(system_prompt)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
 
     def conversation(self, request_args) -> list[dict]:
         """The chat messages of one request, `Instance.args` = (context, doc_to_messages, gen_kwargs, doc_id, task,
