@@ -84,6 +84,8 @@ class Storm(lmms):
             self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
         else:
             self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ValueError(f"`dtype={dtype}`: use auto, bfloat16, float16 or float32.")
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         self.model = StormForConditionalGeneration.from_pretrained(pretrained, dtype=torch_dtype)
         self.model.to(self._device).eval()
