@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,13 @@ def temporal_task(tmp_path_factory):
     from storm_hf.synthetic import generate_temporal_task
 
     return generate_temporal_task(tmp_path_factory.mktemp("task"), num_train=16, num_test=4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint() -> Path:
+    """The trained task model shipped for `storm-hf demo` (a checkpoint directory with its processor)."""
+    (folder,) = {
+        config.parent
+        for config in (Path(__file__).parents[1] / "src" / "storm_hf").rglob("demo_checkpoint/config.json")
+    }
+    return folder

@@ -58,18 +58,17 @@ def test_ddp_and_zero3_configs():
     assert deepspeed["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]  # save_model writes full weights
 
 
-def test_train_storm_script_trains_and_saves_model_and_processor(tmp_path):
+def test_train_storm_script_trains_and_saves_model_and_processor(tmp_path, demo_checkpoint):
     pytest.importorskip("av")
     pytest.importorskip("datasets")
     spec = importlib.util.spec_from_file_location("train_storm", EXAMPLES / "train_storm.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    demo = Path(__file__).resolve().parents[1] / "src" / "storm_hf" / "demo_checkpoint"
     out = tmp_path / "out"
-    arguments = ["--model", str(demo), "--stage", "alignment", "--output-dir", str(out), "--max-steps", "2"]
+    arguments = ["--model", str(demo_checkpoint), "--stage", "alignment", "--output-dir", str(out), "--max-steps", "2"]
     script.main([*arguments, "--num-synthetic", "8", "--batch-size", "4", "--learning-rate", "1e-3", "--cpu"])
     trained = StormForConditionalGeneration.from_pretrained(out)
-    original = StormForConditionalGeneration.from_pretrained(demo)
+    original = StormForConditionalGeneration.from_pretrained(demo_checkpoint)
     StormProcessor.from_pretrained(out)
     changed = {
         name

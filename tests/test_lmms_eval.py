@@ -18,9 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 LMMS_PYTHON = Path(os.environ.get("STORM_LMMS_EVAL_PYTHON", ROOT / ".venv-lmms" / "bin" / "python"))
 TASK_DIR = ROOT / "tests" / "lmms_eval_task"
-DEMO_CHECKPOINT = ROOT / "src" / "storm_hf" / "demo_checkpoint"
-PROCESSOR_SETTINGS = {"num_frames": 4, "temporal_sampling_stride": 1}
-STOP = "ght"  # storm_clips_until's `until`: cuts "right" to "ri"
+STOP = "e"  # storm_clips_until's `until`: cuts "yes" to "y", "left" to "l"
 
 pytestmark = pytest.mark.skipif(
     not LMMS_PYTHON.exists(),
@@ -33,12 +31,12 @@ def run_lmms(*args, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([str(LMMS_PYTHON), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-def reference_answers(rows) -> list[str]:
-    """Greedy answers of the demo checkpoint, one clip at a time, with transformers' `generate` in this process."""
+def reference_answers(checkpoint, rows, processor_settings) -> list[str]:
+    """Greedy answers of `checkpoint`, one clip at a time, with transformers' `generate` in this process."""
     from storm_hf import StormForConditionalGeneration, StormProcessor
 
-    model = StormForConditionalGeneration.from_pretrained(DEMO_CHECKPOINT).eval()
-    processor = StormProcessor.from_pretrained(DEMO_CHECKPOINT)
+    model = StormForConditionalGeneration.from_pretrained(checkpoint).eval()
+    processor = StormProcessor.from_pretrained(checkpoint)
     answers = []
     for row in rows:
         conversation = [
@@ -53,13 +51,18 @@ def reference_answers(rows) -> list[str]:
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
-            processor_kwargs=PROCESSOR_SETTINGS,
+            processor_kwargs=processor_settings,
         )
         inputs.pop("video_metadata", None)
         with torch.no_grad():
             generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         answers.append(processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
     return answers
+
+
+def same_answer(response: str, target: str) -> bool:
+    """storm_clips' metric (tests/lmms_eval_task/utils.py), written again as the reference."""
+    return response.strip().strip(".").lower() == target.lower()
 
 
 def test_entry_point_module_is_light():
@@ -75,21 +78,25 @@ def test_entry_point_module_is_light():
     assert result.stdout.splitlines()[-1].split() == ["storm", "storm_hf.integrations.lmms_eval.Storm", "[]"]
 
 
-def test_lmms_eval_cli_scores_the_demo_checkpoint_batched(tmp_path):
+def test_lmms_eval_cli_scores_the_demo_checkpoint_batched(tmp_path, demo_checkpoint):
     pytest.importorskip("av")
+    from storm_hf import StormProcessor
     from storm_hf.synthetic import generate_temporal_task
 
+    # Passed through --model_args: the checkpoint's own frame count, and the stride it was trained with.
+    processor_settings = {
+        "num_frames": StormProcessor.from_pretrained(demo_checkpoint).video_processor.num_frames,
+        "temporal_sampling_stride": 1,
+    }
     rows = list(generate_temporal_task(tmp_path / "clips", num_train=0, num_test=12, seed=7)["test"])
     with open(tmp_path / "clips.jsonl", "w") as clips:  # storm_clips.yaml reads clips.jsonl from the working directory
         for row in rows:
             clips.write(json.dumps({key: row[key] for key in ("video", "question", "answer", "question_type")}) + "\n")
 
-    model_args = f"pretrained={DEMO_CHECKPOINT}," + ",".join(
-        f"{key}={value}" for key, value in PROCESSOR_SETTINGS.items()
-    )
+    settings = ",".join(f"{key}={value}" for key, value in processor_settings.items())
     arguments = {
         "--model": "storm",
-        "--model_args": model_args,
+        "--model_args": f"pretrained={demo_checkpoint},{settings}",
         "--tasks": "storm_clips,storm_clips_until",
         "--include_path": str(TASK_DIR),
         "--batch_size": "4",
@@ -103,7 +110,7 @@ def test_lmms_eval_cli_scores_the_demo_checkpoint_batched(tmp_path):
     assert len(results_files) == 1, f"lmms-eval wrote no results (it exits 0 on failures):\n{output[-3000:]}"
     results = json.loads(results_files[0].read_text())["results"]
 
-    expected = reference_answers(rows)
+    expected = reference_answers(demo_checkpoint, rows, processor_settings)
     answers = [row["answer"] for row in rows]
     for task, cut in (("storm_clips", lambda text: text), ("storm_clips_until", lambda text: text.split(STOP, 1)[0])):
         (samples_file,) = (tmp_path / "out").glob(f"*/*_samples_{task}.jsonl")
@@ -111,8 +118,8 @@ def test_lmms_eval_cli_scores_the_demo_checkpoint_batched(tmp_path):
             (json.loads(line) for line in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"]
         )
         assert [sample["filtered_resps"] for sample in samples] == [cut(answer) for answer in expected], task
-        accuracy = sum(cut(answer) == target for answer, target in zip(expected, answers)) / len(rows)
+        accuracy = sum(same_answer(cut(answer), target) for answer, target in zip(expected, answers)) / len(rows)
         assert results[task]["accuracy,none"] == pytest.approx(accuracy), task
         assert f"|{task}" in output  # the summary table lmms-eval prints
-    assert results["storm_clips"]["accuracy,none"] >= 0.75  # the demo model answers the task (chance: 25-50%)
+    assert results["storm_clips"]["accuracy,none"] >= 0.6  # the demo model answers the task (a bag of frames: <= 50%)
     assert any(STOP in answer for answer in expected)  # the stop sequence did cut something

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from storm_hf import StormForConditionalGeneration, StormProcessor
-from storm_hf.synthetic import make_messages, render_sample, temporal_task_config
+from storm_hf.synthetic import NUM_FRAMES, QUESTION_TYPES, make_messages, render_sample, temporal_task_config
 from storm_hf.training import IGNORE_INDEX, StormDataCollator, clean_messages, storm_lora_config, storm_sft_config
 
 
@@ -106,7 +106,7 @@ def stored_frames_dataset(num_samples: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     rows = []
     for index in range(num_samples):
-        frames, question, answer = render_sample(("direction", "colour")[index % 2], rng)
+        frames, question, answer = render_sample(QUESTION_TYPES[index % len(QUESTION_TYPES)], rng)
         rows.append({"messages": make_messages(frames, question, answer), "images": []})
     stored = datasets.Dataset.from_list(rows)
     assert isinstance(stored[0]["messages"][0]["content"][0]["video"][0][0][0][0], int)
@@ -130,7 +130,7 @@ def test_sft_trainer_with_trl_collator_on_stored_frames(tmp_path, task_tokenizer
     batch = trainer.data_collator([dict(row) for row in rows])
     reference = StormDataCollator(task_processor)(rows)  # pads on the left, TRL on the right
     torch.testing.assert_close(batch["pixel_values_videos"], reference["pixel_values_videos"], rtol=0, atol=0)
-    assert batch["video_num_frames"].tolist() == reference["video_num_frames"].tolist() == [[4]] * 4
+    assert batch["video_num_frames"].tolist() == reference["video_num_frames"].tolist() == [[NUM_FRAMES]] * 4
     for sample in range(4):
         labelled = batch["labels"][sample][batch["labels"][sample] != IGNORE_INDEX]
         expected = reference["labels"][sample][reference["labels"][sample] != IGNORE_INDEX]
