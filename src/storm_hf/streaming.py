@@ -80,14 +80,8 @@ class StormStreamingSession:
                 "model trained with `mamba_bidirectional=False` (the paper's causal variant)."
             )
         if model.training:
-            raise ValueError(
-                "Call `model.eval()` before streaming: dropout would make answers depend on the split."
-            )
-        stride = (
-            processor.temporal_sampling_stride
-            if temporal_sampling_stride is None
-            else temporal_sampling_stride
-        )
+            raise ValueError("Call `model.eval()` before streaming: dropout would make answers depend on the split.")
+        stride = processor.temporal_sampling_stride if temporal_sampling_stride is None else temporal_sampling_stride
         for name, value in (
             ("vision_batch_size", vision_batch_size),
             ("temporal_sampling_stride", stride),
@@ -111,11 +105,7 @@ class StormStreamingSession:
         self._prefix_text = self._chat_parts("")[0]
         self._prefix_ids = self._tokenize(self._prefix_text)
         self.cache = DynamicCache(config=config.get_text_config())
-        self._prefill(
-            self.model.get_input_embeddings()(
-                torch.tensor([self._prefix_ids], device=model.device)
-            )
-        )
+        self._prefill(self.model.get_input_embeddings()(torch.tensor([self._prefix_ids], device=model.device)))
 
     # ------------------------------------------------------------------ video
 
@@ -128,30 +118,20 @@ class StormStreamingSession:
         (0 while the current group is incomplete).
         """
         if self.ended:
-            raise RuntimeError(
-                "The stream was ended with `end_stream()`; start a new session for a new video."
-            )
+            raise RuntimeError("The stream was ended with `end_stream()`; start a new session for a new video.")
         pixels = self._pixel_values(frames)
         appended = 0
         for start in range(0, pixels.shape[0], self.vision_batch_size):
             batch = pixels[start : start + self.vision_batch_size]
             projected = self._project(self._frame_features(batch))
             self.num_frames += batch.shape[0]
-            self._open_group = (
-                projected
-                if self._open_group is None
-                else torch.cat([self._open_group, projected])
-            )
+            self._open_group = projected if self._open_group is None else torch.cat([self._open_group, projected])
             num_complete = self._open_group.shape[0] // self.temporal_pool_size
-            groups = self._open_group[
-                : num_complete * self.temporal_pool_size
-            ].unflatten(0, (num_complete, self.temporal_pool_size))
-            self._open_group = self._open_group[
-                num_complete * self.temporal_pool_size :
-            ]
-            tokens = [
-                self._compress(group) for group in groups if self._keep_next_group()
-            ]
+            groups = self._open_group[: num_complete * self.temporal_pool_size].unflatten(
+                0, (num_complete, self.temporal_pool_size)
+            )
+            self._open_group = self._open_group[num_complete * self.temporal_pool_size :]
+            tokens = [self._compress(group) for group in groups if self._keep_next_group()]
             appended += self._append_video_tokens(tokens)
         return appended
 
@@ -166,9 +146,7 @@ class StormStreamingSession:
 
     def _pixel_values(self, frames) -> torch.Tensor:
         """The video processor's resize / rescale / normalise of `frames`, without sampling: `(num_frames, 3, H, W)`."""
-        if isinstance(frames, PIL.Image.Image) or (
-            isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim == 3
-        ):
+        if isinstance(frames, PIL.Image.Image) or (isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim == 3):
             frames = [frames]
         if isinstance(frames, (list, tuple)) and not frames:
             raise ValueError("`add_frames` got no frames.")
@@ -177,14 +155,10 @@ class StormStreamingSession:
                 "`add_frames` takes decoded frames; read a video file or a live source with `iter_video_frames(source)` "
                 "and pass the frames it yields."
             )
-        processed = self.processor.video_processor(
-            frames, do_sample_frames=False, return_tensors=None
-        )
+        processed = self.processor.video_processor(frames, do_sample_frames=False, return_tensors=None)
         videos = processed["pixel_values_videos"]
         if len(videos) != 1:
-            raise ValueError(
-                f"`add_frames` takes the frames of one video, got {len(videos)} videos (a 5D input?)."
-            )
+            raise ValueError(f"`add_frames` takes the frames of one video, got {len(videos)} videos (a 5D input?).")
         return videos[0].to(self.model.device, self.model.dtype)
 
     def _frame_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -219,18 +193,14 @@ class StormStreamingSession:
     def _append_video_tokens(self, tokens: list[torch.Tensor]) -> int:
         if not tokens:
             return 0
-        embeddings = torch.cat(tokens).to(
-            self.model.get_input_embeddings().weight.dtype
-        )
+        embeddings = torch.cat(tokens).to(self.model.get_input_embeddings().weight.dtype)
         self._prefill(embeddings[None])
         self.num_video_tokens += embeddings.shape[0]
         return embeddings.shape[0]
 
     def _prefill(self, embeddings: torch.Tensor) -> None:
         """Appends `(1, length, hidden_size)` embeddings to the KV cache (positions follow the cache)."""
-        self.model.model.language_model(
-            inputs_embeds=embeddings, past_key_values=self.cache, use_cache=True
-        )
+        self.model.model.language_model(inputs_embeds=embeddings, past_key_values=self.cache, use_cache=True)
 
     # ------------------------------------------------------------------ questions
 
@@ -247,22 +217,16 @@ class StormStreamingSession:
         """Answers `question` about the frames so far; returns the decoded answer. See `generate`."""
         output, prompt_length = self._generate(question, **generate_kwargs)
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        return self.processor.tokenizer.decode(
-            sequences[0, prompt_length:], skip_special_tokens=True
-        )
+        return self.processor.tokenizer.decode(sequences[0, prompt_length:], skip_special_tokens=True)
 
     @torch.inference_mode()
     def _generate(self, question: str, **generate_kwargs) -> tuple:
         """`model.generate`'s output and the prompt length (the answer starts there)."""
         if self.num_frames == 0:
-            raise ValueError(
-                "No frames yet: call `add_frames` before asking about the video."
-            )
+            raise ValueError("No frames yet: call `add_frames` before asking about the video.")
         for name in ("num_beams", "num_return_sequences"):
             if generate_kwargs.get(name, 1) != 1:
-                raise ValueError(
-                    f"`{name}={generate_kwargs[name]}` is not supported in streaming; use the default 1."
-                )
+                raise ValueError(f"`{name}={generate_kwargs[name]}` is not supported in streaming; use the default 1.")
         for name in (
             "input_ids",
             "inputs_embeds",
@@ -271,9 +235,7 @@ class StormStreamingSession:
             "pixel_values_videos",
         ):
             if name in generate_kwargs:
-                raise ValueError(
-                    f"`{name}` is built by the session from the stream; do not pass it."
-                )
+                raise ValueError(f"`{name}` is built by the session from the stream; do not pass it.")
         prefix, suffix = self._chat_parts(question)
         if prefix != self._prefix_text:
             raise ValueError(
@@ -283,20 +245,10 @@ class StormStreamingSession:
         video_length = self.cache.get_seq_length()
         try:
             partial = self._partial_group_tokens() if not self.ended else []
-            num_video_tokens = self.num_video_tokens + sum(
-                tokens.shape[0] for tokens in partial
-            )
+            num_video_tokens = self.num_video_tokens + sum(tokens.shape[0] for tokens in partial)
             if partial:
-                self._prefill(
-                    torch.cat(partial).to(
-                        self.model.get_input_embeddings().weight.dtype
-                    )[None]
-                )
-            ids = (
-                self._prefix_ids
-                + [self.processor.video_token_id] * num_video_tokens
-                + self._tokenize(suffix)
-            )
+                self._prefill(torch.cat(partial).to(self.model.get_input_embeddings().weight.dtype)[None])
+            ids = self._prefix_ids + [self.processor.video_token_id] * num_video_tokens + self._tokenize(suffix)
             input_ids = torch.tensor([ids], device=self.model.device)
             output = self.model.generate(
                 input_ids=input_ids,
@@ -318,9 +270,7 @@ class StormStreamingSession:
         ]
         if self.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        text = self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         parts = text.split(self.processor.video_token)
         if len(parts) != 2:
             raise ValueError(
@@ -359,11 +309,7 @@ def iter_video_frames(
     """
     import av
 
-    name = (
-        source
-        if isinstance(source, str)
-        else getattr(source, "name", type(source).__name__)
-    )
+    name = source if isinstance(source, str) else getattr(source, "name", type(source).__name__)
     try:
         container = av.open(source, format=format, options=options or {})
     except (av.error.FFmpegError, OSError) as error:
@@ -378,24 +324,14 @@ def iter_video_frames(
         try:
             for packet in container.demux(stream):
                 for frame in packet.decode():
-                    seconds = (
-                        float(frame.time)
-                        if frame.time is not None
-                        else decoded / float(stream.average_rate or 1)
-                    )
+                    seconds = float(frame.time) if frame.time is not None else decoded / float(stream.average_rate or 1)
                     decoded += 1
-                    if (
-                        fps is not None
-                        and next_time is not None
-                        and seconds < next_time - 1e-9
-                    ):
+                    if fps is not None and next_time is not None and seconds < next_time - 1e-9:
                         continue
                     next_time = seconds + 1 / fps if fps is not None else None
                     yield seconds, frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as error:
-            raise VideoDecodingError(
-                f"Decoding {name!r} failed after {decoded} frames: {error}."
-            ) from None
+            raise VideoDecodingError(f"Decoding {name!r} failed after {decoded} frames: {error}.") from None
 
 
 def stream_answers(
@@ -429,9 +365,7 @@ def stream_answers(
         yield (seconds, *_timed_answer(session, question, generate_kwargs))
 
 
-def _timed_answer(
-    session: StormStreamingSession, question: str, generate_kwargs: dict
-) -> tuple[int, str, float]:
+def _timed_answer(session: StormStreamingSession, question: str, generate_kwargs: dict) -> tuple[int, str, float]:
     started = time.perf_counter()
     answer = session.ask(question, **generate_kwargs)
     return session.num_frames, answer, time.perf_counter() - started
