@@ -3,19 +3,21 @@ re-encoding and re-prefilling the whole video for every question (what every oth
 
 One random mid-size causal STORM model (`bench_compression.bench_config` with `mamba_bidirectional=False`: a
 SigLIP-base-like vision tower, two causal Mamba layers, a Qwen2-0.5B-like language model; temporal pooling 4) watches
-a synthetic video at `--fps` frames per second. Frames are fed to one `StormStreamingSession` `--chunk-seconds` of
-video at a time (one vision-tower micro-batch: a frame per call would re-read all vision weights for every frame). When
-the stream reaches each of `--minutes`, the same question is answered twice, back to back:
+a synthetic video at `--fps` frames per second, fed `--chunk-seconds` of video at a time (one vision-tower micro-batch:
+a frame per call would re-read all vision weights for every frame). One `StormStreamingSession` per stream length of
+`--minutes` takes the same chunks until it has its length. Then the same question is answered:
 
-  session    `session.ask(question)`: the question is prefilled on top of the cached video, then greedy decoding
-             (`--repeats` times, minimum reported; the cache is cropped back after each answer)
+  session    `session.generate(question)`: the question is prefilled on top of the cached video, then greedy
+             decoding; `--repeats` rounds that ask every session once (side by side in time: the load of a shared
+             machine drifts over a run), minimum reported; the cache is cropped back after each answer
   baseline   `processor(text, videos=[all frames so far])` + `model.generate(...)`: resize/normalise, vision tower,
              projector, compression and prefill of the whole video, then the same greedy decoding
 
 Both generate `--new-tokens` tokens (no EOS: random weights); in float32 they must produce the same tokens (checked and
-reported). Also reported: the session's ingest time per second of video (what `add_frames` costs as the video plays),
-the KV-cache bytes the session holds, and the peak resident memory above the pre-question level of each answer
-(VmHWM, reset through /proc/self/clear_refs). The KV-cache bytes per hour of video at the paper's 7B scale are computed
+reported). Also reported: the longest session's ingest time per second of video (what `add_frames` costs as the video
+plays), the KV-cache bytes of the cached tokens (and of the buffers: up to 1.5x the longest the cache has been, video +
+question + answer), and the peak
+resident memory above the pre-question level of each answer (VmHWM, reset through /proc/self/clear_refs). The KV-cache bytes per hour of video at the paper's 7B scale are computed
 from `StormConfig()` (no model is built): tokens per hour x 2 (keys, values) x layers x KV heads x head dim x 2 bytes.
 
     python benchmarks/bench_streaming.py                       # 1, 5, 30 minutes at 1 fps, 64 px frames, 1 thread
@@ -105,14 +107,14 @@ def paper_scale_memory(fps: float) -> dict:
     }
 
 
-def peak_rss_above(fn):
-    """Runs `fn()`; returns its result, its wall time and the peak resident memory above the level before it (bytes)."""
+def peak_rss_above(fn, *args):
+    """Runs `fn(*args)`; returns its result, its wall time and the peak resident memory above the level before it (bytes)."""
     gc.collect()
     before = proc_status_kib("VmRSS") * 1024
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
     started = time.perf_counter()
-    result = fn()
+    result = fn(*args)
     elapsed = time.perf_counter() - started
     return result, elapsed, proc_status_kib("VmHWM") * 1024 - before
 
@@ -143,49 +145,69 @@ def run_benchmark(args) -> dict:
     config.video_token_id, config.image_token_id = processor.video_token_id, processor.image_token_id
     torch.manual_seed(0)
     model = StormForConditionalGeneration(config).eval()
-    session = StormStreamingSession(model, processor, vision_batch_size=args.vision_batch_size)
     targets = sorted({round(minutes * 60 * args.fps) for minutes in args.minutes})
+    # One session per stream length, fed the same chunks, so that their answers can be timed side by side at the end
+    # (the load of a shared machine drifts over a run); the longest session's ingest is timed.
+    sessions = {
+        target: StormStreamingSession(model, processor, vision_batch_size=args.vision_batch_size) for target in targets
+    }
+    longest = sessions[targets[-1]]
     frames_per_call = max(1, round(args.fps * args.chunk_seconds))
-    frames, rows, ingest_seconds = [], [], 0.0
-    for target in targets:
-        with torch.inference_mode():
-            while len(frames) < target:
-                new = [
+    frames, ingest_seconds, ingest_at = [], 0.0, {}
+    with torch.inference_mode():
+        while len(frames) < targets[-1]:
+            next_target = min(target for target in targets if target > len(frames))
+            new = np.stack(
+                [
                     synthetic_frame(len(frames) + i, args.image_size)
-                    for i in range(min(frames_per_call, target - len(frames)))
+                    for i in range(min(frames_per_call, next_target - len(frames)))
                 ]
-                started = time.perf_counter()
-                session.add_frames(np.stack(new))
-                ingest_seconds += time.perf_counter() - started
-                frames.extend(new)
-            session_times, session_tokens, session_peak = [], None, 0
-            for _ in range(args.repeats):
-                session_tokens, elapsed, peak = peak_rss_above(lambda: session_answer(session, args.new_tokens))
-                session_times.append(elapsed)
-                session_peak = max(session_peak, peak)
+            )
+            for target, session in sessions.items():
+                if session is not longest and session.num_frames < target:
+                    session.add_frames(new)
+            started = time.perf_counter()
+            longest.add_frames(new)
+            ingest_seconds += time.perf_counter() - started
+            frames.extend(new)
+            if len(frames) in sessions:
+                ingest_at[len(frames)] = ingest_seconds / (len(frames) / args.fps)
+
+        session_times = {target: [] for target in targets}
+        session_tokens, session_peak = {}, dict.fromkeys(targets, 0)
+        for _ in range(args.repeats):  # interleaved: each round asks every session once
+            for target, session in sessions.items():
+                tokens, elapsed, peak = peak_rss_above(session_answer, session, args.new_tokens)
+                session_times[target].append(elapsed)
+                session_tokens[target] = tokens
+                session_peak[target] = max(session_peak[target], peak)
+
+        rows = []
+        for target, session in sessions.items():
             baseline_times, baseline_tokens, baseline_peak = [], None, 0
             for _ in range(args.baseline_repeats):
                 baseline_tokens, elapsed, peak = peak_rss_above(
-                    lambda: baseline_answer(model, processor, frames, args.new_tokens)
+                    baseline_answer, model, processor, frames[:target], args.new_tokens
                 )
                 baseline_times.append(elapsed)
                 baseline_peak = max(baseline_peak, peak)
-        row = {
-            "minutes": target / args.fps / 60,
-            "frames": target,
-            "video_tokens": session.num_video_tokens,
-            "cached_tokens": session.cache.get_seq_length(),
-            "kv_cache_bytes": session.kv_cache_bytes,
-            "session_seconds": session_times,
-            "baseline_seconds": baseline_times,
-            "session_peak_bytes": session_peak,
-            "baseline_peak_bytes": baseline_peak,
-            "ingest_seconds_per_video_second": ingest_seconds / (len(frames) / args.fps),
-            "same_tokens": session_tokens == baseline_tokens,
-            "load": os.getloadavg(),
-        }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+            row = {
+                "minutes": target / args.fps / 60,
+                "frames": target,
+                "video_tokens": session.num_video_tokens,
+                "cached_tokens": session.cache.get_seq_length(),
+                "kv_cache_bytes": session.kv_cache_bytes,
+                "kv_cache_allocated_bytes": session.kv_cache_allocated_bytes,
+                "session_seconds": session_times[target],
+                "baseline_seconds": baseline_times,
+                "session_peak_bytes": session_peak[target],
+                "baseline_peak_bytes": baseline_peak,
+                "ingest_seconds_per_video_second": ingest_at[target],
+                "same_tokens": session_tokens[target] == baseline_tokens,
+                "load": os.getloadavg(),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     measured_per_token = rows[-1]["kv_cache_bytes"] / rows[-1]["cached_tokens"]
     assert measured_per_token == kv_bytes_per_token(config, dtype_bytes=4), "cache bytes disagree with the formula"
     return {
@@ -225,13 +247,15 @@ def render(results: dict, args, plot_name: str) -> str:
             f"{bench['tokens_per_hour']:.0f} video tokens per hour"
         ),
         (
-            f"- each answer: the same question, {args.new_tokens} greedy tokens; session = min of {args.repeats}, "
-            f"baseline = min of {args.baseline_repeats}"
+            f"- each answer: the same question, {args.new_tokens} greedy tokens; session = min of {args.repeats} "
+            "rounds "
+            f"that ask every session once, baseline = min of {args.baseline_repeats}"
         ),
         "",
         (
             "| video | frames | video tokens | session answer (s) | baseline answer (s) | speed-up | session ingest "
-            "(s per s of video) | KV cache | session peak RSS + | baseline peak RSS + | same tokens | load (1 min) |"
+            "(s per s of video) | KV cache (allocated) | session peak RSS + | baseline peak RSS + | same tokens | "
+            "load (1 min) |"
         ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|",
     ]
@@ -240,7 +264,8 @@ def render(results: dict, args, plot_name: str) -> str:
         lines.append(
             f"| {row['minutes']:g} min | {row['frames']} | {row['video_tokens']} | {session:.3f} | {baseline:.2f} | "
             f"{baseline / session:.1f}x | {row['ingest_seconds_per_video_second']:.3f} | "
-            f"{row['kv_cache_bytes'] / 2**20:.1f} MiB | {row['session_peak_bytes'] / 2**20:.0f} MiB | "
+            f"{row['kv_cache_bytes'] / 2**20:.1f} ({row['kv_cache_allocated_bytes'] / 2**20:.1f}) MiB | "
+            f"{row['session_peak_bytes'] / 2**20:.0f} MiB | "
             f"{row['baseline_peak_bytes'] / 2**20:.0f} MiB | {'yes' if row['same_tokens'] else 'NO'} | "
             f"{row['load'][0]:.1f} |"
         )

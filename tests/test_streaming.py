@@ -12,12 +12,13 @@ import torch
 from media import decode_all, make_frames, make_processor, write_video
 from modeling_utils import tiny_config
 from PIL import Image
+from transformers.cache_utils import DynamicLayer
 
 from storm_hf import StormForConditionalGeneration
 from storm_hf.cli import main
 from storm_hf.hub import save_checkpoint
 from storm_hf.processing import VideoDecodingError
-from storm_hf.streaming import StormStreamingSession, iter_video_frames
+from storm_hf.streaming import StormStreamingCacheLayer, StormStreamingSession, iter_video_frames
 
 POOL = 3  # temporal_pool_size: splits of 1, 2, 4, 5 frames fall inside a pooling group
 GENERATE = {"max_new_tokens": 4, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
@@ -95,6 +96,23 @@ def test_streamed_answer_equals_offline_answer(model, processor, splits, vision_
     assert_same_answer(session.generate(QUESTION, **GENERATE), offline(model, processor, frames))
 
 
+def test_cache_layer_appends_in_place_like_dynamic_layer():
+    generator = torch.Generator().manual_seed(0)
+    ours, reference = StormStreamingCacheLayer(), DynamicLayer()
+    capacities = set()
+    for step, size in enumerate([5, 1, 1, 7, 3] + [1] * 100):
+        keys, values = (torch.randn(1, 2, size, 4, generator=generator) for _ in range(2))
+        for got, expected in zip(ours.update(keys, values), reference.update(keys, values)):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        if step in (3, 50):  # an answer cropped away: the next tokens are written over it
+            ours.crop(-6)
+            reference.crop(-6)
+            assert ours.get_seq_length() == reference.get_seq_length()
+        capacities.add(ours.key_buffer.shape[-2])
+    assert len(capacities) <= 12  # grown by half when full: a few reallocations for 100 single-token steps
+    assert ours.key_buffer.shape[-2] <= 1.5 * ours.get_seq_length() + 1
+
+
 def test_stream_continues_after_an_answer(model, processor):
     frames = make_frames(11, seed=3)
     session = streamed_session(model, processor, frames[:5], [5])
@@ -127,6 +145,15 @@ def test_temporal_sampling_stride_keeps_the_offline_groups(model, processor, num
     session = streamed_session(model, processor, frames, [2] * (num_frames // 2) + [1], temporal_sampling_stride=2)
     expected = offline(model, processor, frames, temporal_sampling_stride=2)
     assert_same_answer(session.generate(QUESTION, **GENERATE), expected)
+
+
+def test_spatial_pooling_streams_like_offline():
+    processor = make_processor(temporal_pool_size=POOL, spatial_pool_size=2)
+    model = causal_model(processor, spatial_pool_size=2)  # 2x2 tokens per frame -> 1 per pooled frame
+    frames = make_frames(8, seed=9)
+    session = streamed_session(model, processor, frames, [1, 4, 3])
+    assert session.num_video_tokens == 2
+    assert_same_answer(session.generate(QUESTION, **GENERATE), offline(model, processor, frames))
 
 
 def test_frames_as_arrays_tensors_and_pil_images_give_the_same_cache(model, processor):

@@ -8,7 +8,7 @@ Dataflow of `StormStreamingSession.add_frames` (one concept per step, each a pub
            -> temporal projector, continuing from its per-layer `StormMambaState`s
            -> projected frames wait until their temporal-pooling group of `temporal_pool_size` frames is complete
            -> token compressor on the complete group (temporal pool -> spatial pool): one pooled frame of tokens
-           -> the language model appends the tokens to its KV cache (`DynamicCache`)
+           -> the language model appends the tokens to its KV cache (`StormStreamingCacheLayer`s: appended in place)
 
 Chat structure (the processor's chat template, the same text the offline prompt has):
 
@@ -19,7 +19,7 @@ Chat structure (the processor's chat template, the same text the offline prompt 
 
 The video block stays open in the cache. `ask` extends the cache with what closes it (the partial last group, pooled
 over the frames it has as the offline model pools a shorter last group, then `<|vision_end|>`, the question and the
-assistant header), generates, and crops the cache back to the video (`DynamicCache.crop`). Every answer therefore sees
+assistant header), generates, and crops the cache back to the video (`Cache.crop`). Every answer therefore sees
 exactly the prompt the offline model sees for all frames so far and that one question -- the greedy tokens and the
 logits equal the offline model's -- and the stream continues after an answer without re-encoding or re-prefilling
 anything. Earlier questions and answers are not kept in the context (the offline prompt has one question).
@@ -37,9 +37,46 @@ from collections.abc import Iterator
 import numpy as np
 import PIL.Image
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 from .processing.video_decoding import VideoDecodingError
+
+
+class StormStreamingCacheLayer(DynamicLayer):
+    """A `DynamicLayer` that appends in place: keys and values are views of buffers with spare room, grown by half
+    when full, so that appending copies only the new tokens (`DynamicLayer.update` copies the whole cache with
+    `torch.cat` at every decoding step, an O(cache) cost per token of every answer on a long stream). `crop`
+    (inherited) shortens the views; the next tokens are written over the cropped ones.
+
+    keys, values: `(batch_size, num_key_value_heads, sequence_length, head_dim)` views of the buffers.
+    """
+
+    growth = 1.5
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.key_buffer = self.value_buffer = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = self.get_seq_length()
+        end = length + key_states.shape[-2]
+        if self.key_buffer is None or end > self.key_buffer.shape[-2]:
+            capacity = max(end, int(self.growth * length))
+            self.key_buffer = self._grown(self.key_buffer, key_states, length, capacity)
+            self.value_buffer = self._grown(self.value_buffer, value_states, length, capacity)
+        self.key_buffer[..., length:end, :] = key_states
+        self.value_buffer[..., length:end, :] = value_states
+        self.keys, self.values = self.key_buffer[..., :end, :], self.value_buffer[..., :end, :]
+        return self.keys, self.values
+
+    @staticmethod
+    def _grown(buffer: torch.Tensor | None, states: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
+        grown = states.new_empty(*states.shape[:-2], capacity, states.shape[-1])
+        if buffer is not None:
+            grown[..., :length, :] = buffer[..., :length, :]
+        return grown
 
 
 class StormStreamingSession:
@@ -104,7 +141,7 @@ class StormStreamingSession:
 
         self._prefix_text = self._chat_parts("")[0]
         self._prefix_ids = self._tokenize(self._prefix_text)
-        self.cache = DynamicCache(config=config.get_text_config())
+        self.cache = Cache(layer_class_to_replicate=StormStreamingCacheLayer)
         self._prefill(self.model.get_input_embeddings()(torch.tensor([self._prefix_ids], device=model.device)))
 
     # ------------------------------------------------------------------ video
@@ -152,8 +189,8 @@ class StormStreamingSession:
             raise ValueError("`add_frames` got no frames.")
         if isinstance(frames, (str, bytes)) or hasattr(frames, "read"):
             raise TypeError(
-                "`add_frames` takes decoded frames; read a video file or a live source with `iter_video_frames(source)` "
-                "and pass the frames it yields."
+                "`add_frames` takes decoded frames; read a video file or a live source with "
+                "`iter_video_frames(source)` and pass the frames it yields."
             )
         processed = self.processor.video_processor(frames, do_sample_frames=False, return_tensors=None)
         videos = processed["pixel_values_videos"]
@@ -283,12 +320,24 @@ class StormStreamingSession:
 
     @property
     def kv_cache_bytes(self) -> int:
-        """Bytes held by the language model's KV cache (system prompt, user header and video tokens)."""
+        """Bytes of keys and values of the cached tokens (system prompt, user header and video tokens). The buffers
+        hold up to `StormStreamingCacheLayer.growth` times the longest the cache has been (video + question + answer):
+        see `kv_cache_allocated_bytes`."""
         return sum(
             tensor.numel() * tensor.element_size()
             for layer in self.cache.layers
             if layer.is_initialized
             for tensor in (layer.keys, layer.values)
+        )
+
+    @property
+    def kv_cache_allocated_bytes(self) -> int:
+        """Bytes of the cache's buffers, spare room included."""
+        return sum(
+            tensor.numel() * tensor.element_size()
+            for layer in self.cache.layers
+            if layer.is_initialized
+            for tensor in (layer.key_buffer, layer.value_buffer)
         )
 
 
@@ -371,4 +420,4 @@ def _timed_answer(session: StormStreamingSession, question: str, generate_kwargs
     return session.num_frames, answer, time.perf_counter() - started
 
 
-__all__ = ["StormStreamingSession", "iter_video_frames", "stream_answers"]
+__all__ = ["StormStreamingCacheLayer", "StormStreamingSession", "iter_video_frames", "stream_answers"]
