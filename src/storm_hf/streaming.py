@@ -88,7 +88,8 @@ class StormStreamingSession:
         model ([`StormForConditionalGeneration`]): a causal STORM model, in eval mode.
         processor ([`StormProcessor`]): its processor (video processor for the pixels, tokenizer and chat template).
         system_prompt (`str`, *optional*): system message; defaults to the chat template's default one.
-        vision_batch_size (`int`, defaults to 16): frames per vision-tower call (bounds the activation memory).
+        vision_batch_size (`int`, *optional*): frames per vision-tower and projector call (bounds the activation
+            memory); defaults to the model's `config.vision_batch_size`.
         temporal_sampling_stride (`int`, *optional*): keep every n-th pooled frame; defaults to the processor's.
 
     Example:
@@ -106,7 +107,7 @@ class StormStreamingSession:
         model,
         processor,
         system_prompt: str | None = None,
-        vision_batch_size: int = 16,
+        vision_batch_size: int | None = None,
         temporal_sampling_stride: int | None = None,
     ):
         config = model.config
@@ -118,7 +119,11 @@ class StormStreamingSession:
             )
         if model.training:
             raise ValueError("Call `model.eval()` before streaming: dropout would make answers depend on the split.")
-        stride = processor.temporal_sampling_stride if temporal_sampling_stride is None else temporal_sampling_stride
+        if vision_batch_size is None:
+            vision_batch_size = config.vision_batch_size
+        stride = temporal_sampling_stride
+        if stride is None:
+            stride = processor.video_processor.temporal_sampling_stride
         for name, value in (
             ("vision_batch_size", vision_batch_size),
             ("temporal_sampling_stride", stride),
