@@ -1,21 +1,27 @@
-"""Decode + sample + preprocess benchmark: `StormVideoProcessor` against transformers' PyAV loader.
+"""Decode + sample + preprocess benchmark: `StormVideoProcessor` against transformers' PyAV loader, and against itself
+with the decoder of an earlier revision (before/after in the same run).
 
 Baseline: `transformers.video_utils.load_video(path, backend="pyav", num_frames=k)` (decodes every frame up to the
 last sampled one) followed by a stock `BaseVideoProcessor` with the same resize/normalisation (448x448 bicubic,
-mean = std = 0.5). Candidate: `StormVideoProcessor(path, num_frames=k)` (seeks to the keyframe before each sampled
-frame when that decodes less than reading on).
+mean = std = 0.5). Before: `StormVideoProcessor(path, num_frames=k)` with `read_video` from
+`src/storm_hf/processing/video_decoding.py` as it is at `--before` (default `main`, read with `git show`). After: the
+same with the working tree's decoder. Before and after must give identical pixel values (checked).
 
-Synthetic 854x480 30 fps H.264 videos (x264 `veryfast`, GOP 250, B-frames) of 1, 10 and 30 minutes are generated once
-and cached under `benchmarks/.cache/`. Every case runs in a fresh process, so peak memory is the process's peak RSS
-above its RSS after imports.
+Synthetic 854x480 30 fps H.264 videos (x264 `veryfast`, GOP 250, B-frames) of 1 and 10 minutes (`--minutes`) are
+generated once and cached under `benchmarks/.cache/`. Every case runs in a fresh process, so peak memory is the
+process's peak RSS above its RSS after imports.
 
     python benchmarks/bench_video_decoding.py                # writes benchmarks/results/video_decoding.md
     python benchmarks/bench_video_decoding.py --minutes 1    # a quick subset
 """
 
 import argparse
+import datetime
+import hashlib
+import importlib.util
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -28,7 +34,10 @@ import numpy as np
 
 CACHE_DIR = Path(__file__).parent / ".cache"
 RESULTS_FILE = Path(__file__).parent / "results" / "video_decoding.md"
+DECODER_PATH = "src/storm_hf/processing/video_decoding.py"
+METHODS = ("baseline", "before", "after")
 WIDTH, HEIGHT, FPS, GOP = 854, 480, 30, 250
+START = time.perf_counter()
 
 
 def synthetic_video(minutes: int) -> Path:
@@ -67,17 +76,32 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def before_decoder(revision: str) -> Path:
+    """Path of a copy of the decoder module as it is at `revision` (it imports no sibling module)."""
+    source = subprocess.run(["git", "show", f"{revision}:{DECODER_PATH}"], check=True, capture_output=True, text=True)
+    path = CACHE_DIR / "video_decoding_before.py"
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    path.write_text(source.stdout)
+    return path
+
+
 def run_case(method: str, minutes: int, num_frames: int) -> dict:
-    """Time one decode + sample + preprocess in this process; returns seconds and peak memory above the start."""
+    """Time one decode + sample + preprocess in this process; returns seconds, peak memory above the start, and a
+    digest of the pixel values."""
     import torch
     from transformers.image_utils import PILImageResampling
     from transformers.video_processing_utils import BaseVideoProcessor
     from transformers.video_utils import load_video
 
-    from storm_hf.processing import StormVideoProcessor
+    from storm_hf.processing import StormVideoProcessor, video_processing_storm
 
     torch.set_num_threads(os.cpu_count())
     path = str(synthetic_video(minutes))
+    if method == "before":  # the processor calls the module-level name it imported
+        spec = importlib.util.spec_from_file_location("video_decoding_before", CACHE_DIR / "video_decoding_before.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        video_processing_storm.read_video = module.read_video
     storm = StormVideoProcessor()
     stock = BaseVideoProcessor(
         size={"height": 448, "width": 448},
@@ -95,22 +119,28 @@ def run_case(method: str, minutes: int, num_frames: int) -> dict:
         frames, _ = load_video(path, backend="pyav", num_frames=num_frames)
         return stock(frames, return_tensors="pt")["pixel_values_videos"]
 
-    def candidate(num_frames):
+    def storm_processor(num_frames):
         return storm(path, num_frames=num_frames, return_tensors="pt")["pixel_values_videos"]
 
-    function = {"baseline": baseline, "storm": candidate}[method]
+    function = baseline if method == "baseline" else storm_processor
     function(2)  # warm up the code paths (lazy imports, kernels) with two frames
     start_rss, start_cpu, start = _peak_rss_mib(), _cpu_seconds(), time.perf_counter()
     pixel_values = function(num_frames)
     seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - start_cpu
     assert pixel_values.shape[-4:] == (num_frames, 3, 448, 448), pixel_values.shape
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mib": _peak_rss_mib() - start_rss}
+    digest = hashlib.sha256(pixel_values.contiguous().numpy().tobytes()).hexdigest()[:16]
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mib": _peak_rss_mib() - start_rss, "digest": digest}
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=int, nargs="+", default=[1, 10, 30])
+    parser.add_argument("--minutes", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--num-frames", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--before", default="main", help="git revision whose decoder is the 'before' column")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # "method,minutes,num_frames": run one case, print JSON
     args = parser.parse_args()
     if args.case:
@@ -118,13 +148,17 @@ def main():
         print(json.dumps(run_case(method, int(minutes), int(num_frames))))
         return
 
-    load_at_start = os.getloadavg()[0]
+    command = " ".join(["python", "benchmarks/bench_video_decoding.py", *sys.argv[1:]])
+    before = f"{args.before} ({_git('rev-parse', '--short', args.before)})"
+    after = _git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if _git("status", "--porcelain") else "")
+    before_decoder(args.before)
+    started, load_at_start = datetime.datetime.now(datetime.UTC), os.getloadavg()
     rows = []
     for minutes in args.minutes:
         synthetic_video(minutes)
         for num_frames in args.num_frames:
             result = {}
-            for method in ("baseline", "storm"):
+            for method in METHODS:
                 output = subprocess.run(
                     [sys.executable, __file__, "--case", f"{method},{minutes},{num_frames}"],
                     check=True,
@@ -132,13 +166,17 @@ def main():
                     text=True,
                 ).stdout
                 result[method] = json.loads(output.strip().splitlines()[-1])
-            base, storm = result["baseline"], result["storm"]
+            base, old, new = (result[method] for method in METHODS)
+            if old["digest"] != new["digest"]:
+                raise SystemExit(f"{minutes} min, {num_frames} frames: before and after give different pixel values")
             rows.append(
-                f"| {minutes} min | {num_frames} | {base['seconds']:.2f} | {storm['seconds']:.2f} "
-                f"| {base['seconds'] / storm['seconds']:.1f}x | {base['cpu_seconds']:.2f} | {storm['cpu_seconds']:.2f} "
-                f"| {base['cpu_seconds'] / storm['cpu_seconds']:.1f}x | {base['peak_mib']:.0f} | {storm['peak_mib']:.0f} |"
+                f"| {minutes} min | {num_frames} | {base['seconds']:.2f} | {old['seconds']:.2f} | {new['seconds']:.2f} "
+                f"| {old['seconds'] / new['seconds']:.2f}x | {base['cpu_seconds']:.2f} | {old['cpu_seconds']:.2f} "
+                f"| {new['cpu_seconds']:.2f} | {old['cpu_seconds'] / new['cpu_seconds']:.2f}x "
+                f"| {base['peak_mib']:.0f} / {old['peak_mib']:.0f} / {new['peak_mib']:.0f} |"
             )
             print(rows[-1], flush=True)
+    load_at_end = os.getloadavg()
 
     import torch
     import transformers
@@ -147,30 +185,36 @@ def main():
         [
             "# Video decoding benchmark",
             "",
-            f"`python benchmarks/bench_video_decoding.py` on {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"transformers {transformers.__version__}, PyAV {av.__version__}. Synthetic {WIDTH}x{HEIGHT} {FPS} fps "
-            f"H.264 (x264 veryfast, GOP {GOP}). Time: decode + sample + preprocess to (frames, 3, 448, 448), one run "
-            "after a warm-up; wall time and CPU time (user + system, all threads; less sensitive to other load on the "
-            f"machine; 1-minute load average, as `uptime` shows it, {load_at_start:.1f} at the start and "
-            f"{os.getloadavg()[0]:.1f} at the end). Peak memory: peak RSS above the RSS before the call (fresh process "
-            "per case).",
+            (
+                f"`{command}`, {started:%Y-%m-%d %H:%M} UTC, {time.perf_counter() - START:.0f} s. Machine: "
+                f"{platform.machine()} {platform.processor() or platform.platform()}, {os.cpu_count()} CPU cores, shared "
+                f"with other jobs: 1/5/15-minute load average {', '.join(f'{x:.1f}' for x in load_at_start)} at the start "
+                f"and {', '.join(f'{x:.1f}' for x in load_at_end)} at the end (above {os.cpu_count()} means the cores were "
+                "oversubscribed: wall times are inflated, CPU times less so). torch "
+                f"{torch.__version__}, transformers {transformers.__version__}, PyAV {av.__version__}."
+            ),
             "",
-            "| video | frames | baseline wall s | STORM wall s | speed-up | baseline CPU s | STORM CPU s | CPU speed-up "
-            "| baseline peak MiB | STORM peak MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            (
+                f"Decoder before: `{DECODER_PATH}` at {before}; after: {after}. Synthetic {WIDTH}x{HEIGHT} {FPS} fps H.264 "
+                f"(x264 veryfast, GOP {GOP}). Time: decode + sample + preprocess to (frames, 3, 448, 448), one run after a "
+                "warm-up, each case in a fresh process; wall time and CPU time (user + system, all threads). Peak memory: "
+                "peak RSS above the RSS before the call. Before and after gave identical pixel values in every case "
+                "(SHA-256 of the tensors)."
+            ),
+            "",
+            (
+                "| video | frames | baseline wall s | before wall s | after wall s | after vs before | baseline CPU s "
+                "| before CPU s | after CPU s | after vs before (CPU) | peak MiB baseline / before / after |"
+            ),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
             *rows,
             "",
-            "Baseline: `transformers.video_utils.load_video(path, backend=\"pyav\", num_frames=k)` (decodes every frame "
-            "up to the last sampled one) + a stock `BaseVideoProcessor` with the same resize and normalisation. "
-            "STORM: `StormVideoProcessor()(path, num_frames=k)`.",
-            "",
-            "Seeking pays off when sampled frames are further apart than the keyframe interval (GOP 250 = 8.3 s here): "
-            "each then costs the reference frames from its keyframe on, about half a GOP. In these x264 streams about "
-            "60% of the frames are references (I, P and b-pyramid B-frames); only the non-reference B-frames are skipped "
-            "(skip_frame NONREF), so a sampled frame costs about 60 decoded frames. Denser sampling (128 frames "
-            "of a 10-minute video are 4.7 s apart) still decodes most reference frames; the gain then comes from "
-            "skipping non-reference frames and the tail of each GOP. Peak memory depends on the frame count, not on "
-            "the video length.",
+            (
+                'Baseline: `transformers.video_utils.load_video(path, backend="pyav", num_frames=k)` (decodes every frame '
+                "up to the last sampled one) + a stock `BaseVideoProcessor` with the same resize and normalisation. "
+                'Before/after: `StormVideoProcessor()(path, num_frames=k)`; "after vs before" above 1 means the working '
+                "tree is faster."
+            ),
             "",
         ]
     )

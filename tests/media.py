@@ -47,11 +47,15 @@ def write_video(
     frame_durations_ms: list[int] | None = None,
     rotation: int | None = None,
     options: dict[str, str] | None = None,
+    hflip: bool = False,
+    vflip: bool = False,
+    start_ms: int = 0,
 ) -> Path:
     """Encode (num_frames, height, width, 3) uint8 `frames` to `path`; the extension picks the container.
 
-    `frame_durations_ms` writes a variable frame rate (pts in milliseconds); `rotation` writes a display matrix
-    (degrees counter-clockwise).
+    `frame_durations_ms` writes a variable frame rate (pts in milliseconds, the first at `start_ms`); `rotation`,
+    `hflip` and `vflip` write a display matrix (degrees counter-clockwise, then mirrors, as PyAV's
+    `set_display_rotation`).
     """
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
@@ -62,10 +66,10 @@ def write_video(
             stream.codec_context.gop_size = gop_size
         if frame_durations_ms is not None:
             stream.time_base = stream.codec_context.time_base = fractions.Fraction(1, 1000)
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
+        if rotation is not None or hflip or vflip:
+            stream.set_display_rotation(rotation or 0, hflip=hflip, vflip=vflip)
         container.start_encoding()  # writes the header even when there are no frames
-        pts = 0
+        pts = start_ms
         for index, array in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(array, format="rgb24")
             if frame_durations_ms is not None:

@@ -592,3 +592,25 @@ def test_mixer_in_chunks_at_inference_equals_the_whole_sequence_scan(bidirection
             else:
                 torch.testing.assert_close(state.ssm_state, expected_state.ssm_state, rtol=1e-5, atol=1e-6)
                 torch.testing.assert_close(state.conv_state, expected_state.conv_state, rtol=1e-5, atol=1e-6)
+
+
+def test_decode_steps_compile_with_fullgraph():
+    """`_can_compile_fullgraph`: generate's compiled calls are the cached decode steps (text tokens, static cache)."""
+    from transformers import StaticCache
+
+    model = tiny_model()
+    inputs = video_inputs(model.config, [[3]])
+    length = inputs["input_ids"].shape[1]
+    caches = [StaticCache(config=model.config, max_cache_len=length + 4) for _ in range(2)]
+    compiled = torch.compile(model.forward, fullgraph=True)
+    with torch.no_grad():
+        for cache in caches:
+            model(**inputs, past_key_values=cache, use_cache=True)
+        step = {
+            "input_ids": torch.tensor([[7]]),
+            "attention_mask": torch.ones(1, length + 1, dtype=torch.long),
+            "position_ids": torch.tensor([[length]]),
+            "use_cache": True,
+        }
+        eager = model(**step, past_key_values=caches[0]).logits
+        torch.testing.assert_close(compiled(**step, past_key_values=caches[1]).logits, eager)

@@ -10,10 +10,7 @@ from transformers import TrainingArguments
 from storm_hf import StormForConditionalGeneration
 from storm_hf.synthetic import (
     BAG_OF_FRAMES_CHANCE,
-    build_task_processor,
-    build_task_tokenizer,
     evaluate_temporal_task,
-    generate_temporal_task,
     make_messages,
     render_sample,
     temporal_task_config,
@@ -31,19 +28,20 @@ datasets = pytest.importorskip("datasets")
 pytest.importorskip("av")
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_task_tokenizer()
+# Short names for the task fixtures of conftest.py.
+@pytest.fixture
+def tokenizer(task_tokenizer):
+    return task_tokenizer
 
 
-@pytest.fixture(scope="module")
-def processor(tokenizer):
-    return build_task_processor(tokenizer)
+@pytest.fixture
+def processor(task_processor):
+    return task_processor
 
 
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return generate_temporal_task(tmp_path_factory.mktemp("task"), num_train=16, num_test=4, seed=0)
+@pytest.fixture
+def task(temporal_task):
+    return temporal_task
 
 
 def tiny_task_model(tokenizer, seed=0, **overrides):
@@ -228,3 +226,61 @@ def test_activation_checkpointing_gives_the_same_gradients_and_trains(tmp_path, 
     args = training_arguments(tmp_path, activation_checkpointing=True)
     StormTrainer(model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)).train()
     assert _loss(model, batch) < before - 1.0
+
+
+def test_trainer_saves_the_processor_with_the_model(tmp_path, tokenizer, processor, task):
+    from storm_hf import StormProcessor
+
+    model = tiny_task_model(tokenizer)
+    args = training_arguments(tmp_path, max_steps=1)
+    trainer = StormTrainer(
+        model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)
+    )
+    assert trainer.processing_class is processor  # taken from the collator
+    trainer.train()
+    trainer.save_model(str(tmp_path / "checkpoint"))
+    reloaded_processor = StormProcessor.from_pretrained(tmp_path / "checkpoint")
+    reloaded = StormForConditionalGeneration.from_pretrained(tmp_path / "checkpoint").eval()
+    batch = fixed_batch(processor, task)
+    reloaded_batch = fixed_batch(reloaded_processor, task)
+    for key, value in batch.items():
+        torch.testing.assert_close(reloaded_batch[key], value, rtol=0, atol=0, msg=key)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**reloaded_batch).logits, model(**batch).logits, rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match="processing_class=processor"):
+        StormTrainer(
+            model=model, args=args, train_dataset=task["train"], data_collator=lambda features: features
+        )
+
+
+@pytest.mark.parametrize("module_learning_rates", [None, {"language_model": 1e-4}])
+def test_optimizer_decays_neither_norms_biases_nor_the_mamba_state_parameters(
+    tmp_path, tokenizer, processor, task, module_learning_rates
+):
+    model = tiny_task_model(tokenizer)
+    state_parameters = {"A_log", "D", "A_b_log", "D_b"}
+    for name, parameter in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in state_parameters:
+            parameter._no_weight_decay = True  # as mamba-ssm marks them (and StormMambaMixer does)
+    args = training_arguments(tmp_path, weight_decay=0.1)
+    trainer = StormTrainer(
+        model=model,
+        args=args,
+        train_dataset=task["train"],
+        data_collator=StormDataCollator(processor),
+        module_learning_rates=module_learning_rates,
+    )
+    optimizer = trainer.create_optimizer()
+    decay_of = {
+        id(parameter): group["weight_decay"] for group in optimizer.param_groups for parameter in group["params"]
+    }
+    names = dict(model.named_parameters())
+    assert len(decay_of) == len(names)  # every parameter is in exactly one group
+    for name, parameter in names.items():
+        last = name.split(".")
+        undecayed = last[-1] in state_parameters or last[-1] == "bias" or any("norm" in part for part in last)
+        assert decay_of[id(parameter)] == (0.0 if undecayed else 0.1), name
+    assert decay_of[id(model.model.temporal_projector.layers[0].mixer.A_log)] == 0.0
+    assert decay_of[id(model.model.temporal_projector.layers[0].mixer.in_proj.weight)] == 0.1

@@ -165,6 +165,28 @@ def test_fps_sampling_with_min_and_max_frames(videos):
         processor(str(videos["h264.mp4"]), num_frames=8, max_frames=4)
 
 
+@pytest.mark.parametrize(
+    "arguments, named",
+    [
+        ({"fps": 0}, "`fps`"),
+        ({"fps": -1}, "`fps`"),
+        ({"fps": float("nan")}, "`fps`"),
+        ({"num_frames": 0}, "`num_frames`"),
+        ({"num_frames": -1}, "`num_frames`"),
+        ({"fps": 1, "min_frames": 5, "max_frames": 2}, "`min_frames=5`"),
+    ],
+)
+def test_meaningless_sampling_arguments_are_named(videos, arguments, named):
+    """fps=0 used to return one frame silently, num_frames=0 / fps=nan failed inside numpy."""
+    processor = StormVideoProcessor()
+    with pytest.raises(ValueError, match=named):
+        processor(str(videos["h264.mp4"]), **{"num_frames": None, **arguments})
+    with pytest.raises(ValueError, match=named):
+        processor(
+            make_frames(20), video_metadata={"total_num_frames": 20, "fps": 10}, **{"num_frames": None, **arguments}
+        )
+
+
 def test_decoded_frames_are_accepted_and_fps_needs_their_frame_rate(videos):
     processor = StormVideoProcessor()
     frames = make_frames(20)

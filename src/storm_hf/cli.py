@@ -1,4 +1,4 @@
-"""The `storm-hf` command: generate, compose, convert, push, info, demo.
+"""The `storm-hf` command: generate, stream, compose, convert, push, info, demo.
 
 Every subcommand has `--help`. Bad arguments end with a one-line error and exit status 2; failures while running end
 with a one-line error and exit status 1 (`--traceback` shows the full trace).
@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fresh clips to measure accuracy on; 0 skips it (default: %(default)s)",
     )
     demo.add_argument("--checkpoint", type=existing_dir, help="use this checkpoint instead of the bundled one")
+    add_stream_parser(commands)
     return parser
 
 
@@ -596,6 +597,73 @@ def run_info(args) -> None:
     )
 
 
+# ---------------------------------------------------------------- stream
+
+
+def video_source(text: str) -> str:
+    """A local video file, a URL PyAV can open (scheme://...), or `-` for standard input."""
+    if text != "-" and "://" not in text and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text} (a live source is a URL such as udp://127.0.0.1:9000)")
+    return text
+
+
+def add_stream_parser(commands) -> None:
+    stream = commands.add_parser(
+        "stream",
+        help="answer a prompt again and again while a video plays (causal models)",
+        description="Feed a video file, a URL (e.g. tcp://127.0.0.1:9000?listen=1) or standard input (`-`, with "
+        "--format) to a causal STORM model as it is decoded, and print an answer to the prompt every --every seconds "
+        "of video, and at its end. Frames are encoded once; each answer is generated from the language model's KV "
+        "cache without re-reading the video.",
+    )
+    stream.add_argument("--model", required=True, help="checkpoint folder or Hub id of a causal STORM model")
+    stream.add_argument("--video", required=True, type=video_source, help="video file, URL, or - for standard input")
+    stream.add_argument("--prompt", required=True, help="question or instruction about the video so far")
+    stream.add_argument("--every", type=positive_float, required=True, help="seconds of video between answers")
+    stream.add_argument(
+        "--fps", type=positive_float, default=1.0, help="frames kept per second of video (default: %(default)s)"
+    )
+    stream.add_argument("--format", help="container format, needed for standard input and pipes (e.g. mpegts)")
+    stream.add_argument("--temporal-sampling-stride", type=positive_int, help="keep every n-th pooled frame")
+    stream.add_argument("--max-new-tokens", type=positive_int, default=64, help="default: %(default)s")
+    stream.add_argument(
+        "--vision-batch-size", type=positive_int, default=16, help="frames per vision-tower call (default: %(default)s)"
+    )
+    stream.add_argument("--dtype", choices=DTYPES, default="auto", help="weights' dtype (default: the checkpoint's)")
+    stream.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    stream.add_argument(
+        "--trust-remote-code", action="store_true", help="run the checkpoint's own code (not needed for STORM)"
+    )
+
+
+def run_stream(args) -> None:
+    import io
+
+    from .streaming import StormStreamingSession, iter_video_frames, stream_answers
+
+    model, processor = load_model_and_processor(
+        args.model, args.dtype, resolve_device(args.device), args.trust_remote_code
+    )
+    session = StormStreamingSession(
+        model,
+        processor,
+        vision_batch_size=args.vision_batch_size,
+        temporal_sampling_stride=args.temporal_sampling_stride,
+    )
+    # Unbuffered standard input: PyAV gets each chunk as soon as it arrives instead of waiting for a full buffer.
+    source = io.FileIO(sys.stdin.fileno(), "rb", closefd=False) if args.video == "-" else args.video
+    frames = iter_video_frames(source, fps=args.fps, format=args.format)
+    answers = stream_answers(
+        session, frames, args.prompt, args.every, max_new_tokens=args.max_new_tokens, do_sample=False
+    )
+    for seconds, num_frames, answer, latency in answers:
+        print(f"[{seconds:.1f}s] {answer}", flush=True)
+        print(
+            f"  ({num_frames} frames, {session.num_video_tokens} video tokens cached, answered in {latency:.2f}s)",
+            file=sys.stderr,
+        )
+
+
 # ---------------------------------------------------------------- demo
 
 
@@ -612,6 +680,7 @@ COMMANDS = {
     "push": run_push,
     "info": run_info,
     "demo": run_demo,
+    "stream": run_stream,
 }
 
 

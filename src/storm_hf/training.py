@@ -1,13 +1,19 @@
-"""Training STORM with `transformers.Trainer` (with or without PEFT): data collator, the paper's stages, a LoRA preset.
+"""Training STORM with `transformers.Trainer` or TRL's `SFTTrainer` (with or without PEFT): data collator, the paper's
+stages, a LoRA preset, the `SFTConfig` fields STORM needs.
 
 ```python
 from storm_hf.training import StormDataCollator, StormTrainer, apply_training_stage, storm_lora_config
 
 apply_training_stage(model, "alignment")            # stage 1: only the temporal projector trains
 trainer = StormTrainer(model=model, args=args, train_dataset=dataset, data_collator=StormDataCollator(processor))
-trainer.train()
+trainer.train()                                     # checkpoints hold the processor too
 apply_training_stage(model, "sft")                  # stage 2: everything trains
 model = peft.get_peft_model(model, storm_lora_config())  # or: LoRA on the LLM, projector fully trained
+
+# TRL
+trainer = trl.SFTTrainer(model=model, args=storm_sft_config(output_dir="out"), train_dataset=dataset,
+                         processing_class=processor, data_collator=StormDataCollator(processor),
+                         peft_config=storm_lora_config())
 ```
 """
 
@@ -68,7 +74,8 @@ def apply_training_stage(model, stage: str) -> dict[str, int]:
     for name, parameter in model.named_parameters():
         train = any(module in name.split(".") for module in trainable_modules)
         parameter.requires_grad_(train)
-        counts["trainable" if train else "frozen"] += parameter.numel()
+        # Under DeepSpeed ZeRO-3 a parameter is partitioned (`numel()` 0 on this rank); `ds_numel` is its full size.
+        counts["trainable" if train else "frozen"] += getattr(parameter, "ds_numel", parameter.numel())
     return counts
 
 
@@ -173,9 +180,10 @@ class StormDataCollator:
         if not features or self.messages_column not in features[0]:
             present = sorted(features[0]) if features else []
             raise KeyError(
-                f"StormDataCollator needs a `{self.messages_column}` column but the batch has {present}. If you use "
-                "`Trainer`, it removed the column because the model's forward does not take it: pass "
-                "`TrainingArguments(remove_unused_columns=False)` or use `StormTrainer`, which does it for you."
+                f"StormDataCollator needs a `{self.messages_column}` column but the batch has {present}. `Trainer` "
+                "removes the columns the model's forward does not take: pass `TrainingArguments("
+                "remove_unused_columns=False)` or use `StormTrainer`, which does it for you. With TRL's `SFTTrainer`, "
+                "which also tokenizes the dataset as text up front, use `args=storm_sft_config(...)`."
             )
         conversations = [clean_messages(feature[self.messages_column]) for feature in features]
         for conversation in conversations:
@@ -215,13 +223,23 @@ class StormDataCollator:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def no_weight_decay_parameter_names(model) -> set[str]:
+    """Names of the parameters marked `_no_weight_decay = True` (as mamba-ssm marks the Mamba `A_log` and `D`)."""
+    return {name for name, parameter in model.named_parameters() if getattr(parameter, "_no_weight_decay", False)}
+
+
 class StormTrainer(Trainer):
-    """`Trainer` for STORM: keeps the raw chat columns for `StormDataCollator` and can give each part its own learning
-    rate.
+    """`Trainer` for STORM: keeps the raw chat columns for `StormDataCollator`, saves the processor with every
+    checkpoint, keeps weight decay off the Mamba state parameters, and can give each part its own learning rate.
 
     - `Trainer` drops the dataset columns that the model's `forward` does not take (`remove_unused_columns=True`, the
       default), which would remove the `messages` the collator builds batches from. `StormTrainer` turns that off (and
       logs it) and names `labels` as the label column, which `Trainer` cannot infer for a PEFT-wrapped model.
+    - `processing_class` defaults to the `StormDataCollator`'s processor, so that `save_model` and every checkpoint
+      hold it next to the weights (a checkpoint without a processor cannot be loaded for inference). Without either,
+      `StormTrainer` raises.
+    - Weight decay applies to neither biases and norms (as in `Trainer`) nor parameters marked
+      `_no_weight_decay = True` (the Mamba `A_log`, `D`, as in mamba-ssm).
     - `module_learning_rates`, e.g. `{"language_model": 2e-5, "lm_head": 2e-5}`: parameters whose name contains one of
       these modules (`vision_tower`, `temporal_projector`, `language_model`, `lm_head`) train with that learning rate,
       the rest with `args.learning_rate`; the schedule scales every group alike. NVILA trains its projector at a much
@@ -229,19 +247,41 @@ class StormTrainer(Trainer):
       before the visual features carry the answer (see `storm_hf.synthetic.train_temporal_task_model`).
     """
 
-    def __init__(self, *args, module_learning_rates: dict[str, float] | None = None, **kwargs):
-        training_args = kwargs.get("args") if "args" in kwargs else (args[1] if len(args) > 1 else None)
-        if training_args is not None:
-            if training_args.remove_unused_columns:
-                logger.info("StormTrainer: setting `remove_unused_columns=False` to keep the chat columns for the collator.")
-                training_args.remove_unused_columns = False
-            if training_args.label_names is None:
-                training_args.label_names = ["labels"]
+    def __init__(
+        self,
+        model=None,
+        args=None,
+        data_collator=None,
+        *,
+        processing_class=None,
+        module_learning_rates: dict[str, float] | None = None,
+        **kwargs,
+    ):
+        if args is not None:
+            if args.remove_unused_columns:
+                logger.info(
+                    "StormTrainer: setting `remove_unused_columns=False` to keep the chat columns for the collator."
+                )
+                args.remove_unused_columns = False
+            if args.label_names is None:
+                args.label_names = ["labels"]
+        if processing_class is None:
+            processing_class = getattr(data_collator, "processor", None)
+        if processing_class is None:
+            raise ValueError(
+                "StormTrainer saves the processor with the model: pass `processing_class=processor` (or a "
+                "`StormDataCollator(processor)` as `data_collator`)."
+            )
         self.module_learning_rates = dict(module_learning_rates or {})
-        super().__init__(*args, **kwargs)
+        super().__init__(model, args, data_collator, processing_class=processing_class, **kwargs)
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """`Trainer`'s decayed parameters (no biases, no norms) without those marked `_no_weight_decay`."""
+        excluded = no_weight_decay_parameter_names(model)
+        return [name for name in super().get_decay_parameter_names(model) if name not in excluded]
 
     def learning_rate_of(self, parameter_name: str) -> float:
-        """The learning rate of a parameter: the first `module_learning_rates` entry its name contains, else the default."""
+        """A parameter's learning rate: the first `module_learning_rates` entry its name contains, else the default."""
         parts = parameter_name.split(".")
         for module, learning_rate in self.module_learning_rates.items():
             if module in parts:
@@ -263,9 +303,38 @@ class StormTrainer(Trainer):
         ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         if "params" in optimizer_kwargs or "model" in optimizer_kwargs:
-            raise ValueError(f"`module_learning_rates` does not work with the `{self.args.optim}` optimizer; use AdamW.")
+            raise ValueError(
+                f"`module_learning_rates` does not work with the `{self.args.optim}` optimizer; use AdamW."
+            )
         self.optimizer = optimizer_cls(grouped_parameters, **optimizer_kwargs)
         return self.optimizer
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# TRL
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def storm_sft_config(**kwargs):
+    """A `trl.SFTConfig` for training STORM with TRL's `SFTTrainer` and `StormDataCollator`.
+
+    TRL's defaults would tokenize every conversation once at start-up as text (the videos never reach the model) and
+    then drop the `messages` column the collator needs; this sets, unless given:
+
+    - `remove_unused_columns=False`: keep `messages` for the collator;
+    - `dataset_kwargs={"skip_prepare_dataset": True}`: no up-front tokenization; the collator renders, decodes and
+      tokenizes each batch;
+    - `max_length=None`: no truncation, which would cut through a video's placeholder tokens.
+
+    Keyword arguments go to `SFTConfig` (`output_dir`, `learning_rate`, `gradient_checkpointing`, ...). Pass
+    `data_collator=StormDataCollator(processor)` and `processing_class=processor` to `SFTTrainer`, and for LoRA
+    `peft_config=storm_lora_config()`: PEFT has no default LoRA targets for STORM.
+    """
+    from trl import SFTConfig
+
+    settings = dict(remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
+    settings.update(kwargs)
+    return SFTConfig(**settings)
 
 
 __all__ = [
@@ -277,5 +346,7 @@ __all__ = [
     "StormTrainer",
     "apply_training_stage",
     "clean_messages",
+    "no_weight_decay_parameter_names",
     "storm_lora_config",
+    "storm_sft_config",
 ]

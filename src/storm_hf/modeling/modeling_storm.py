@@ -432,6 +432,7 @@ class StormPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True  # decode steps (no pixels) compile with fullgraph=True: see the tests
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -1,31 +1,58 @@
-"""Read the frames a sampler asks for from a video file with PyAV, decoding as little as possible.
+"""Read the frames a sampler asks for from a video (path, http(s) URL, bytes or file object) with PyAV.
 
 One demux pass (no decoding) lists every frame's presentation timestamp (pts) and the keyframes, which gives the exact
 frame count (also for webm/mkv, which store none) and the real time of every frame (also for variable frame rate).
 Frames are then decoded in presentation order: to reach a sampled frame the reader seeks to the keyframe before it when
 that keyframe lies beyond what was already decoded, and otherwise reads on; frames that no later frame references and
-that were not asked for are skipped by the decoder.
+that were not asked for are skipped by the decoder. Every seek is verified: the first frame decoded from the sought
+keyframe on must be that keyframe at its pts, and every frame must be intact (not concealed) with a pts the index
+knows. When a seek cannot be verified (a server without range requests, MPEG-PS timestamps guessed after a seek, a
+damaged index), it is retried from earlier keyframes, then the input is opened again and decoded in order, exactly as
+a sequential decode. Files whose frames carry no usable timestamps are decoded in order and their frames are addressed
+by position.
+
+Only real video containers and elementary streams are accepted (`_VIDEO_DEMUXERS`): FFmpeg also opens text (`tty`),
+audio, images and playlists, none of which is a video.
 """
 
 import io
+import itertools
+import math
+import numbers
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from transformers.video_utils import VideoMetadata
 
 
-VideoSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+VideoSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
-# Demuxers of still images: PyAV opens a .png/.jpg as a one-frame "video".
-_IMAGE_FORMATS = {"image2", "image2pipe"}
+DEFAULT_TIMEOUT_S = 30.0
+"""Longest wait for opening a URL or for one read from it, in seconds."""
+
+# FFmpeg demuxers of video containers and elementary video streams (names as in `container.format.name`, which lists
+# the aliases of one demuxer separated by commas).
+_VIDEO_DEMUXERS = {
+    "mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "mpegvideo", "flv", "ogg", "asf", "mxf", "nut", "ivf",
+    "obu", "h264", "hevc", "vvc", "m4v", "vc1", "rm", "dv", "gif", "yuv4mpegpipe", "mjpeg", "wtv", "avs2", "cavsvideo",
+}  # fmt: skip
+# Demuxers that seek by presentation timestamps (their index holds them); the others (MPEG-TS and -PS, FLV, AVI, ...)
+# seek by decoding timestamps or byte positions, so a keyframe is sought at its dts, which is at or before its pts.
+_SEEK_BY_PTS = {"mov", "matroska"}
+_SEEK_RETRIES = 2  # earlier keyframes to seek to when a seek does not land where it should
+# Codecs of still images: a one-frame stream of these is an image, not a video.
+_IMAGE_CODECS = {"png", "mjpeg", "jpeg2000", "jpegls", "bmp", "tiff", "webp", "gif", "ppm", "pgm", "pam", "qoi"}
+_URL_SCHEMES = ("http://", "https://")
 
 
 @dataclass
 class StormVideoMetadata(VideoMetadata):
-    """`VideoMetadata` whose `timestamps` are the container's presentation times of the sampled frames (in seconds)."""
+    """`VideoMetadata` whose `timestamps` are the presentation times of the sampled frames, in seconds from the start of
+    the container (its start time subtracted, as the ffmpeg command line does)."""
 
     frames_timestamps: list[float] | None = None
 
@@ -41,7 +68,7 @@ class VideoDecodingError(ValueError):
 
 
 def is_video_source(video) -> bool:
-    """Whether `video` is an encoded video (path, bytes or binary file object) rather than decoded frames."""
+    """Whether `video` is an encoded video (path, URL, bytes or binary file object) rather than decoded frames."""
     return isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(video, "read")
 
 
@@ -54,108 +81,313 @@ def describe_video_source(source: VideoSource) -> str:
     return f"the file object {getattr(source, 'name', type(source).__name__)!r}"
 
 
-@dataclass
-class _FrameIndex:
-    """Every frame of a video stream, from one demux pass.
+def check_sampling_arguments(
+    num_frames: int | None = None,
+    fps: float | None = None,
+    min_frames: int | None = None,
+    max_frames: int | None = None,
+) -> None:
+    """Raise a `ValueError` naming the argument when a frame-sampling argument cannot mean anything.
 
-    pts: (num_frames,) presentation timestamps in presentation order (stream time base).
-    keyframe_pts: (num_keyframes,) sorted pts of the keyframes, where decoding can start.
+    Frame counts must be positive integers, `fps` a positive finite number, `min_frames <= max_frames`, and `num_frames`
+    and `fps` are mutually exclusive. `None` means "not given" for each.
     """
-
-    pts: np.ndarray
-    keyframe_pts: np.ndarray
-
-    @classmethod
-    def from_demux(cls, container, stream, name: str) -> "_FrameIndex":
-        pts, keyframe_pts = [], []
-        for packet in container.demux(stream):
-            if packet.size == 0 or packet.is_discard:
-                continue
-            if packet.pts is None:
-                raise VideoDecodingError(f"{name} has frames without timestamps; re-mux it (e.g. to mp4) first.")
-            pts.append(packet.pts)
-            if packet.is_keyframe:
-                keyframe_pts.append(packet.pts)
-        pts = np.sort(np.asarray(pts, dtype=np.int64))
-        if len(np.unique(pts)) != len(pts):
-            raise VideoDecodingError(f"{name} has frames with equal timestamps; re-mux it (e.g. to mp4) first.")
-        return cls(pts=pts, keyframe_pts=np.sort(np.asarray(keyframe_pts, dtype=np.int64)))
-
-    def keyframe_before(self, pts: int) -> int:
-        """pts of the last keyframe at or before `pts` (the first frame when none is flagged)."""
-        position = np.searchsorted(self.keyframe_pts, pts, side="right") - 1
-        return int(self.keyframe_pts[position]) if position >= 0 else int(self.pts[0])
+    for argument, value in (
+        ("num_frames", num_frames),
+        ("min_frames", min_frames),
+        ("max_frames", max_frames),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+            raise ValueError(f"`{argument}` must be a positive whole number of frames, got {value!r}.")
+    if fps is not None:
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
+            raise ValueError(f"`fps` must be a positive, finite number of frames per second, got {fps!r}.")
+        if num_frames is not None:
+            raise ValueError("`num_frames` and `fps` are mutually exclusive; pass one of them.")
+    if min_frames is not None and max_frames is not None and min_frames > max_frames:
+        raise ValueError(f"`min_frames={min_frames}` is larger than `max_frames={max_frames}`; swap or drop one.")
 
 
 def read_video(
-    source: VideoSource, sample_indices_fn: Callable[..., np.ndarray] | None = None
+    source: VideoSource,
+    sample_indices_fn: Callable[..., np.ndarray] | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
 ) -> tuple[np.ndarray, StormVideoMetadata]:
     """Decode the frames of `source` chosen by `sample_indices_fn(metadata=...)` (all frames when `None`).
 
+    `source` is a path, an http(s) URL (seeks with range requests where the server allows them), bytes or a binary file
+    object positioned at the start of the video. `timeout` bounds, in seconds, opening a URL and each read from it.
+
     Returns:
-        frames: uint8 array (num_sampled_frames, height, width, 3), RGB, upright (the display rotation applied).
+        frames: uint8 array (num_sampled_frames, height, width, 3), RGB, as displayed (the display matrix's rotation and
+            mirroring applied).
         metadata: `StormVideoMetadata` of the whole video, with `frames_indices` and `frames_timestamps` of the
             sampled frames.
     """
     import av
 
-    name = describe_video_source(source)
-    if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
-        raise FileNotFoundError(f"Video file {name} does not exist; pass an existing path, bytes or a file object.")
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        source = io.BytesIO(source)
-    try:
-        container = av.open(source if hasattr(source, "read") else os.fspath(source), mode="r")
-    except av.FFmpegError as error:
-        raise VideoDecodingError(
-            f"{name} could not be opened as a video ({error}); pass an existing, complete video file "
-            "(e.g. mp4, webm, mkv)."
-        ) from error
-    with container:
-        if container.format.name in _IMAGE_FORMATS or container.format.name.endswith("_pipe"):
-            raise VideoDecodingError(
-                f"{name} is an image ({container.format.name}), not a video; pass it as an image (`images=` or a "
-                '`{"type": "image"}` chat entry) instead.'
-            )
-        if not container.streams.video:
-            raise VideoDecodingError(f"{name} contains no video frames (no video stream); pass a video file.")
-        stream = container.streams.video[0]
+    video_input = _VideoInput(source, timeout)
+    name = video_input.name
+    with video_input.open() as container:
+        stream = _video_stream(container, name)
         try:
             index = _FrameIndex.from_demux(container, stream, name)
+            if not index.by_pts:
+                index = _FrameIndex.from_decoding(video_input)
         except av.FFmpegError as error:
-            raise _corrupt(name, error) from error
-        if len(index.pts) == 0:
+            raise video_input.unreadable(error) from error
+        if index.num_frames == 0:
             raise VideoDecodingError(f"{name} contains no video frames; pass a video with at least one frame.")
+        if index.num_frames == 1 and stream.codec_context.name in _IMAGE_CODECS:
+            raise _image_error(name, f"a single {stream.codec_context.name} picture")
         metadata = _metadata(stream, index)
         _check_complete(container, stream, index, metadata, name)
-        indices = np.arange(len(index.pts)) if sample_indices_fn is None else sample_indices_fn(metadata=metadata)
-        indices = np.asarray(indices, dtype=np.int64)
-        if indices.size and (indices.min() < 0 or indices.max() >= len(index.pts)):
-            raise VideoDecodingError(
-                f"Frame indices {indices.tolist()} are out of range for {name}, which has {len(index.pts)} frames."
-            )
-        wanted_pts = index.pts[indices]
-        try:
-            decoded = _decode_frames(container, stream, index, wanted_pts, name)
-        except av.FFmpegError as error:
-            raise _corrupt(name, error) from error
+        indices = _sample(sample_indices_fn, metadata, name)
+        with _FrameReader(video_input, container, stream, index) as reader:
+            frames = reader.read(indices)
     metadata.frames_indices = indices.tolist()
-    metadata.frames_timestamps = [float(pts * stream.time_base) for pts in wanted_pts]
-    frames = np.stack([decoded[pts] for pts in wanted_pts.tolist()])
+    metadata.frames_timestamps = index.times(indices)
     metadata.height, metadata.width = frames.shape[1:3]  # as displayed, after the rotation
     return frames, metadata
 
 
-def _corrupt(name: str, error: Exception) -> VideoDecodingError:
-    return VideoDecodingError(f"{name} is corrupt or truncated ({error}); re-encode or re-download it.")
+class _VideoInput:
+    """A video source that can be opened more than once: a fallback decodes it again from its start."""
+
+    def __init__(self, source: VideoSource, timeout: float):
+        self.source, self.timeout = source, timeout
+        self.name = describe_video_source(source)
+        self.is_url = isinstance(source, str) and source.lower().startswith(_URL_SCHEMES)
+        if isinstance(source, (str, os.PathLike)) and not self.is_url:
+            if os.path.isdir(source):
+                raise IsADirectoryError(f"{self.name} is a directory, not a video file; pass the path of a video file.")
+            if not os.path.isfile(source):
+                raise FileNotFoundError(
+                    f"Video file {self.name} does not exist; pass an existing path, an http(s) URL, bytes or a binary "
+                    "file object."
+                )
+        elif hasattr(source, "read"):
+            self.start = self._file_object_start(source)
+
+    def _file_object_start(self, file) -> int:
+        """Position of the video in a file object, after checking that it is open, binary and seekable."""
+        if getattr(file, "closed", False):
+            raise VideoDecodingError(f"{self.name} is closed; pass an open file (`open(path, 'rb')`).")
+        if isinstance(file, io.TextIOBase) or "b" not in getattr(file, "mode", "b"):
+            raise VideoDecodingError(f"{self.name} is open in text mode; open the video with `open(path, 'rb')`.")
+        if not (hasattr(file, "seek") and getattr(file, "seekable", lambda: True)()):
+            raise VideoDecodingError(
+                f"{self.name} is not seekable (a pipe or a stream); the reader reads a video twice. Pass its bytes, "
+                "a path or a URL instead."
+            )
+        return file.tell()
+
+    def unreadable(self, error: Exception) -> VideoDecodingError:
+        """The error for a video that opened but whose packets could not be read or decoded."""
+        if self.is_url:
+            return VideoDecodingError(
+                f"{self.name} could not be read to the end ({error}): the download broke off, the file is corrupt, or "
+                "the server does not support range requests, which files with their index at the end need (mp4/mov "
+                "written without faststart). Download the file and pass its path, or check the URL."
+            )
+        return VideoDecodingError(f"{self.name} is corrupt or truncated ({error}); re-encode or re-download it.")
+
+    def open(self):
+        """An input container of the video, checked to be a video container (not text, an image or a playlist)."""
+        import av
+
+        options, timeout = {}, None
+        if isinstance(self.source, (bytes, bytearray, memoryview)):
+            file = io.BytesIO(self.source)
+        elif hasattr(self.source, "read"):
+            self.source.seek(self.start)
+            file = self.source
+        elif self.is_url:
+            # No other protocol may be opened from here (no local files); rw_timeout is in microseconds.
+            options = {
+                "protocol_whitelist": "http,https,tcp,tls",
+                "rw_timeout": str(int(self.timeout * 1e6)),
+            }
+            file, timeout = self.source, self.timeout
+        else:
+            file = "file:" + os.path.abspath(self.source)  # never an FFmpeg protocol ("concat:", "pipe:")
+        try:
+            container = av.open(file, mode="r", options=options, timeout=timeout, metadata_errors="replace")
+        except (av.FFmpegError, OSError) as error:
+            raise VideoDecodingError(
+                f"{self.name} could not be opened as a video ({error}); pass an existing, complete video "
+                f"{'URL reachable within the timeout' if self.is_url else 'file'} (e.g. mp4, webm, mkv)."
+            ) from error
+        demuxers = set(container.format.name.split(","))
+        if demuxers & {"image2", "image2pipe"} or container.format.name.endswith("_pipe"):
+            container.close()
+            raise _image_error(self.name, f"{container.format.name} format")
+        if not demuxers & _VIDEO_DEMUXERS:
+            container.close()
+            raise VideoDecodingError(
+                f"{self.name} is not a video: FFmpeg reads it as '{container.format.name}' "
+                f"({container.format.long_name}), which is not a video container. Pass a video file (e.g. mp4, webm, "
+                "mkv, mov, avi, ts)."
+            )
+        return container
+
+
+def _video_stream(container, name: str):
+    """The video stream FFmpeg would pick (av_find_best_stream), never an attached picture (cover art)."""
+    from av.stream import Disposition
+
+    videos = [stream for stream in container.streams.video if not stream.disposition & Disposition.attached_pic]
+    if not videos:
+        if container.streams.video:
+            raise VideoDecodingError(
+                f"{name} holds only a cover picture (an attached picture), no video; pass it as an image, or pass a "
+                "video file."
+            )
+        kinds = sorted({stream.type for stream in container.streams})
+        found = f"only {' and '.join(kinds)}" if kinds else "no streams at all"
+        raise VideoDecodingError(f"{name} contains no video frames ({found}, no video stream); pass a video file.")
+    best = container.streams.best("video")
+    stream = next((stream for stream in videos if best is not None and stream.index == best.index), videos[0])
+    if stream.codec_context is None:
+        raise VideoDecodingError(
+            f"The video stream of {name} has a codec this FFmpeg build cannot decode; re-encode it (e.g. to H.264)."
+        )
+    return stream
+
+
+def _demux(container, stream, name: str) -> Iterator:
+    """`container.demux(stream)`, with the IndexError PyAV raises when a stream appears in the middle of a file (an
+    MPEG-TS can announce new streams anywhere) turned into a named error."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except IndexError as error:
+            raise VideoDecodingError(
+                f"{name} announces new streams in the middle of the file, which PyAV cannot follow; re-mux it (e.g. "
+                "to mp4) first."
+            ) from error
+        yield packet
+
+
+@dataclass
+class _FrameIndex:
+    """Every frame of a video stream, in presentation order.
+
+    pts: (num_frames,) presentation timestamps (stream time base), sorted; `by_pts` says whether they identify the
+        frames (present and distinct). When they do not, frames are addressed by their position in decoding output.
+    keyframe_pts: (num_keyframes,) sorted pts of the keyframes, where decoding can start.
+    keyframe_seek: (num_keyframes,) the timestamp to seek to for each keyframe (its pts or dts, as the container seeks).
+    time_base: seconds per pts unit; None when the frames carry no times.
+    start_time: the container's start, in seconds (timestamps are reported from there).
+    """
+
+    pts: np.ndarray
+    keyframe_pts: np.ndarray
+    keyframe_seek: np.ndarray
+    time_base: float | None
+    start_time: float
+    by_pts: bool = True
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.pts)
+
+    @classmethod
+    def from_demux(cls, container, stream, name: str) -> "_FrameIndex":
+        """Index from one pass over the packets (no decoding)."""
+        seek_by_pts = bool(set(container.format.name.split(",")) & _SEEK_BY_PTS)
+        pts, keyframes = [], []
+        for packet in _demux(container, stream, name):
+            if packet.size == 0 or packet.is_discard:
+                continue
+            pts.append(packet.pts)
+            if packet.is_keyframe and packet.pts is not None:
+                dts = packet.dts if packet.dts is not None else packet.pts
+                keyframes.append((packet.pts, packet.pts if seek_by_pts else min(packet.pts, dts)))
+        by_pts = None not in pts and len(set(pts)) == len(pts)
+        keyframes = np.array(sorted(keyframes) or np.zeros((0, 2)), dtype=np.int64).reshape(-1, 2)
+        return cls(
+            pts=np.sort(np.asarray(pts if by_pts else [], dtype=np.int64)),
+            keyframe_pts=keyframes[:, 0],
+            keyframe_seek=keyframes[:, 1],
+            time_base=float(stream.time_base),
+            start_time=(container.start_time or 0) / 1_000_000,  # container times are microseconds
+            by_pts=by_pts,
+        )
+
+    @classmethod
+    def from_decoding(cls, video_input: "_VideoInput") -> "_FrameIndex":
+        """Index of a stream whose packets carry no usable pts: one decoding pass, from the start of a freshly opened
+        input, counts the frames. Frames are then addressed by position; their times are known only when the decoder
+        gave every frame a pts, in increasing order (else `time_base` is None)."""
+        with video_input.open() as container:
+            stream = _video_stream(container, video_input.name)
+            pts = [frame.pts for packet in _demux(container, stream, video_input.name) for frame in packet.decode()]
+            time_base, start_time = float(stream.time_base), (container.start_time or 0) / 1_000_000
+        if None in pts or sorted(set(pts)) != pts:
+            pts, time_base = list(range(len(pts))), None
+        return cls(
+            pts=np.asarray(pts, dtype=np.int64),
+            keyframe_pts=np.zeros(0, dtype=np.int64),
+            keyframe_seek=np.zeros(0, dtype=np.int64),
+            time_base=time_base,
+            start_time=start_time,
+            by_pts=False,
+        )
+
+    def keyframe_before(self, pts: int) -> int:
+        """Position in `keyframe_pts` of the last keyframe at or before `pts`; -1 when there is none."""
+        return int(np.searchsorted(self.keyframe_pts, pts, side="right")) - 1
+
+    def times(self, indices: np.ndarray) -> list[float] | None:
+        """Seconds from the container start of the frames at `indices` (None when the frames carry no times)."""
+        if self.time_base is None:
+            return None
+        return [float(pts) * self.time_base - self.start_time for pts in self.pts[indices]]
+
+
+def _sample(sample_indices_fn, metadata: StormVideoMetadata, name: str) -> np.ndarray:
+    """The sampler's frame indices, checked: a non-empty list of whole numbers within the video."""
+    if sample_indices_fn is None:
+        return np.arange(metadata.total_num_frames)
+    try:
+        indices = np.asarray(sample_indices_fn(metadata=metadata))
+    except ValueError as error:  # e.g. more frames asked for than the video has
+        hint = ""
+        if metadata.total_num_frames == 1:
+            hint = " It has a single frame: if it is an image, pass it as an image (`images=` or an image chat entry)."
+        raise VideoDecodingError(f"Cannot sample frames of {name}: {error}{hint}") from error
+    total = metadata.total_num_frames
+    if indices.ndim != 1 or indices.size == 0 or not np.issubdtype(indices.dtype, np.integer):
+        raise VideoDecodingError(
+            f"The frame sampler chose {indices.tolist()} for {name}; it must choose a non-empty list of frame indices "
+            f"(whole numbers in [0, {total - 1}])."
+        )
+    if indices.min() < 0 or indices.max() >= total:
+        raise VideoDecodingError(
+            f"Frame indices {indices.tolist()} are out of range for {name}, which has {total} frames "
+            f"(indices 0 to {total - 1})."
+        )
+    return indices.astype(np.int64)
+
+
+def _image_error(name: str, what: str) -> VideoDecodingError:
+    return VideoDecodingError(
+        f"{name} is an image ({what}), not a video; pass it as an image (`images=` or a "
+        '`{"type": "image"}` chat entry) instead.'
+    )
 
 
 def _metadata(stream, index: _FrameIndex) -> StormVideoMetadata:
     """Frame count and average frame rate measured from the frame timestamps (no container guesses)."""
-    num_frames = len(index.pts)
-    if num_frames > 1:
-        fps = (num_frames - 1) / float((index.pts[-1] - index.pts[0]) * stream.time_base)
-    else:  # a single frame has no frame interval: take the rate the container declares, if any
+    num_frames = index.num_frames
+    if num_frames > 1 and index.time_base is not None:
+        fps = (num_frames - 1) / float((index.pts[-1] - index.pts[0]) * index.time_base)
+    else:  # no frame interval to measure: take the rate the container declares, if any
         fps = float(stream.average_rate) if stream.average_rate else None
     return StormVideoMetadata(
         total_num_frames=num_frames,
@@ -165,65 +397,220 @@ def _metadata(stream, index: _FrameIndex) -> StormVideoMetadata:
     )
 
 
+def _stream_end(container, stream) -> float | None:
+    """End of `stream` in seconds as the container declares it: the stream's own duration, Matroska's per-track
+    DURATION tag, or the container's duration when the stream is its only one; None when unknown."""
+    start = float((stream.start_time or 0) * stream.time_base)
+    if stream.duration:
+        return start + float(stream.duration * stream.time_base)
+    tag = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", stream.metadata.get("DURATION", ""))
+    if tag:  # FFmpeg writes the track's end time here (from 0, not from the track's start): read it as the end
+        return 3600 * int(tag[1]) + 60 * int(tag[2]) + float(tag[3])
+    if container.duration and len(container.streams) == 1:
+        return ((container.start_time or 0) + container.duration) / 1_000_000
+    return None
+
+
 def _check_complete(container, stream, index: _FrameIndex, metadata: StormVideoMetadata, name: str):
     """Raise when the frames end well before the duration the container declares (a cut-off download or recording)."""
-    if not container.duration:
+    declared_end = _stream_end(container, stream)
+    if declared_end is None or index.time_base is None:
         return
-    declared_end = ((container.start_time or 0) + container.duration) / 1_000_000  # container times are microseconds
-    frames_end = float(index.pts[-1] * stream.time_base) + (1 / metadata.fps if metadata.fps else 0)
-    if frames_end + max(1.0, 0.1 * container.duration / 1_000_000) < declared_end:
+    frames_end = float(index.pts[-1]) * index.time_base + (1 / metadata.fps if metadata.fps else 0)
+    if frames_end + max(1.0, 0.1 * (declared_end - float(index.pts[0]) * index.time_base)) < declared_end:
         raise VideoDecodingError(
             f"{name} is truncated: its header declares {declared_end:.2f}s but its frames end at {frames_end:.2f}s. "
             "Re-download or re-encode the complete file."
         )
 
 
-def _decode_frames(container, stream, index: _FrameIndex, wanted_pts: np.ndarray, name: str) -> dict[int, np.ndarray]:
-    """Decode the frames with pts in `wanted_pts`, returned as {pts: (height, width, 3) uint8 RGB}."""
-    codec = stream.codec_context
-    # Open the decoder before `_decode_from_here` sets skip_frame: some decoders (libdav1d) read skip_frame only when
-    # opened, and opened with "NONREF" they would never return a wanted non-reference frame.
-    codec.open()
-    wanted = set(wanted_pts.tolist())
-    frames: dict[int, np.ndarray] = {}
-    decoded = None  # iterator over the decoded frames from the last seek on
-    last_pts = None  # pts of the last frame `decoded` returned
-    for target in sorted(wanted):
-        keyframe = index.keyframe_before(target)
-        if decoded is None or last_pts is None or keyframe > last_pts:
-            container.seek(keyframe, stream=stream, backward=True, any_frame=False)
-            codec.flush_buffers()
-            decoded = _decode_from_here(container, stream, wanted)
-        for frame in decoded:
-            last_pts = frame.pts
-            if frame.pts in wanted:
-                frames[frame.pts] = _to_rgb(frame)
-            if frame.pts >= target:
-                break
-        if target not in frames:
+class _SeekMissed(Exception):
+    """A seek did not land on the keyframe it asked for, or a frame was not where the index put it."""
+
+
+class _FrameReader:
+    """Decodes the frames at given indices: by seeking to keyframes where the index has them and each seek lands where
+    it should; otherwise (the verified fallback) by decoding the input again from its start, in order."""
+
+    def __init__(self, video_input: _VideoInput, container, stream, index: _FrameIndex):
+        self.input, self.container, self.stream, self.index = video_input, container, stream, index
+        self.known_pts = set(index.pts.tolist()) if index.by_pts else set()
+        self.reopened = None  # the container of the in-order fallback
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.reopened is not None:
+            self.reopened.close()
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """(len(indices), height, width, 3) uint8 RGB frames."""
+        import av
+
+        keys = self.index.pts[indices] if self.index.by_pts else indices  # how decoded frames are recognised
+        wanted = sorted(set(keys.tolist()))
+        try:
+            try:
+                frames = self._by_seeking(wanted)
+            except (_SeekMissed, av.FFmpegError):
+                frames = self._in_order(wanted)
+        except av.FFmpegError as error:
+            raise self.input.unreadable(error) from error
+        except _UnsupportedDisplayMatrix as error:
             raise VideoDecodingError(
-                f"The frame at {float(target * stream.time_base):.3f}s of {name} could not be decoded; the file is "
-                "corrupt or truncated. Re-encode or re-download it."
+                f"{self.input.name} has a display matrix {error} that is not a rotation by a multiple of 90 degrees "
+                "(mirrored or not); re-encode it with the transform applied."
+            ) from error
+        missing = [position for position, key in enumerate(keys.tolist()) if key not in frames]
+        if missing:
+            raise VideoDecodingError(
+                f"Frame {indices[missing[0]]} of {self.input.name} could not be decoded; the file is corrupt or "
+                "truncated. Re-encode or re-download it."
             )
-    return frames
+        sizes = sorted({f"{frame.shape[0]}x{frame.shape[1]}" for frame in frames.values()})
+        if len(sizes) > 1:
+            raise VideoDecodingError(
+                f"{self.input.name} changes its frame size between the sampled frames ({' and '.join(sizes)} pixels, "
+                "height x width); re-encode it to one size."
+            )
+        return np.stack([frames[key] for key in keys.tolist()])
+
+    def _by_seeking(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        """Frames with pts in `wanted`, sought from their keyframes; raises `_SeekMissed` when a seek is off."""
+        if not self.index.by_pts or not len(self.index.keyframe_pts):
+            raise _SeekMissed
+        # Open the decoder before `_decode_from_here` sets skip_frame: some decoders (libdav1d) read skip_frame only
+        # when opened, and opened with "NONREF" they would never return a wanted non-reference frame.
+        self.stream.codec_context.open()
+        frames: dict[int, np.ndarray] = {}
+        decoded, last_pts, wanted_set = None, None, set(wanted)
+        for target in wanted:
+            keyframe = self.index.keyframe_before(target)
+            if keyframe < 0:
+                raise _SeekMissed
+            if decoded is None or last_pts is None or self.index.keyframe_pts[keyframe] > last_pts:
+                decoded = self._seek(keyframe, wanted_set)
+            for frame in decoded:
+                last_pts = frame.pts
+                if frame.pts in wanted_set:
+                    frames[frame.pts] = _to_rgb(frame)
+                if frame.pts >= target:
+                    break
+            if target not in frames:
+                raise _SeekMissed
+        return frames
+
+    def _seek(self, keyframe: int, wanted: set[int]) -> Iterator:
+        """Decoded frames from the keyframe at position `keyframe` of the index on, after a verified seek.
+
+        The first frame must be that keyframe, at its pts. When it is not, the seek is retried from up to
+        `_SEEK_RETRIES` earlier keyframes (after a seek, the MPEG-PS demuxer guesses wrong timestamps for the first
+        packets); then `_SeekMissed`.
+        """
+        from av.video.frame import PictureType
+
+        start_pts = int(self.index.keyframe_pts[keyframe])
+        for earlier in range(min(_SEEK_RETRIES, keyframe) + 1):
+            seek_to = int(self.index.keyframe_seek[keyframe - earlier])
+            self.container.seek(seek_to, stream=self.stream, backward=True, any_frame=False)
+            self.stream.codec_context.flush_buffers()
+            decoded = _decode_from_here(self.container, self.stream, wanted, start_pts, self.known_pts, self.input.name)
+            try:
+                first = next(decoded, None)
+            except _SeekMissed:
+                continue
+            if first is not None and first.pts == start_pts and (first.key_frame or first.pict_type == PictureType.I):
+                return itertools.chain([first], decoded)
+        raise _SeekMissed
+
+    def _in_order(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        """Decode the input again from its start, every frame in order, as a plain sequential decode does (nothing is
+        skipped: in a damaged stream even a non-reference frame can change the decoder's state). Frames are recognised
+        by pts, or by position when pts do not identify them."""
+        self.reopened = self.input.open()
+        stream = _video_stream(self.reopened, self.input.name)
+        frames: dict[int, np.ndarray] = {}
+        wanted = set(wanted)
+        decoded = (frame for packet in _demux(self.reopened, stream, self.input.name) for frame in packet.decode())
+        for position, frame in enumerate(decoded):
+            key = frame.pts if self.index.by_pts else position
+            if key in wanted:
+                if frame.is_corrupt:
+                    raise VideoDecodingError(
+                        f"Frame {self.index.pts.searchsorted(key) if self.index.by_pts else key} of {self.input.name} "
+                        "is corrupt (the decoder concealed errors in it); re-encode or re-download the video."
+                    )
+                frames[key] = _to_rgb(frame)
+                if len(frames) == len(wanted):
+                    break
+        return frames
 
 
-def _decode_from_here(container, stream, wanted: set[int]):
-    """Decoded frames from the current demuxer position, skipping non-reference frames nobody asked for.
+def _decode_from_here(container, stream, wanted: set[int], start_pts: int, known_pts: set[int], name: str) -> Iterator:
+    """Decoded frames from `start_pts` on, after a seek to a keyframe at or before it, skipping non-reference frames
+    nobody asked for.
 
-    Packets come in decode order, so the skip is decided per packet: a wanted frame's packet is decoded in full, every
-    other packet with skip_frame "NONREF" (the decoder still decodes it when it is a reference for later frames).
+    Packets before the first keyframe are dropped; frames before `start_pts` are decoded (they may be references) but
+    not returned. Packets come in decode order, so the skip is decided per packet: a wanted frame's packet is decoded
+    in full, every other packet with skip_frame "NONREF" (the decoder still decodes it when it is a reference for later
+    frames). Raises `_SeekMissed` when the seek went past `start_pts`, or a frame is concealed (corrupt) or has a pts
+    the index does not know: an in-order decode then decides.
     """
     codec = stream.codec_context
-    for packet in container.demux(stream):
+    started = False
+    for packet in _demux(container, stream, name):
+        if not started:
+            if not packet.is_keyframe:
+                continue
+            if packet.pts is None or packet.pts > start_pts:
+                raise _SeekMissed
+            started = True
         codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
-        yield from codec.decode(packet)
+        for frame in codec.decode(packet):
+            if frame.pts is None or frame.pts >= start_pts and (frame.is_corrupt or frame.pts not in known_pts):
+                raise _SeekMissed
+            if frame.pts >= start_pts:
+                yield frame
+
+
+class _UnsupportedDisplayMatrix(Exception):
+    """A display matrix other than a multiple of 90 degrees, mirrored or not."""
 
 
 def _to_rgb(frame) -> np.ndarray:
-    """(height, width, 3) uint8 RGB array of a decoded frame, turned upright as its display matrix says."""
+    """(height, width, 3) uint8 RGB array of a decoded frame, as displayed: its display matrix applied."""
+    from av.sidedata.sidedata import SideDataContainer, Type
+
     rgb = frame.to_ndarray(format="rgb24")
-    rotation = frame.rotation
-    if rotation % 90:
-        raise VideoDecodingError(f"Display rotations must be multiples of 90 degrees, got {rotation}.")
-    return np.ascontiguousarray(np.rot90(rgb, k=(rotation // 90) % 4)) if rotation else rgb
+    # A container of its own: `frame.side_data` caches one on the frame, a reference cycle that keeps every decoded
+    # frame (and the decoder's buffers) alive until the garbage collector runs.
+    side_data = SideDataContainer(frame).get(Type.DISPLAYMATRIX)
+    if side_data is None:
+        return rgb
+    return _apply_display_matrix(rgb, np.frombuffer(bytes(side_data), dtype="<i4").reshape(3, 3))
+
+
+def _apply_display_matrix(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """`image` (height, width, channels) transformed by an FFmpeg display matrix (3, 3) int32, 16.16 fixed point.
+
+    FFmpeg maps a source pixel (x, y) (y pointing down) to x' = a x + c y, y' = b x + d y with [[a, b], [c, d]] the
+    upper-left 2x2 block; only signed permutations (rotations by multiples of 90 degrees, with or without a mirror) are
+    pixel-exact, anything else raises `_UnsupportedDisplayMatrix`.
+    """
+    linear = matrix[:2, :2] / 65536
+    signs = np.round(linear).astype(int)
+    is_signed_permutation = np.allclose(linear, signs, atol=1e-3) and (np.abs(signs).sum(0) == 1).all()
+    if not is_signed_permutation or (np.abs(signs).sum(1) != 1).any():
+        raise _UnsupportedDisplayMatrix(linear.round(3).tolist())
+    (a, b), (c, d) = signs
+    if a == 0:  # x' comes from y: transpose first, then x' = c y and y' = b x
+        image = image.transpose(1, 0, 2)
+        flip_x, flip_y = c < 0, b < 0
+    else:
+        flip_x, flip_y = a < 0, d < 0
+    if flip_x:
+        image = image[:, ::-1]
+    if flip_y:
+        image = image[::-1]
+    return np.ascontiguousarray(image)

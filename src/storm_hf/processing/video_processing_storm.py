@@ -17,7 +17,7 @@ from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_metadata
 
 from .token_budget import FramePlan, frames_within_budget, visual_token_grid
-from .video_decoding import StormVideoMetadata, is_video_source, read_video
+from .video_decoding import StormVideoMetadata, check_sampling_arguments, is_video_source, read_video
 
 # Settings of the model the token count depends on; `build_processor` copies them from the model config.
 TOKEN_GRID_SETTINGS = ("patch_size", "downsample_ratio", "temporal_pool_size", "spatial_pool_size")
@@ -257,8 +257,7 @@ class StormVideoProcessor(BaseVideoProcessor):
         With `fps`, the count is `round(duration * fps)` clamped to `[min_frames, max_frames]`; the frames are then
         spread uniformly as with `num_frames`. Asking for more frames than the video has raises.
         """
-        if num_frames is not None and fps is not None:
-            raise ValueError("`num_frames` and `fps` are mutually exclusive; pass one of them.")
+        check_sampling_arguments(num_frames, fps, min_frames, max_frames)
         total = metadata.total_num_frames
         if fps is not None:
             if not metadata.fps:
