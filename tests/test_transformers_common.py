@@ -266,9 +266,10 @@ class StormModelTest(common.test_modeling_common.ModelTesterMixin, unittest.Test
     @pytest.mark.xfail(
         strict=True,
         reason="Defect in modeling (to fix there): `build_vision_encoder` builds the truncated SigLIP tower from a copy "
-        "of `config.vision_config`, so the tower's config is not `model.config.vision_config`: settings made on the "
-        "model's config (attention implementation, output_attentions) miss the tower ('We set the attention "
-        "implementation for the sub-config `vision_config` ... without finding the associated sub-model')",
+        "of `config.vision_config`, so the tower's config is not `model.config.vision_config`: a setting changed on "
+        "`model.config.vision_config` after construction does not reach the tower, and `set_attn_implementation` warns "
+        "'We set the attention implementation for the sub-config `vision_config` ... without finding the associated "
+        "sub-model'",
     )
     def test_internal_model_config_and_subconfig_are_same(self):
         super().test_internal_model_config_and_subconfig_are_same()
