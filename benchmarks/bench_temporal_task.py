@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
+LEARNING_RATE = 1e-3  # every part, the LLM included: short runs need the LLM to learn the answer format fast
 
 
 @dataclass(frozen=True)
@@ -69,14 +70,16 @@ ARMS = {
 SIZES = {
     # steps x batch samples of num_train training clips; num_test test clips per question type
     "full": dict(num_train=4000, num_test=200, steps=2000, batch_size=16, seeds=(0, 1, 2), distinct_draws=2000),
-    "reduced": dict(num_train=1200, num_test=50, steps=300, batch_size=8, seeds=(0, 1, 2), distinct_draws=300),
+    "reduced": dict(num_train=800, num_test=50, steps=250, batch_size=8, seeds=(0, 1, 2), distinct_draws=200),
     "smoke": dict(num_train=16, num_test=4, steps=2, batch_size=4, seeds=(0, 1, 2), distinct_draws=5),  # runs, no more
 }
 PREFILL_BATCH = 16
 
 
 def content_setting(settings: dict) -> dict:
-    return {key: settings[key] for key in ("num_train", "num_test", "steps", "batch_size", "seeds")}
+    return {key: settings[key] for key in ("num_train", "num_test", "steps", "batch_size", "seeds")} | {
+        "learning_rate": LEARNING_RATE
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -209,6 +212,8 @@ def run_one(arm_name: str, seed: int, settings: dict, data: str, demo_checkpoint
         output_dir=data / "trainer" / f"{arm_name}_seed{seed}",
         max_steps=settings["steps"],
         batch_size=settings["batch_size"],
+        learning_rate=LEARNING_RATE,
+        language_model_learning_rate=None,
         seed=seed,
         use_cpu=True,
     )
