@@ -70,15 +70,16 @@ ARMS = {
 SIZES = {
     # steps x batch samples of num_train training clips; num_test test clips per question type
     "full": dict(num_train=4000, num_test=200, steps=2000, batch_size=16, seeds=(0, 1, 2), distinct_draws=2000),
-    "reduced": dict(num_train=800, num_test=50, steps=250, batch_size=8, seeds=(0, 1, 2), distinct_draws=200),
+    "reduced": dict(num_train=800, num_test=50, steps=200, batch_size=8, seeds=(0, 1, 2), distinct_draws=200),
     "smoke": dict(num_train=16, num_test=4, steps=2, batch_size=4, seeds=(0, 1, 2), distinct_draws=5),  # runs, no more
 }
 PREFILL_BATCH = 16
 
 
 def content_setting(settings: dict) -> dict:
-    return {key: settings[key] for key in ("num_train", "num_test", "steps", "batch_size", "seeds")} | {
-        "learning_rate": LEARNING_RATE
+    return {key: settings[key] for key in ("num_train", "num_test", "steps", "batch_size")} | {
+        "seeds": list(settings["seeds"]),
+        "learning_rate": LEARNING_RATE,
     }
 
 
@@ -120,7 +121,8 @@ def prepare_data(data: Path, settings: dict) -> dict:
     report_file = data / "data_report.json"
     if report_file.is_file():
         report = json.loads(report_file.read_text())
-        if report["settings"] == content_setting(settings):
+        wanted = content_setting(settings)
+        if all(report["settings"][key] == wanted[key] for key in ("num_train", "num_test", "seeds")):
             return report
     seen = ClipHashes()
     for seed in settings["seeds"]:
