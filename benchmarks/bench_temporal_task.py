@@ -20,7 +20,7 @@ against the training clips of every seed: none equals a training clip up to nois
 results report, per question type, the candidates rejected and the overlap left (0), and how many distinct clips and
 scenes the task's scene space gave in a separate sample of draws.
 
-    python benchmarks/bench_temporal_task.py --size full      # the full benchmark, ~2 h on an idle 2-core machine
+    python benchmarks/bench_temporal_task.py --size full      # the full benchmark, ~1.5-2 h on an idle 2-core machine
     python benchmarks/bench_temporal_task.py --size reduced   # fewer steps and clips, all arms and 3 seeds
 
 writes benchmarks/results/temporal_task.md, .json and .png (accuracy vs visual tokens per arm). Each (arm, seed) run
@@ -69,7 +69,7 @@ ARMS = {
 }
 SIZES = {
     # steps x batch samples of num_train training clips; num_test test clips per question type
-    "full": dict(num_train=4000, num_test=200, steps=2000, batch_size=16, seeds=(0, 1, 2), distinct_draws=2000),
+    "full": dict(num_train=4000, num_test=200, steps=1500, batch_size=16, seeds=(0, 1, 2), distinct_draws=2000),
     "reduced": dict(num_train=800, num_test=50, steps=200, batch_size=8, seeds=(0, 1, 2), distinct_draws=200),
     "smoke": dict(num_train=16, num_test=4, steps=2, batch_size=4, seeds=(0, 1, 2), distinct_draws=5),  # runs, no more
 }

@@ -1,5 +1,4 @@
-"""The synthetic temporal task: answers decided by frame order alone, test clips checked unseen, and a short training
-run of STORM that beats the bag-of-frames chance on held-out clips."""
+"""The synthetic temporal task: answers decided by frame order alone, test clips checked unseen by content hash."""
 
 import hashlib
 import json
@@ -8,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from storm_hf import StormForConditionalGeneration
 from storm_hf.processing import read_video
 from storm_hf.synthetic import (
-    BAG_OF_FRAMES_CHANCE,
     COLOURS,
     IMAGE_SIZE,
     NUM_FRAMES,
@@ -27,8 +24,6 @@ from storm_hf.synthetic import (
     render_sample,
     sample_scene,
     task_words,
-    temporal_task_config,
-    train_temporal_task_model,
     unseen_clips,
 )
 
@@ -188,24 +183,3 @@ def test_evaluate_counts_exact_matches_per_question_type():
         }
     )
     assert 0 < scores["return"] < 1  # a mix of answers: the arithmetic is tested, not a constant
-
-
-def test_short_training_run_beats_chance_on_unseen_clips(tmp_path):
-    """CI-sized proof of the mechanism with the leakage check: STORM trained briefly on "which colour flashes first?"
-    answers held-out clips, checked by content hash not to be training clips, well above the 50% of a bag of frames."""
-    train = list(draw_clips(320, np.random.default_rng([0, 0]), question_types=("first",), num_frames=32))
-    seen = ClipHashes.of(train)
-    test, rejected = unseen_clips(64, np.random.default_rng([0, 1]), seen, question_types=("first",))
-    assert seen.overlap(test) == {"first": {"rows": 64, "clips": 0, "scenes": 0}} and rejected == {"first": 0}
-    tokenizer = build_task_tokenizer()
-    processor = build_task_processor(tokenizer)
-    torch.manual_seed(0)
-    model = StormForConditionalGeneration(temporal_task_config(tokenizer))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and much faster on a busy machine
-    try:
-        train_temporal_task_model(model, processor, train, tmp_path, max_steps=150, batch_size=8, use_cpu=True)
-    finally:
-        torch.set_num_threads(threads)
-    accuracy = evaluate_temporal_task(model, processor, test)["first"]
-    assert accuracy >= BAG_OF_FRAMES_CHANCE["first"] + 0.2, f"accuracy {accuracy:.2f} on unseen 'first' clips"
