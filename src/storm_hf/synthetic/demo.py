@@ -3,8 +3,8 @@
 The bundled checkpoint (`storm_hf/synthetic/demo_checkpoint/`, saved by `benchmarks/bench_temporal_task.py
 --demo-checkpoint`; `examples/train_temporal_task.py` trains one too) is a ~1M-parameter STORM trained on the
 synthetic temporal task (`storm_hf.synthetic`), whose questions (which colour flashes first, how many flashes, does the
-shape come back, which way it moves) cannot be answered from any single frame or from an unordered bag of frames. The checkpoint ships the content hashes of its training clips
-(`train_hashes.json`). The demo:
+shape come back, which way it moves) cannot be answered from any single frame or from an unordered bag of frames. The
+checkpoint ships the content hashes of its training clips (`train_hashes.json`). The demo:
 
 1. renders a clip, checks its hashes against the training clips' (drawing again if it was one), writes it as an mp4;
 2. answers the clip's question, reading the video file like any other;
