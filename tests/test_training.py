@@ -9,8 +9,8 @@ from transformers import TrainingArguments
 
 from storm_hf import StormForConditionalGeneration
 from storm_hf.synthetic import (
-    BAG_OF_FRAMES_CHANCE,
-    evaluate_temporal_task,
+    IMAGE_SIZE,
+    NUM_FRAMES,
     make_messages,
     render_sample,
     temporal_task_config,
@@ -77,8 +77,8 @@ def fixed_batch(processor, task, size=4):
 def test_collator_labels_only_the_assistant_answer(processor, task):
     batch = StormDataCollator(processor)([task["train"][index] for index in range(4)])
     tokenizer = processor.tokenizer
-    assert batch["pixel_values_videos"].shape == (4, 4, 3, 64, 64)
-    assert batch["video_num_frames"].tolist() == [[4]] * 4
+    assert batch["pixel_values_videos"].shape == (4, NUM_FRAMES, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert batch["video_num_frames"].tolist() == [[NUM_FRAMES]] * 4
     assert "video_metadata" not in batch and "assistant_masks" not in batch
     for sample in range(4):
         labelled = batch["labels"][sample][batch["labels"][sample] != IGNORE_INDEX]
@@ -102,7 +102,7 @@ def test_collator_batches_ragged_videos_and_decoded_frames_from_datasets(process
     collator = StormDataCollator(processor, processor_kwargs={"do_sample_frames": False})
     batch = collator([stored[0], stored[1]])
     assert batch["video_num_frames"].tolist() == [[4, 0], [8, 6]]
-    assert batch["pixel_values_videos"].shape == (2, 14, 3, 64, 64)
+    assert batch["pixel_values_videos"].shape == (2, 14, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert bool((batch["pixel_values_videos"][0, 4:] == 0).all())  # zero padding after the 4 frames of sample 0
     answers = processor.tokenizer.decode(batch["labels"][1][batch["labels"][1] != IGNORE_INDEX])
     assert answers == "right<|im_end|>no<|im_end|>"  # every assistant turn, nothing else

@@ -668,7 +668,7 @@ def run_stream(args) -> None:
 
 
 def run_demo(args) -> None:
-    from .demo import run_demo as demo
+    from .synthetic.demo import run_demo as demo
 
     demo(seed=args.seed, question_type=args.question_type, eval_clips=args.eval_clips, checkpoint=args.checkpoint)
 
