@@ -216,9 +216,7 @@ def speedup(results, method, length):
     ours_wall, ours_cpu = statistics.median(ours["wall"]), statistics.median(ours["cpu"])
     if not other["wall"]:  # timed out before finishing a call
         return f">{other['time_limit'] / ours_wall:.0f}x wall"
-    return (
-        f"{statistics.median(other['wall']) / ours_wall:.1f}x / {statistics.median(other['cpu']) / ours_cpu:.1f}x"
-    )
+    return f"{statistics.median(other['wall']) / ours_wall:.1f}x / {statistics.median(other['cpu']) / ours_cpu:.1f}x"
 
 
 def machine_description(threads):

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bench_compression import bench_config, proc_status_kib
 
 

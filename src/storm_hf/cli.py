@@ -276,7 +276,9 @@ class EncodingProgress:
         from tqdm.auto import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=total, desc="encoding frames", unit="frame", disable=not self.enabled, file=sys.stderr)
+            self.bar = tqdm(
+                total=total, desc="encoding frames", unit="frame", disable=not self.enabled, file=sys.stderr
+            )
         self.bar.update(done - self.bar.n)
         if done == total:
             self.bar.close()
