@@ -307,7 +307,9 @@ def run_benchmark(args):
             for frames in args.frames:
                 for setting in args.settings:
                     memory[frames, setting] = run_worker_subprocess(args, model_dir, setting, frames)
-                    print(f"frames {frames:4d} {setting:26s} peak {memory[frames, setting]['peak_mb']:.0f} MB", flush=True)
+                    print(
+                        f"frames {frames:4d} {setting:26s} peak {memory[frames, setting]['peak_mb']:.0f} MB", flush=True
+                    )
         finally:
             shutil.rmtree(model_dir, ignore_errors=True)
 
@@ -345,9 +347,13 @@ def run_worker(args):
     model_dir, setting, frames = args.worker[0], args.worker[1], int(args.worker[2])
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     temporal_pool, spatial_pool, _ = SETTINGS[setting]
-    model = StormForConditionalGeneration.from_pretrained(
-        model_dir, dtype=dtype, temporal_pool_size=temporal_pool, spatial_pool_size=spatial_pool
-    ).to(device).eval()
+    model = (
+        StormForConditionalGeneration.from_pretrained(
+            model_dir, dtype=dtype, temporal_pool_size=temporal_pool, spatial_pool_size=spatial_pool
+        )
+        .to(device)
+        .eval()
+    )
     assert model.model.token_compressor.temporal_pool_size == temporal_pool
     assert model.model.token_compressor.spatial_pool_size == spatial_pool
     with torch.no_grad():  # own copies of the weights: none stays a lazily paged-in view of the checkpoint file
@@ -461,7 +467,9 @@ def summarize(samples, args):
     for (frames, setting), row in summary.items():
         base = summary[frames, BASELINE]
         row["reduction"] = base["tokens"] / row["tokens"]
-        row["prompt_reduction"] = (base["tokens"] + TEXT_BEFORE + TEXT_AFTER) / (row["tokens"] + TEXT_BEFORE + TEXT_AFTER)
+        row["prompt_reduction"] = (base["tokens"] + TEXT_BEFORE + TEXT_AFTER) / (
+            row["tokens"] + TEXT_BEFORE + TEXT_AFTER
+        )
     return summary
 
 
@@ -525,7 +533,10 @@ def render(summary, memory, info, args, model_text):
             )
 
     lines += ["", f"## Share of e2e at {largest} frames", ""]
-    lines += ["| setting | vision | projector | compress | prefill | decode | unaccounted |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "| setting | vision | projector | compress | prefill | decode | unaccounted |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for setting in args.settings:
         row = summary[largest, setting]
         shares = [100 * share for share in row["shares"]] + [100 * (1 - row["stage_ratio"])]
@@ -540,7 +551,10 @@ def render(summary, memory, info, args, model_text):
         "`prefill / decode step` is the prefill time in decode steps: near 1, the forward is bound by reading the "
         "weights once, not by the number of tokens, and cannot speed up further with fewer tokens."
     )
-    lines += ["", "| frames | setting | token reduction | prompt reduction | prefill speed-up | needed | met | prefill / decode step |"]
+    lines += [
+        "",
+        "| frames | setting | token reduction | prompt reduction | prefill speed-up | needed | met | prefill / decode step |",
+    ]
     lines.append("|---:|---|---:|---:|---:|---:|---|---:|")
     for frames in args.frames:
         for setting in args.settings:
@@ -573,7 +587,11 @@ def render(summary, memory, info, args, model_text):
         lines.append(
             f"- Memory workers (weights reloaded with the setting's pooling in the config) generate the same tokens as the "
             f"attribute-switched model: {len(same)}/{len(memory)}"
-            + ("." if len(same) == len(memory) else f" (differ: {', '.join(f'{f}/{s}' for f, s in memory if (f, s) not in same)}).")
+            + (
+                "."
+                if len(same) == len(memory)
+                else f" (differ: {', '.join(f'{f}/{s}' for f, s in memory if (f, s) not in same)})."
+            )
         )
     spread = max(row["spread"] for row in summary.values())
     lines.append(f"- Largest e2e max/min over repeats of one cell: {spread:.2f} (noise from the shared machine).")

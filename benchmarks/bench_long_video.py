@@ -27,8 +27,11 @@ the report also gives the growth per additional frame (the slope), which a fixed
 
 Writes benchmarks/results/long_video.md, .json and long_video.png (memory vs frames, both arms).
 
-Part 2 (a 1-hour video answered through the pipeline with `max_visual_tokens=8192`) is a separate section below,
-to be added once `max_visual_tokens` exists.
+Part 2 (`long_video_hour.py`, `--part hour`): a synthetic 1-hour video answered end to end through the
+`video-text-to-text` pipeline with `max_visual_tokens=8192` (decode, encode, prefill, peak RSS), in a fresh process.
+Writes benchmarks/results/long_video_hour.md and .json. Target: peak RSS <= 8 GB.
+
+    python benchmarks/bench_long_video.py --part hour                  # 3600 s at 1 fps, 96 px frames
 """
 
 import argparse
@@ -37,6 +40,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_compression import bench_config, code_state, machine_description, proc_status_kib  # noqa: E402
+from long_video_hour import render_hour, run_hour  # noqa: E402
 
 
 ARMS = ("all-at-once", "micro-batched")
@@ -63,6 +68,19 @@ def parse_args():
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker (0: torch's default)")
     parser.add_argument("--out", type=Path, default=RESULTS / "long_video.md")
+    parser.add_argument("--part", choices=("encoding", "hour", "all"), default="all")
+    hour = parser.add_argument_group("part 2: the 1-hour video")
+    hour.add_argument("--hour-seconds", type=int, default=3600, help="length of the synthetic video")
+    hour.add_argument("--hour-fps", type=int, default=1, help="its frame rate")
+    hour.add_argument(
+        "--hour-image-size",
+        type=int,
+        default=96,
+        help="its frame side (and the model's image size), px; 96: 9 tokens per frame, so 8192 tokens hold every frame "
+        "of the hour at 1 fps pooled by 4 (a larger size makes the policy sample with stride 2)",
+    )
+    hour.add_argument("--max-visual-tokens", type=int, default=8192)
+    hour.add_argument("--new-tokens", type=int, default=8, help="tokens generated for the answer")
     parser.add_argument("--worker", nargs=2, metavar=("ARM", "FRAMES"), help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -261,10 +279,31 @@ def render(rows, config, settings) -> str:
 
 
 # ---------------------------------------------------------------- part 2: a 1-hour video through the pipeline
-#
-# To be added by the lead once `max_visual_tokens` exists: a synthetic 1-hour video (>= 1 fps) answered end to end
-# through the `video-text-to-text` pipeline with `max_visual_tokens=8192` (decode, encode, prefill, peak RSS), its
-# own rows in long_video.md/.json. Target: peak RSS <= 8 GB.
+
+
+def run_hour_part(args, settings):
+    """Part 2 in this process (its VmHWM is the run's peak): writes long_video_hour.md and .json."""
+    settings = {
+        **settings,
+        **{name: getattr(args, name) for name in ("hour_seconds", "hour_fps", "hour_image_size", "max_visual_tokens")},
+    }
+    with tempfile.TemporaryDirectory() as work_dir:
+        result = run_hour(args, Path(work_dir))
+    settings["load_end"] = " ".join(f"{load:.1f}" for load in os.getloadavg())
+    out = args.out.with_name(args.out.stem + "_hour.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = [
+        "# Long video: a 1-hour video through the pipeline",
+        "",
+        f"Written whole by `{settings['command']}` on {settings['date']} ({settings['code']}).",
+        "",
+        f"Machine: {settings['machine']}; load average at start {settings['load_start']}, at end "
+        f"{settings['load_end']} (times are noisy on a loaded machine; memory is not).",
+        "",
+    ]
+    out.write_text("\n".join(header + render_hour(result)))
+    out.with_suffix(".json").write_text(json.dumps({"settings": settings, "hour": result}, indent=2) + "\n")
+    print(out.read_text())
 
 
 def main():
@@ -282,10 +321,15 @@ def main():
         "code": code_state(),
         "machine": machine_description(argparse.Namespace(device="cpu")),
         "load_start": " ".join(f"{load:.1f}" for load in os.getloadavg()),
-        "image_size": args.image_size,
-        "frames": args.frames,
         "threads": args.threads,
     }
+    if args.part == "hour":
+        run_hour_part(args, settings)
+        return
+    if args.part == "all":  # the hour in a fresh process of its own, so that its peak RSS is its own
+        hour = [arg for arg in sys.argv[1:] if arg not in ("--part", "all")]
+        subprocess.run([sys.executable, __file__, "--part", "hour", *hour], check=True)
+    settings.update(image_size=args.image_size, frames=args.frames)
     rows = run_encoding(args)
     settings["load_end"] = " ".join(f"{load:.1f}" for load in os.getloadavg())
     config = bench_config(args.image_size)

@@ -127,6 +127,9 @@ def run_worker(method, length, mode, repeats, threads):
         u, delta, *rest = inputs.values()  # transformers names them hidden_states and dt
         return mamba_selective_scan(u, delta, *rest, delta_softplus=True, use_mambapy=method == "mambapy")
 
+    if method == "mambapy":
+        check_mambapy_path(call)
+
     def step():
         if backward:
             call().backward(grad_output)
@@ -144,6 +147,30 @@ def run_worker(method, length, mode, repeats, threads):
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         peak_mib = (peak_rss_kib() - baseline_kib) / 1024 if repeat == 0 else None
         print(json.dumps({"wall": wall, "cpu": cpu, "peak_mib": peak_mib}), flush=True)
+
+
+def check_mambapy_path(call) -> None:
+    """Makes sure the `mambapy` arm times mambapy's pscan: without mambapy, `mamba_selective_scan(use_mambapy=True)`
+    silently runs the token loop. One untimed call with `mambapy.pscan.pscan` wrapped in a counter."""
+    from transformers.utils.import_utils import is_mambapy_available
+
+    if not is_mambapy_available():
+        raise SystemExit("The mambapy arm needs mambapy (`pip install mambapy`): without it, it would time the loop.")
+    import mambapy.pscan
+
+    original, calls = mambapy.pscan.pscan, []
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    mambapy.pscan.pscan = counted
+    try:
+        call()
+    finally:
+        mambapy.pscan.pscan = original
+    if not calls:
+        raise SystemExit("mamba_selective_scan(use_mambapy=True) did not call mambapy's pscan: the arm is not mambapy.")
 
 
 def current_rss_kib():
@@ -189,9 +216,7 @@ def speedup(results, method, length):
     ours_wall, ours_cpu = statistics.median(ours["wall"]), statistics.median(ours["cpu"])
     if not other["wall"]:  # timed out before finishing a call
         return f">{other['time_limit'] / ours_wall:.0f}x wall"
-    return (
-        f"{statistics.median(other['wall']) / ours_wall:.1f}x / {statistics.median(other['cpu']) / ours_cpu:.1f}x"
-    )
+    return f"{statistics.median(other['wall']) / ours_wall:.1f}x / {statistics.median(other['cpu']) / ours_cpu:.1f}x"
 
 
 def machine_description(threads):

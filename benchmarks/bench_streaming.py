@@ -41,12 +41,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_compression import PATCH_SIZE, bench_config, code_state, machine_description, proc_status_kib
 
 from storm_hf import StormConfig, StormForConditionalGeneration
 from storm_hf.streaming import StormStreamingSession
 from storm_hf.synthetic import build_task_processor
+
 
 QUESTION = "What has happened in the video so far?"
 

@@ -1,161 +1,450 @@
-"""Does the Mamba temporal projector put temporal context into the tokens? STORM vs the same model without it.
+"""STORM's mechanism on synthetic long videos: a small replica of the paper's Table 2.
 
-Trains, with the same budget (steps, batch, learning rate, seed, data), two tiny models on the synthetic temporal task
-(`storm_hf.synthetic`) and reports greedy exact-match test accuracy per question type:
+Every arm is the same tiny model (`storm_hf.synthetic.temporal_task_config`) trained with the same data, steps, batch,
+learning rates and seeds on the synthetic temporal task (32-frame clips whose answers depend on the order of the frames
+only), and reaches the LLM with the same number of visual tokens (8 per clip, one token per frame before compression):
 
-- `storm`: pixel-shuffle -> Linear -> 2 bidirectional Mamba layers -> temporal pooling k=4 -> Qwen2;
-- `no_temporal_encoder`: the same with `mamba_num_layers=0` (pixel-shuffle -> Linear -> temporal pooling k=4 -> Qwen2).
+| arm | temporal projector | frames | compression | paper |
+|---|---|---|---|---|
+| `storm_tpool` | Linear -> 2 bidirectional Mamba layers | 32 | T.Pool k=4 | STORM + T.Pool |
+| `linear_tpool` | Linear | 32 | T.Pool k=4 | VILA baseline + T.Pool |
+| `linear_subsample` | Linear | 8 (uniform) | none | VILA baseline on fewer frames |
+| `storm_subsample` | Linear -> 2 bidirectional Mamba layers | 8 (uniform) | none | STORM on fewer frames |
+| `causal_storm_tpool` | Linear -> 2 causal Mamba layers | 32 | T.Pool k=4 | streaming STORM + T.Pool |
 
-Videos have 4 frames of one token each, so temporal pooling k=4 turns each video into one LLM token in both arms:
-without the Mamba that token is the average of the frames' tokens, an unordered bag, which cannot answer
-order-dependent questions.
+and, evaluation only, test-time temporal sampling s=2 and s=4 (keep every s-th pooled token: 4 and 2 visual tokens)
+on the `storm_tpool` and `linear_tpool` models trained at s=1.
 
-    python benchmarks/bench_temporal_task.py   # both arms side by side, ~15-25 min on 2 CPU cores;
-                                               # writes benchmarks/results/temporal_task.md (+ .json)
+The test clips are drawn once for all arms and seeds and checked by content hash (`storm_hf.synthetic.ClipHashes`)
+against the training clips of every seed: none equals a training clip up to noise, none reorders a training scene. The
+results report, per question type, the candidates rejected and the overlap left (0), and how many distinct clips and
+scenes the task's scene space gave in a separate sample of draws.
+
+    python benchmarks/bench_temporal_task.py --size full      # the full benchmark, ~1.5-2 h on an idle 2-core machine
+    python benchmarks/bench_temporal_task.py --size reduced   # fewer steps and clips, all arms and 3 seeds
+
+writes benchmarks/results/temporal_task.md, .json and .png (accuracy vs visual tokens per arm). Each (arm, seed) run
+is one process with one torch thread (`--jobs` at a time); finished runs are kept in `--data` and reused by a rerun
+with the same settings.
 """
 
 import argparse
 import json
+import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing import get_context
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from storm_hf import StormForConditionalGeneration
-from storm_hf.synthetic import (
-    BAG_OF_FRAMES_CHANCE,
-    ORDER_DEPENDENT_TYPES,
-    QUESTION_TYPES,
-    build_task_processor,
-    build_task_tokenizer,
-    evaluate_temporal_task,
-    generate_temporal_task,
-    load_temporal_task,
-    temporal_task_config,
-    train_temporal_task_model,
-)
+RESULTS = Path(__file__).parent / "results"
+LEARNING_RATE = 1e-3  # every part, the LLM included: short runs need the LLM to learn the answer format fast
 
 
-ARMS = {"storm": 2, "no_temporal_encoder": 0}  # arm -> mamba_num_layers
+@dataclass(frozen=True)
+class Arm:
+    """A trained arm: the model's projector and compression, and the frames the processor samples per clip."""
+
+    label: str
+    mamba_num_layers: int
+    temporal_pool_size: int
+    num_frames: int
+    mamba_bidirectional: bool = True
+    test_time_strides: tuple[int, ...] = ()
 
 
-def load_or_generate(data_dir: Path, num_train: int, num_test: int, seed: int):
-    wanted = dict(num_train=num_train, num_test=num_test, seed=seed, question_types=list(QUESTION_TYPES))
-    task_file = data_dir / "task.json"
-    if task_file.exists() and all(json.loads(task_file.read_text()).get(k) == v for k, v in wanted.items()):
-        return load_temporal_task(data_dir)
-    return generate_temporal_task(data_dir, num_train=num_train, num_test=num_test, seed=seed)
+ARMS = {
+    "storm_tpool": Arm("STORM + T.Pool", 2, 4, 32, test_time_strides=(2, 4)),
+    "linear_tpool": Arm("Linear + T.Pool (VILA baseline)", 0, 4, 32, test_time_strides=(2, 4)),
+    "linear_subsample": Arm("Linear, 8 uniformly sampled frames", 0, 1, 8),
+    "storm_subsample": Arm("STORM, 8 uniformly sampled frames", 2, 1, 8),
+    "causal_storm_tpool": Arm("causal STORM + T.Pool", 2, 4, 32, mamba_bidirectional=False),
+}
+SIZES = {
+    # steps x batch samples of num_train training clips; num_test test clips per question type
+    "full": dict(num_train=4000, num_test=200, steps=1500, batch_size=16, seeds=(0, 1, 2), distinct_draws=2000),
+    "reduced": dict(num_train=800, num_test=50, steps=200, batch_size=8, seeds=(0, 1, 2), distinct_draws=200),
+    "smoke": dict(num_train=16, num_test=4, steps=2, batch_size=4, seeds=(0, 1, 2), distinct_draws=5),  # runs, no more
+}
+PREFILL_BATCH = 16
 
 
-def run_arm(name, num_layers, tokenizer, processor, dataset, args):
-    torch.manual_seed(args.seed)
-    model = StormForConditionalGeneration(temporal_task_config(tokenizer, mamba_num_layers=num_layers))
-    num_parameters = sum(parameter.numel() for parameter in model.parameters())
+def content_setting(settings: dict) -> dict:
+    return {key: settings[key] for key in ("num_train", "num_test", "steps", "batch_size")} | {
+        "seeds": list(settings["seeds"]),
+        "learning_rate": LEARNING_RATE,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data: training clips per seed and one test set, stored as uint8 frame arrays (memory-mapped by the workers)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _store(folder: Path, rows: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "frames.npy", np.stack([row["frames"] for row in rows]))
+    keys = ("question_type", "question", "answer", "clip_hash", "bag_hash")
+    (folder / "rows.json").write_text(json.dumps([{key: row[key] for key in keys} for row in rows]))
+
+
+class StoredClips:
+    """Rows of a stored split, with the frames read from the memory-mapped array on access."""
+
+    def __init__(self, folder: Path):
+        from storm_hf.synthetic import make_messages
+
+        self.make_messages = make_messages
+        self.frames = np.load(folder / "frames.npy", mmap_mode="r")
+        self.rows = json.loads((folder / "rows.json").read_text())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        frames = np.array(self.frames[index])
+        return dict(row, frames=frames, messages=self.make_messages(frames, row["question"], row["answer"]))
+
+
+def prepare_data(data: Path, settings: dict) -> dict:
+    """Renders the training clips of every seed and the test set (unseen by all of them); returns the data report."""
+    from storm_hf.synthetic import QUESTION_TYPES, ClipHashes, distinct_clip_counts, draw_clips, unseen_clips
+
+    report_file = data / "data_report.json"
+    if report_file.is_file():
+        report = json.loads(report_file.read_text())
+        wanted = content_setting(settings)
+        if all(report["settings"][key] == wanted[key] for key in ("num_train", "num_test", "seeds")):
+            return report
+    seen = ClipHashes()
+    for seed in settings["seeds"]:
+        rows = list(draw_clips(settings["num_train"], np.random.default_rng([seed, 0])))
+        _store(data / f"train_seed{seed}", rows)
+        seen.clip_hashes |= ClipHashes.of(rows).clip_hashes
+        seen.bag_hashes |= ClipHashes.of(rows).bag_hashes
+    test, rejected = unseen_clips(settings["num_test"] * len(QUESTION_TYPES), np.random.default_rng([10_000, 1]), seen)
+    _store(data / "test", test)
+    report = dict(
+        settings=content_setting(settings),
+        test_candidates_rejected=rejected,
+        distinct_in_draws=distinct_clip_counts(settings["distinct_draws"], np.random.default_rng([20_000, 2])),
+    )
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def check_overlap(data: Path, settings: dict) -> dict:
+    """Per question type, the test rows whose clip or bag hash is among any seed's training rows (read back from
+    disk: the check of what the arms are actually evaluated on)."""
+    from storm_hf.synthetic import ClipHashes
+
+    seen = ClipHashes()
+    for seed in settings["seeds"]:
+        rows = json.loads((data / f"train_seed{seed}" / "rows.json").read_text())
+        seen.clip_hashes |= ClipHashes.of(rows).clip_hashes
+        seen.bag_hashes |= ClipHashes.of(rows).bag_hashes
+    overlap = seen.overlap(json.loads((data / "test" / "rows.json").read_text()))
+    if any(counts["clips"] or counts["scenes"] for counts in overlap.values()):
+        raise RuntimeError(f"Test clips overlap the training clips: {overlap}")
+    return overlap
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One (arm, seed) run, in its own process
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def prefill_seconds(model, processor, rows, **processor_kwargs) -> tuple[float, int]:
+    """Median time of 5 forward passes over the prompts of `rows` (vision tower, projector, LLM prefill), after a
+    warm-up, and the number of visual tokens per clip."""
+    import torch
+
+    from storm_hf.synthetic.evaluate import prompt_inputs
+
+    inputs = prompt_inputs(processor, rows, **processor_kwargs)
+    times = []
+    with torch.inference_mode():
+        for _ in range(6):
+            start = time.perf_counter()
+            model(**inputs)
+            times.append(time.perf_counter() - start)
+    visual_tokens = int((inputs["input_ids"][0] == processor.video_token_id).sum())
+    return statistics.median(times[1:]), visual_tokens
+
+
+def run_one(arm_name: str, seed: int, settings: dict, data: str, demo_checkpoint: str | None = None) -> dict:
+    """Trains and evaluates one arm with one seed; saves the model as the demo checkpoint if `demo_checkpoint`."""
+    import torch
+
+    torch.set_num_threads(1)
+    from storm_hf import StormForConditionalGeneration
+    from storm_hf.synthetic import (
+        build_task_processor,
+        build_task_tokenizer,
+        evaluate_temporal_task,
+        temporal_task_config,
+        train_temporal_task_model,
+    )
+
+    arm, data = ARMS[arm_name], Path(data)
+    train, test = StoredClips(data / f"train_seed{seed}"), StoredClips(data / "test")
+    tokenizer = build_task_tokenizer()
+    processor = build_task_processor(tokenizer, num_frames=arm.num_frames, temporal_pool_size=arm.temporal_pool_size)
+    torch.manual_seed(seed)
+    config = temporal_task_config(
+        tokenizer,
+        mamba_num_layers=arm.mamba_num_layers,
+        mamba_bidirectional=arm.mamba_bidirectional,
+        temporal_pool_size=arm.temporal_pool_size,
+    )
+    model = StormForConditionalGeneration(config)
     start = time.perf_counter()
-    result = train_temporal_task_model(
+    output = train_temporal_task_model(
         model,
         processor,
-        dataset["train"],
-        output_dir=args.data / f"trainer_{name}",
-        max_steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        language_model_learning_rate=args.llm_lr,
-        seed=args.seed,
-        use_cpu=not torch.cuda.is_available(),
+        train,
+        output_dir=data / "trainer" / f"{arm_name}_seed{seed}",
+        max_steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        learning_rate=LEARNING_RATE,
+        language_model_learning_rate=None,
+        seed=seed,
+        use_cpu=True,
     )
-    train_seconds = time.perf_counter() - start
-    scores = evaluate_temporal_task(model, processor, dataset["test"])
-    print(f"{name}: {json.dumps({k: round(v, 3) for k, v in scores.items()})} ({train_seconds:.0f} s)", flush=True)
-    return dict(scores=scores, train_seconds=train_seconds, train_loss=result.training_loss, parameters=num_parameters)
-
-
-def write_report(path: Path, results: dict, args, command: str):
-    storm, linear = results["storm"], results["no_temporal_encoder"]
-    lines = [
-        "# Synthetic temporal task: STORM vs no temporal encoder",
-        "",
-        "Greedy exact-match accuracy on the test split (`storm_hf.synthetic`). Both arms: the same tiny model, data, "
-        f"steps ({args.steps}), batch ({args.batch_size}), learning rates ({args.lr} vision and projector, {args.llm_lr} "
-        f"LLM; cosine) and seed ({args.seed}); 4-frame 64 px videos, one token per frame, temporal pooling k=4: each "
-        "video reaches the LLM as one token.",
-        "",
-        "| question type | best a bag of frames can do | STORM (Mamba projector) | no temporal encoder | difference |",
-        "|---|---|---|---|---|",
-    ]
-    for question_type in (*QUESTION_TYPES, "order_dependent"):
-        chance = (
-            sum(BAG_OF_FRAMES_CHANCE[t] for t in ORDER_DEPENDENT_TYPES) / len(ORDER_DEPENDENT_TYPES)
-            if question_type == "order_dependent"
-            else BAG_OF_FRAMES_CHANCE[question_type]
+    result = dict(
+        arm=arm_name,
+        seed=seed,
+        parameters=sum(p.numel() for p in model.parameters()),
+        train_seconds=round(time.perf_counter() - start, 1),
+        train_loss_run_average=round(output.training_loss, 4),
+        evaluations={},
+    )
+    prefill_rows = [test[index] for index in range(PREFILL_BATCH)]
+    for stride in (1, *arm.test_time_strides):
+        kwargs = {"temporal_sampling_stride": stride} if stride > 1 else {}
+        accuracy = evaluate_temporal_task(model, processor, test, **kwargs)
+        seconds, tokens = prefill_seconds(model, processor, prefill_rows, **kwargs)
+        result["evaluations"][str(stride)] = dict(
+            accuracy={key: round(value, 4) for key, value in accuracy.items()},
+            visual_tokens=tokens,
+            prefill_ms=round(1000 * seconds, 1),
         )
-        a, b = storm["scores"][question_type], linear["scores"][question_type]
-        label = "**order-dependent (mean)**" if question_type == "order_dependent" else question_type
-        if question_type == "colour":
-            label += " (control: one frame answers it)"
-        lines.append(f"| {label} | {chance:.0%} | {a:.1%} | {b:.1%} | {100 * (a - b):+.1f} pts |")
+    if demo_checkpoint:
+        from storm_hf.synthetic import ClipHashes
+        from storm_hf.synthetic.demo import save_demo_checkpoint
+
+        save_demo_checkpoint(model, processor, demo_checkpoint, ClipHashes.of(train.rows))
+        record = dict(result, test_overlap_checked=check_overlap(data, settings), settings=content_setting(settings))
+        record["command"] = f"python benchmarks/bench_temporal_task.py --size {settings['size']} --demo-checkpoint DIR"
+        (Path(demo_checkpoint) / "task_results.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{arm_name} seed {seed}: {json.dumps(result['evaluations'])}", flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def rows_of(results: list[dict]) -> list[dict]:
+    """One table row per (arm, test-time stride): mean, std and per-seed values of every accuracy."""
+    from storm_hf.synthetic import QUESTION_TYPES
+
+    table = []
+    for arm_name, arm in ARMS.items():
+        runs = sorted((r for r in results if r["arm"] == arm_name), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        for stride in (1, *arm.test_time_strides):
+            evaluations = [run["evaluations"][str(stride)] for run in runs]
+            accuracy = {}
+            for key in (*QUESTION_TYPES, "all"):
+                values = [evaluation["accuracy"][key] for evaluation in evaluations]
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                accuracy[key] = dict(mean=statistics.mean(values), std=spread, per_seed=values)
+            table.append(
+                dict(
+                    arm=arm_name,
+                    test_time_stride=stride,
+                    label=arm.label + (f" + T.Sampling s={stride} (test time)" if stride > 1 else ""),
+                    visual_tokens=evaluations[0]["visual_tokens"],
+                    accuracy=accuracy,
+                    prefill_ms=statistics.median(evaluation["prefill_ms"] for evaluation in evaluations),
+                    seeds=[run["seed"] for run in runs],
+                )
+            )
+    return table
+
+
+def markdown_table(table: list[dict]) -> list[str]:
+    from storm_hf.synthetic import BAG_OF_FRAMES_CHANCE, QUESTION_TYPES
+
+    chances = [BAG_OF_FRAMES_CHANCE[question_type] for question_type in QUESTION_TYPES]
+    cell = lambda a: f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f}"  # noqa: E731
+    lines = [
+        f"| arm | visual tokens | {' | '.join(QUESTION_TYPES)} | all | prefill (ms, batch of {PREFILL_BATCH}) |",
+        "|---|---|" + "---|" * (len(QUESTION_TYPES) + 2),
+        f"| best a bag of frames can do | | {' | '.join(f'{100 * chance:.1f}' for chance in chances)}"
+        f" | {100 * statistics.mean(chances):.1f} | |",
+    ]
+    for row in table:
+        accuracies = " | ".join(cell(row["accuracy"][key]) for key in (*QUESTION_TYPES, "all"))
+        lines.append(f"| {row['label']} | {row['visual_tokens']} | {accuracies} | {row['prefill_ms']:.1f} |")
+    return lines
+
+
+def plot(table: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    families = {}
+    for row in table:
+        families.setdefault(row["arm"], []).append(row)
+    for family, rows in families.items():
+        rows = sorted(rows, key=lambda row: row["visual_tokens"])
+        axes.errorbar(
+            [row["visual_tokens"] for row in rows],
+            [100 * row["accuracy"]["all"]["mean"] for row in rows],
+            yerr=[100 * row["accuracy"]["all"]["std"] for row in rows],
+            marker="o",
+            capsize=3,
+            label=ARMS[family].label + (" (s = 1, 2, 4)" if len(rows) > 1 else ""),
+        )
+    from storm_hf.synthetic import BAG_OF_FRAMES_CHANCE
+
+    axes.axhline(
+        100 * statistics.mean(BAG_OF_FRAMES_CHANCE.values()), color="grey", linestyle=":", label="bag of frames"
+    )
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("visual tokens per clip (LLM input)")
+    axes.set_ylabel("accuracy, all question types (%)")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+    )
+    return commit + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def write_report(out: Path, results, data_report, overlap, settings, environment) -> str:
+    from storm_hf.synthetic import QUESTION_TYPES
+
+    table = rows_of(results)
+    lines = [
+        "# Synthetic long videos: a small replica of the paper's Table 2",
+        "",
+        f"Configuration **{settings['size']}**: {settings['num_train']} training clips per seed, {settings['steps']} "
+        f"steps of {settings['batch_size']} clips, seeds {list(settings['seeds'])}, {settings['num_test']} test clips "
+        "per question type (one test set for every arm and seed). 32-frame 32x32 px clips, one visual token per frame "
+        "before compression. Accuracy: greedy exact match, mean ± standard deviation over the seeds (per-seed values "
+        "in the .json). Prefill: median of 5 forward passes over a batch of 16 prompts on 1 CPU thread, median over "
+        "the seeds (a shared machine: indicative only).",
+        "",
+        *markdown_table(table),
+        "",
+        "## Test clips are unseen (checked by content hash)",
+        "",
+        "| question type | test clips | equal to a training clip (up to noise) | reordering a training scene "
+        "| candidates rejected | distinct clips / scenes in a separate draw |",
+        "|---|---|---|---|---|---|",
+    ]
+    for question_type in QUESTION_TYPES:
+        counts, distinct = (overlap[question_type], data_report["distinct_in_draws"][question_type])
+        lines.append(
+            f"| {question_type} | {counts['rows']} | {counts['clips']} | {counts['scenes']} | "
+            f"{data_report['test_candidates_rejected'][question_type]} | {distinct['distinct_clips']} / "
+            f"{distinct['distinct_scenes']} of {distinct['draws']} |"
+        )
     lines += [
         "",
-        f"Test rows: {args.num_test} ({args.num_test // len(QUESTION_TYPES)} per type); train rows: {args.num_train}.",
-        f"Parameters: STORM {storm['parameters']:,}, no temporal encoder {linear['parameters']:,}.",
-        f"Training time: STORM {storm['train_seconds']:.0f} s, no temporal encoder {linear['train_seconds']:.0f} s "
-        f"({args.threads} torch thread per arm, arms side by side, {platform.machine()}, a shared machine: times are "
-        "indicative). Training loss averaged over the run: "
-        f"STORM {storm['train_loss']:.3f}, no temporal encoder {linear['train_loss']:.3f}.",
+        "![accuracy vs visual tokens](temporal_task.png)",
         "",
-        "Reproduce:",
-        "",
-        "```bash",
-        command,
-        "```",
+        f"Command: `{environment['command']}`  ",
+        f"Commit: {environment['commit']}  ",
+        f"Machine: {environment['machine']}; load average {environment['load_before']} before, "
+        f"{environment['load_after']} after (a machine shared by several jobs)  ",
+        f"Date: {environment['date']}; wall time {environment['wall_minutes']:.0f} min, {settings['jobs']} runs at a "
+        "time, 1 torch thread each",
         "",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
-    (path.with_suffix(".json")).write_text(json.dumps(results, indent=2) + "\n")
+    text = "\n".join(lines)
+    out.write_text(text)
+    payload = dict(environment=environment, settings=settings, data=data_report, test_overlap_checked=overlap)
+    payload.update(table=table, runs=results)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    plot(table, out.with_suffix(".png"), f"synthetic temporal task, {settings['size']} configuration")
+    return "\n".join(markdown_table(table))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("/tmp/storm_temporal_task"), help="where the videos go")
-    parser.add_argument("--num-train", type=int, default=4000)
-    parser.add_argument("--num-test", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3, help="vision tower and projector")
-    parser.add_argument("--llm-lr", type=float, default=2e-4, help="LLM and LM head")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per arm")
-    parser.add_argument("--jobs", type=int, default=2, help="arms trained side by side (one process each)")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "temporal_task.md")
+    parser.add_argument("--size", choices=list(SIZES), default="full")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one process, one torch thread each)")
+    parser.add_argument("--data", type=Path, default=Path("/tmp/storm_temporal_task"), help="clips and finished runs")
+    parser.add_argument("--out", type=Path, default=RESULTS / "temporal_task.md")
+    parser.add_argument(
+        "--demo-checkpoint",
+        type=Path,
+        help="also save the storm_tpool model of the first seed here, with its training hashes (the demo checkpoint)",
+    )
     args = parser.parse_args(argv)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    torch.set_num_threads(args.threads)
-    dataset = load_or_generate(args.data, args.num_train, args.num_test, args.seed)
+    settings = dict(SIZES[args.size], size=args.size, jobs=args.jobs)
+    started, load_before = time.time(), os.getloadavg()
+    data = args.data / args.size
+    data.mkdir(parents=True, exist_ok=True)
+    data_report = prepare_data(data, settings)
+    overlap = check_overlap(data, settings)
 
-    result_file = lambda arm: args.data / f"result_{arm}.json"  # noqa: E731
-    if len(args.arms) > 1 and args.jobs > 1:  # one process per arm, the same arguments otherwise
-        base = [a for a in argv if a not in args.arms and a != "--arms"]
-        worker_args = ["--jobs", "1", "--out", str(args.data / "unused.md")]
-        workers = [subprocess.Popen([sys.executable, __file__, *base, "--arms", arm, *worker_args]) for arm in args.arms]
-        if any(worker.wait() for worker in workers):
-            raise SystemExit("An arm failed; see its output above.")
-        results = {arm: json.loads(result_file(arm).read_text()) for arm in args.arms}
-    else:
-        tokenizer = build_task_tokenizer()
-        processor = build_task_processor(tokenizer)
-        results = {}
-        for arm in args.arms:
-            results[arm] = run_arm(arm, ARMS[arm], tokenizer, processor, dataset, args)
-            result_file(arm).write_text(json.dumps(results[arm], indent=2) + "\n")
-    if set(results) == set(ARMS) and args.out.name != "unused.md":
-        command = "python benchmarks/bench_temporal_task.py " + " ".join(argv)
-        write_report(args.out, results, args, command.strip())
-        print(args.out.read_text())
+    jobs = [(arm, seed) for arm in args.arms for seed in settings["seeds"]]
+    done = lambda arm, seed: data / "runs" / f"{arm}_seed{seed}.json"  # noqa: E731
+    (data / "runs").mkdir(exist_ok=True)
+    todo = [job for job in jobs if not done(*job).is_file()]
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        demo_job = ("storm_tpool", settings["seeds"][0])
+        futures = {
+            job: pool.submit(
+                run_one,
+                *job,
+                settings,
+                str(data),
+                str(args.demo_checkpoint) if args.demo_checkpoint and job == demo_job else None,
+            )
+            for job in todo
+        }
+        for (arm, seed), future in futures.items():
+            done(arm, seed).write_text(json.dumps(future.result(), indent=2) + "\n")
+    results = [json.loads(done(*job).read_text()) for job in jobs]
+
+    environment = dict(
+        command="python benchmarks/bench_temporal_task.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        commit=git_commit(),
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        load_before=[round(x, 1) for x in load_before],
+        load_after=[round(x, 1) for x in os.getloadavg()],
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        wall_minutes=(time.time() - started) / 60,
+        reused_runs=len(jobs) - len(todo),
+    )
+    print(write_report(args.out, results, data_report, overlap, settings, environment))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,19 @@
 """Train a tiny STORM on the synthetic temporal task and save it with its processor (the `storm-hf demo` checkpoint).
 
-    python examples/train_temporal_task.py --out src/storm_hf/demo_checkpoint --threads 1
+    python examples/train_temporal_task.py --out src/storm_hf/synthetic/demo_checkpoint --threads 1
 
-Renders the task (`storm_hf.synthetic`: 4-frame videos of coloured shapes, questions about motion direction, which
-colour appeared first, turning back, crossing the middle line, and a colour control), trains STORM (SigLIP -> Linear ->
-2 bidirectional Mamba layers -> temporal pooling k=4 -> Qwen2, 0.9M parameters, 3.7 MB) with `StormTrainer`, then evaluates
-greedy answers on a freshly rendered test set (another seed) and saves:
+Renders the task (`storm_hf.synthetic`: 32-frame clips of coloured shapes; which colour flashes first, how many times
+the shape flashes, does it come back, which way does it move), trains STORM (SigLIP -> Linear -> 2 bidirectional Mamba
+layers -> temporal pooling k=4 -> Qwen2, under 1M parameters) with `StormTrainer`, then evaluates greedy answers on
+test clips drawn from another seed and checked, by content hash, not to be training clips, and saves:
 
     <out>/config.json, model.safetensors, generation_config.json   the model (StormForConditionalGeneration)
     <out>/processor_config.json, chat_template.jinja, tokenizer*   the processor (StormProcessor, AutoProcessor)
-    <out>/task_results.json                                        accuracy per question type, command, settings
+    <out>/train_hashes.json                                        content hashes of the training clips
+    <out>/task_results.json                                        accuracy per question type, overlap check, command
 
-Load it with:
-
-    model = StormForConditionalGeneration.from_pretrained(out); processor = StormProcessor.from_pretrained(out)
+Load it with `AutoModelForImageTextToText.from_pretrained(out)` and `AutoProcessor.from_pretrained(out)` after
+`import storm_hf` (the checkpoint has no `auto_map`: it is not a `trust_remote_code` checkpoint).
 """
 
 import argparse
@@ -23,31 +23,34 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from storm_hf import StormForConditionalGeneration
 from storm_hf.synthetic import (
+    ClipHashes,
     build_task_processor,
     build_task_tokenizer,
+    draw_clips,
     evaluate_temporal_task,
-    generate_temporal_task,
     temporal_task_config,
     train_temporal_task_model,
+    unseen_clips,
 )
+from storm_hf.synthetic.demo import save_demo_checkpoint
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="directory for the trained model and processor")
-    parser.add_argument("--data", type=Path, default=None, help="where to render the videos (default: a temporary dir)")
-    parser.add_argument("--num-train", type=int, default=4000)
-    parser.add_argument("--num-test", type=int, default=1000, help="size of the fresh test set")
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-train", type=int, default=800)
+    parser.add_argument("--num-test", type=int, default=200, help="size of the unseen test set")
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3, help="vision tower and projector")
-    parser.add_argument("--llm-lr", type=float, default=2e-4, help="LLM and LM head")
+    parser.add_argument("--llm-lr", type=float, default=None, help="LLM and LM head (default: --lr)")
     parser.add_argument("--seed", type=int, default=0, help="training data and initialisation seed")
-    parser.add_argument("--test-seed", type=int, default=1234, help="seed of the fresh test set")
+    parser.add_argument("--test-seed", type=int, default=1234, help="seed of the test set")
     parser.add_argument("--mamba-layers", type=int, default=2, help="0 trains the model without a temporal encoder")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy machine)")
     args = parser.parse_args(argv)
@@ -56,23 +59,22 @@ def main(argv=None):
     if args.out.exists() and any(args.out.iterdir()) and not (args.out / "task_results.json").exists():
         raise SystemExit(f"{args.out} exists and is not a checkpoint of this script; pick another --out.")
 
+    train = list(draw_clips(args.num_train, np.random.default_rng([args.seed, 0])))
+    seen = ClipHashes.of(train)
+    test, rejected = unseen_clips(args.num_test, np.random.default_rng([args.test_seed, 1]), seen)
+    tokenizer = build_task_tokenizer()
+    processor = build_task_processor(tokenizer)
+    torch.manual_seed(args.seed)
+    model = StormForConditionalGeneration(temporal_task_config(tokenizer, mamba_num_layers=args.mamba_layers))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        data = args.data or Path(scratch)
-        train = generate_temporal_task(data / "train", num_train=args.num_train, num_test=0, seed=args.seed)["train"]
-        test = generate_temporal_task(data / "fresh_test", num_train=0, num_test=args.num_test, seed=args.test_seed)["test"]
-
-        tokenizer = build_task_tokenizer()
-        processor = build_task_processor(tokenizer)
-        torch.manual_seed(args.seed)
-        model = StormForConditionalGeneration(temporal_task_config(tokenizer, mamba_num_layers=args.mamba_layers))
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        start = time.perf_counter()
         result = train_temporal_task_model(
             model,
             processor,
             train,
-            output_dir=Path(scratch) / "trainer",
+            output_dir=scratch,
             max_steps=args.steps,
             batch_size=args.batch_size,
             learning_rate=args.lr,
@@ -80,15 +82,19 @@ def main(argv=None):
             seed=args.seed,
             use_cpu=not torch.cuda.is_available(),
         )
-        seconds = time.perf_counter() - start
-        scores = evaluate_temporal_task(model, processor, test)
+    seconds = time.perf_counter() - start
+    scores = evaluate_temporal_task(model, processor, test)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    processor.save_pretrained(args.out)
+    save_demo_checkpoint(model, processor, args.out, seen)
     report = {
         "test_accuracy": {key: round(value, 4) for key, value in scores.items()},
-        "fresh_test_set": {"num_test": args.num_test, "seed": args.test_seed},
+        "test_set": {
+            "num_test": args.num_test,
+            "seed": args.test_seed,
+            "candidates_rejected_as_training_clips": rejected,
+            "overlap_with_training_clips": seen.overlap(test),
+        },
         "training": {
             "num_train": args.num_train,
             "steps": args.steps,
@@ -97,7 +103,7 @@ def main(argv=None):
             "llm_learning_rate": args.llm_lr,
             "seed": args.seed,
             "mamba_num_layers": args.mamba_layers,
-            "final_train_loss": round(result.training_loss, 4),
+            "train_loss_run_average": round(result.training_loss, 4),
             "train_seconds": round(seconds),
         },
         "command": "python examples/train_temporal_task.py " + " ".join(sys.argv[1:] if argv is None else argv),

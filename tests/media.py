@@ -104,5 +104,7 @@ def make_processor(image_size: int = 56, num_frames: int = 4, temporal_pool_size
     return StormProcessor(
         image_processor=SiglipImageProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3),
         tokenizer=make_tokenizer(),
-        video_processor=StormVideoProcessor(size=size, num_frames=num_frames, temporal_pool_size=temporal_pool_size, **kwargs),
+        video_processor=StormVideoProcessor(
+            size=size, num_frames=num_frames, temporal_pool_size=temporal_pool_size, **kwargs
+        ),
     )

@@ -90,7 +90,10 @@ def video_inputs(config, videos_per_sample: list[list[int]], stride: int = 1, te
 def unpad_sample(inputs: dict, sample: int) -> dict:
     """The inputs of one sample alone, without padding."""
     keep = inputs["attention_mask"][sample].bool()
-    single = {"input_ids": inputs["input_ids"][sample, keep][None], "attention_mask": inputs["attention_mask"][sample, keep][None]}
+    single = {
+        "input_ids": inputs["input_ids"][sample, keep][None],
+        "attention_mask": inputs["attention_mask"][sample, keep][None],
+    }
     if "video_num_frames" in inputs:
         counts = inputs["video_num_frames"][sample]
         counts = counts[counts > 0]

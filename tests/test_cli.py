@@ -237,13 +237,8 @@ def test_compose_convert_and_push_commands(capsys, tmp_path, hub):  # noqa: F811
 
 # ---------------------------------------------------------------- demo
 
-from storm_hf.demo import BUNDLED_CHECKPOINT  # noqa: E402
+from storm_hf.synthetic.demo import BUNDLED_CHECKPOINT  # noqa: E402
 
-# The demo needs the synthetic task (storm_hf.synthetic) and the model trained on it (storm_hf/demo_checkpoint/), which
-# land separately; until then these tests are reported as skipped, with the reason.
-needs_synthetic = pytest.mark.skipif(
-    not (Path(storm_hf.__file__).parent / "synthetic.py").is_file(), reason="storm_hf.synthetic has not landed yet"
-)
 needs_bundled_checkpoint = pytest.mark.skipif(
     not (BUNDLED_CHECKPOINT / "config.json").is_file(),
     reason=f"the demo checkpoint {BUNDLED_CHECKPOINT} has not landed yet",
@@ -252,70 +247,115 @@ needs_bundled_checkpoint = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def untrained_task_checkpoint(tmp_path_factory):
-    """A randomly initialised model of the demo task's size (the wiring does not depend on its answers)."""
-    from storm_hf.synthetic import build_task_processor, build_task_tokenizer, temporal_task_config
+    """A randomly initialised model of the demo task's size (the wiring does not depend on its answers), saved with
+    the content hashes of 8 "training" clips."""
+    import numpy as np
+
+    from storm_hf.synthetic import (
+        ClipHashes,
+        build_task_processor,
+        build_task_tokenizer,
+        draw_clips,
+        temporal_task_config,
+    )
+    from storm_hf.synthetic.demo import save_demo_checkpoint
 
     folder = tmp_path_factory.mktemp("task")
     tokenizer = build_task_tokenizer()
     torch.manual_seed(0)
     model = StormForConditionalGeneration(temporal_task_config(tokenizer))
-    save_checkpoint(model, build_task_processor(tokenizer), folder)
+    seen = ClipHashes.of(draw_clips(8, np.random.default_rng(0)))
+    save_demo_checkpoint(model, build_task_processor(tokenizer), folder, seen)
     return folder
 
 
-@needs_synthetic
 def test_demo_shows_answer_tokens_latency_and_accuracy(capsys, untrained_task_checkpoint):
-    status, out, err = run(
-        capsys,
-        "demo",
-        "--checkpoint",
-        untrained_task_checkpoint,
-        "--seed",
-        "5",
-        "--eval-clips",
-        "4",
-        "--question-type",
-        "direction",
-    )
+    argv = ["--seed", "5", "--eval-clips", "4", "--question-type", "direction"]
+    status, out, err = run(capsys, "demo", "--checkpoint", untrained_task_checkpoint, *argv)
     assert status == 0, err
     assert "Q: Which way does the shape move, left or right?" in out and "\nA: " in out
+    assert "checked unseen: its content hash is not among the 8 training clips'" in out
     config = StormForConditionalGeneration.config_class.from_pretrained(untrained_task_checkpoint)
     num_frames = AutoProcessor.from_pretrained(untrained_task_checkpoint).video_processor.num_frames
     size, patch = config.vision_config.image_size, config.vision_config.patch_size
     common = dict(
-        patch_size=patch, downsample_ratio=config.downsample_ratio, spatial_pool_size=config.spatial_pool_size
+        patch_size=patch,
+        downsample_ratio=config.downsample_ratio,
+        spatial_pool_size=config.spatial_pool_size,
     )
     pooled = storm_hf.num_visual_tokens(num_frames, size, size, temporal_pool_size=config.temporal_pool_size, **common)
     full = storm_hf.num_visual_tokens(num_frames, size, size, temporal_pool_size=1, **common)
     assert full == pooled * min(config.temporal_pool_size, num_frames)
     assert re.search(rf"with compression \(T\.Pool k={config.temporal_pool_size}\)\s+{pooled}\s+[\d.]+ ms", out), out
     assert re.search(rf"without compression\s+{full}\s+[\d.]+ ms", out), out
-    assert re.search(r"accuracy on 4 fresh clips \(order-dependent questions\): \d+%", out), out
+    assert re.search(
+        r"accuracy on 4 clips checked unseen \(0 of them share a clip or scene hash",
+        out,
+    ), out
+
+
+def test_demo_without_training_hashes_says_it_did_not_check(capsys, untrained_task_checkpoint, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no_hashes"
+    shutil.copytree(untrained_task_checkpoint, folder)
+    (folder / "train_hashes.json").unlink()
+    status, out, err = run(capsys, "demo", "--checkpoint", folder, "--seed", "1", "--eval-clips", "0")
+    assert status == 0, err
+    assert "NOT checked against the training clips" in out and "checked unseen" not in out
 
 
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--question-type", "colours"], "Unknown question type 'colours'"), (["--eval-clips", "-1"], "--eval-clips")],
+    [
+        (["--question-type", "colours"], "Unknown question type 'colours'"),
+        (["--eval-clips", "-1"], "--eval-clips"),
+    ],
 )
-@needs_synthetic
 def test_demo_rejects_bad_arguments(capsys, untrained_task_checkpoint, argv, message):
     status, _, err = run(capsys, "demo", "--checkpoint", untrained_task_checkpoint, *argv)
     assert status == 1 and message in err, err
 
 
 @needs_bundled_checkpoint
-def test_the_bundled_demo_model_answers_far_above_chance():
-    import io
+def test_the_bundled_demo_checkpoint_loads_through_the_auto_classes_without_remote_code():
+    from transformers import AutoModelForImageTextToText
 
-    from storm_hf.demo import run_demo
+    for path in BUNDLED_CHECKPOINT.glob("*.json"):
+        assert "auto_map" not in path.read_text(), f"{path.name} maps to remote code the folder does not ship"
+    assert not list(BUNDLED_CHECKPOINT.glob("*.py"))
+    model = AutoModelForImageTextToText.from_pretrained(BUNDLED_CHECKPOINT)
+    assert isinstance(model, StormForConditionalGeneration)
+    assert type(AutoProcessor.from_pretrained(BUNDLED_CHECKPOINT)).__name__ == "StormProcessor"
+
+
+@needs_bundled_checkpoint
+def test_the_bundled_demo_evaluates_on_clips_it_checked_unseen():
+    import io
+    import json
+
+    from storm_hf.synthetic.demo import load_train_hashes, run_demo
 
     size = sum(path.stat().st_size for path in BUNDLED_CHECKPOINT.rglob("*") if path.is_file())
     assert size <= 20 * 2**20, f"the bundled checkpoint is {size / 2**20:.1f} MiB"
+    recorded = json.loads((BUNDLED_CHECKPOINT / "task_results.json").read_text())
+    assert len(load_train_hashes(BUNDLED_CHECKPOINT).clip_hashes) == recorded["settings"]["num_train"]
     printed = io.StringIO()
-    results = run_demo(seed=11, eval_clips=48, out=printed)
-    assert results["accuracy"] >= 0.8 and results["bag_of_frames_chance"] < 0.5, printed.getvalue()
+    results = run_demo(seed=11, eval_clips=8, out=printed)
+    assert results["checked_unseen"], printed.getvalue()
+    assert all(counts["clips"] == counts["scenes"] == 0 for counts in results["eval_overlap"].values())
     pool = StormForConditionalGeneration.config_class.from_pretrained(BUNDLED_CHECKPOINT).temporal_pool_size
     assert results["tokens_uncompressed"] == results["tokens"] * pool
+
+
+def test_storm_hf_demo_alias_warns():
+    import importlib
+    import sys as system
+
+    system.modules.pop("storm_hf.demo", None)
+    with pytest.warns(DeprecationWarning, match="storm_hf.synthetic.demo"):
+        module = importlib.import_module("storm_hf.demo")
+    assert module.run_demo is storm_hf.synthetic.demo.run_demo
 
 
 @needs_bundled_checkpoint

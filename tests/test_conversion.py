@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from media import make_tokenizer
+from modeling_utils import tiny_config
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
@@ -29,9 +31,6 @@ from storm_hf import StormForConditionalGeneration
 from storm_hf.conversion import ConversionError, compose_storm, convert_vila_checkpoint
 from storm_hf.modeling.modeling_storm import StormMambaLayer, StormPixelShuffle
 from storm_hf.synthetic import byte_level_vocab
-
-from media import make_tokenizer
-from modeling_utils import tiny_config
 
 
 IMAGE_SIZE, PATCH = 56, 14  # 4x4 patches -> 2x2 tokens per frame after the pixel-shuffle
@@ -464,7 +463,6 @@ def test_pickled_weights_are_loaded_with_weights_only(vila_checkpoint, tmp_path)
 
 def test_compose_from_hub_ids_through_an_offline_cache(tmp_path, monkeypatch):
     from huggingface_hub import constants
-
     from test_hub import seed_hub_cache
 
     siglip_source("siglip", tmp_path / "vision")

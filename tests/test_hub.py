@@ -14,13 +14,12 @@ import torch
 import yaml
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.hf_api import CommitInfo, RepoUrl
+from media import make_frames, make_tokenizer, write_video
+from modeling_utils import tiny_config
 
 from storm_hf import StormForConditionalGeneration
 from storm_hf.conversion.processor import build_processor
 from storm_hf.hub import push_folder, push_to_hub, save_checkpoint
-
-from media import make_frames, make_tokenizer, write_video
-from modeling_utils import tiny_config
 
 
 REPO_ID = "storm-org/storm-tiny"

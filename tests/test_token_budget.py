@@ -9,6 +9,7 @@ from transformers import Qwen2Config
 from storm_hf import StormConfig, accounting, num_visual_tokens
 from storm_hf.processing import FramePlan, frames_within_budget, visual_token_grid
 
+
 PAPER = StormConfig()  # SigLIP 448 px / patch 14, 2x2 pixel-shuffle, T.Pool 4, Qwen2-7B
 
 

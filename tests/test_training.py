@@ -9,8 +9,8 @@ from transformers import TrainingArguments
 
 from storm_hf import StormForConditionalGeneration
 from storm_hf.synthetic import (
-    BAG_OF_FRAMES_CHANCE,
-    evaluate_temporal_task,
+    IMAGE_SIZE,
+    NUM_FRAMES,
     make_messages,
     render_sample,
     temporal_task_config,
@@ -77,8 +77,8 @@ def fixed_batch(processor, task, size=4):
 def test_collator_labels_only_the_assistant_answer(processor, task):
     batch = StormDataCollator(processor)([task["train"][index] for index in range(4)])
     tokenizer = processor.tokenizer
-    assert batch["pixel_values_videos"].shape == (4, 4, 3, 64, 64)
-    assert batch["video_num_frames"].tolist() == [[4]] * 4
+    assert batch["pixel_values_videos"].shape == (4, NUM_FRAMES, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert batch["video_num_frames"].tolist() == [[NUM_FRAMES]] * 4
     assert "video_metadata" not in batch and "assistant_masks" not in batch
     for sample in range(4):
         labelled = batch["labels"][sample][batch["labels"][sample] != IGNORE_INDEX]
@@ -102,7 +102,7 @@ def test_collator_batches_ragged_videos_and_decoded_frames_from_datasets(process
     collator = StormDataCollator(processor, processor_kwargs={"do_sample_frames": False})
     batch = collator([stored[0], stored[1]])
     assert batch["video_num_frames"].tolist() == [[4, 0], [8, 6]]
-    assert batch["pixel_values_videos"].shape == (2, 14, 3, 64, 64)
+    assert batch["pixel_values_videos"].shape == (2, 14, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert bool((batch["pixel_values_videos"][0, 4:] == 0).all())  # zero padding after the 4 frames of sample 0
     answers = processor.tokenizer.decode(batch["labels"][1][batch["labels"][1] != IGNORE_INDEX])
     assert answers == "right<|im_end|>no<|im_end|>"  # every assistant turn, nothing else
@@ -166,7 +166,9 @@ def test_trainer_lowers_the_loss_and_keeps_the_chat_columns(tmp_path, tokenizer,
     before = _loss(model, batch)
     args = training_arguments(tmp_path)
     assert args.remove_unused_columns  # the Trainer default, which would drop `messages`
-    trainer = StormTrainer(model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor))
+    trainer = StormTrainer(
+        model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)
+    )
     assert not trainer.args.remove_unused_columns and trainer.args.label_names == ["labels"]
     trainer.train()
     assert _loss(model, batch) < before - 1.0
@@ -177,14 +179,18 @@ def test_alignment_stage_trains_only_the_projector(tmp_path, tokenizer, processo
     apply_training_stage(model, "alignment")
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
     args = training_arguments(tmp_path, max_steps=3)
-    trainer = StormTrainer(model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor))
+    trainer = StormTrainer(
+        model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)
+    )
     trainer.train()
     for name, parameter in model.named_parameters():
         changed = not torch.equal(parameter, before[name])
         if name.startswith("model.temporal_projector."):
             continue  # trained (A_log/D of an unused direction may move little, but the stage allows it)
         assert not changed, f"{name} changed in the alignment stage"
-    assert not torch.equal(model.model.temporal_projector.linear.weight, before["model.temporal_projector.linear.weight"])
+    assert not torch.equal(
+        model.model.temporal_projector.linear.weight, before["model.temporal_projector.linear.weight"]
+    )
 
 
 def test_lora_trainer_adapters_save_reload_and_merge(tmp_path, tokenizer, processor, task):
@@ -193,7 +199,9 @@ def test_lora_trainer_adapters_save_reload_and_merge(tmp_path, tokenizer, proces
     batch = fixed_batch(processor, task)
     before = _loss(model, batch)
     args = training_arguments(tmp_path, learning_rate=1e-2)
-    trainer = StormTrainer(model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor))
+    trainer = StormTrainer(
+        model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)
+    )
     trainer.train()
     model.eval()
     with torch.no_grad():
@@ -224,7 +232,9 @@ def test_activation_checkpointing_gives_the_same_gradients_and_trains(tmp_path, 
     model = tiny_task_model(tokenizer)
     before = _loss(model, batch)
     args = training_arguments(tmp_path, activation_checkpointing=True)
-    StormTrainer(model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)).train()
+    StormTrainer(
+        model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)
+    ).train()
     assert _loss(model, batch) < before - 1.0
 
 
@@ -250,9 +260,7 @@ def test_trainer_saves_the_processor_with_the_model(tmp_path, tokenizer, process
         torch.testing.assert_close(reloaded(**reloaded_batch).logits, model(**batch).logits, rtol=0, atol=0)
 
     with pytest.raises(ValueError, match="processing_class=processor"):
-        StormTrainer(
-            model=model, args=args, train_dataset=task["train"], data_collator=lambda features: features
-        )
+        StormTrainer(model=model, args=args, train_dataset=task["train"], data_collator=lambda features: features)
 
 
 @pytest.mark.parametrize("module_learning_rates", [None, {"language_model": 1e-4}])

@@ -9,8 +9,7 @@ import torch
 from av.video.frame import PictureType
 from media import decode_all, make_frames, write_image, write_video
 
-from storm_hf.processing import StormVideoProcessor, VideoDecodingError, read_video
-from storm_hf.processing import video_decoding
+from storm_hf.processing import StormVideoProcessor, VideoDecodingError, read_video, video_decoding
 
 
 NUM_FRAMES = 30

@@ -276,7 +276,9 @@ class EncodingProgress:
         from tqdm.auto import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=total, desc="encoding frames", unit="frame", disable=not self.enabled, file=sys.stderr)
+            self.bar = tqdm(
+                total=total, desc="encoding frames", unit="frame", disable=not self.enabled, file=sys.stderr
+            )
         self.bar.update(done - self.bar.n)
         if done == total:
             self.bar.close()
@@ -668,7 +670,7 @@ def run_stream(args) -> None:
 
 
 def run_demo(args) -> None:
-    from .demo import run_demo as demo
+    from .synthetic.demo import run_demo as demo
 
     demo(seed=args.seed, question_type=args.question_type, eval_clips=args.eval_clips, checkpoint=args.checkpoint)
 

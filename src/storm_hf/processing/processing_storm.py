@@ -10,6 +10,7 @@ from transformers.processing_utils import MultiModalData, ProcessingKwargs, Proc
 
 from .video_processing_storm import TOKEN_GRID_SETTINGS, StormVideoProcessorKwargs, make_list_of_videos, pad_videos
 
+
 # ChatML (Qwen2-VL) with the default system prompt of the paper's LLM. Each image or video becomes one placeholder
 # wrapped in vision start/end tokens; the processor expands the placeholder to the number of visual tokens. Assistant
 # turns sit in a `{% generation %}` block so `return_assistant_tokens_mask=True` marks the tokens to train on.

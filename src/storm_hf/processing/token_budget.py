@@ -8,6 +8,7 @@ turns a `max_visual_tokens` budget into a frame count and a temporal-sampling st
 import math
 from typing import NamedTuple
 
+
 # Temporal sampling strides the budget policy chooses from: 1 (what STORM is trained with) and 2 (the test-time
 # setting of the paper's T.Pool + T.Sampling results). Larger strides are not evaluated in the paper's tables.
 BUDGET_STRIDES = (1, 2)

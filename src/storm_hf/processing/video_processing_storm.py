@@ -19,6 +19,7 @@ from transformers.video_utils import VideoMetadata, make_batched_metadata
 from .token_budget import FramePlan, frames_within_budget, visual_token_grid
 from .video_decoding import StormVideoMetadata, check_sampling_arguments, is_video_source, read_video
 
+
 # Settings of the model the token count depends on; `build_processor` copies them from the model config.
 TOKEN_GRID_SETTINGS = ("patch_size", "downsample_ratio", "temporal_pool_size", "spatial_pool_size")
 

@@ -1,0 +1,63 @@
+"""Training a model on the synthetic temporal task with `StormTrainer`."""
+
+import os
+
+
+def train_temporal_task_model(
+    model,
+    processor,
+    train_dataset,
+    output_dir: str | os.PathLike,
+    max_steps: int = 1500,
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
+    language_model_learning_rate: float | None = None,
+    warmup_steps: int = 30,
+    seed: int = 0,
+    logging_steps: int = 100,
+    **training_arguments,
+):
+    """Trains `model` on the task with `StormTrainer` (all parameters, the paper's `sft` stage) and returns the
+    `TrainOutput`.
+
+    AdamW without weight decay, cosine schedule after `warmup_steps`, gradients clipped to norm 1. The vision tower and
+    the projector train at `learning_rate`, the LLM (and LM head) at `language_model_learning_rate` (None: the same).
+    A slower LLM (NVILA trains its projector much faster than its LLM) kept long runs on the earlier 4-frame task from
+    settling on the answer priors before the visual features carried the answer; short runs need the LLM to learn the
+    answer format fast.
+    Nothing is saved to `output_dir` except the Trainer's logs; extra keyword arguments go to `TrainingArguments`."""
+    from transformers import TrainingArguments
+
+    from ..training import StormDataCollator, StormTrainer, apply_training_stage
+
+    apply_training_stage(model, "sft")
+    settings = dict(
+        output_dir=os.fspath(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=warmup_steps,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    settings.update(training_arguments)
+    trainer = StormTrainer(
+        model=model,
+        args=TrainingArguments(**settings),
+        train_dataset=train_dataset,
+        data_collator=StormDataCollator(processor),
+        module_learning_rates=(
+            None
+            if language_model_learning_rate is None
+            else {"language_model": language_model_learning_rate, "lm_head": language_model_learning_rate}
+        ),
+    )
+    return trainer.train()
