@@ -23,6 +23,7 @@ from unittest import mock
 import pytest
 import transformers
 
+
 TRANSFORMERS_TESTS_PACKAGE = "transformers_common_tests"
 PIP_TIMEOUT_S = 300
 
@@ -59,7 +60,7 @@ def fetch_transformers_tests(cache: Path) -> Path:
                     if len(parts) == 3 and parts[1] == "tests" and member.isfile() and parts[2].endswith(".py"):
                         member.name = parts[2]
                         sdist.extract(member, extracted, filter="data")
-            # The repository's `tests/__init__.py` (empty) is not in the sdist; the modules import each other relatively.
+            # The repository's `tests/__init__.py` (empty) is not in the sdist; the modules import each other relatively
             (extracted / "__init__.py").touch()
             shutil.rmtree(package, ignore_errors=True)
             extracted.rename(package)
@@ -145,13 +146,13 @@ try:
 except (RuntimeError, subprocess.TimeoutExpired) as error:
     pytest.skip(f"transformers' common tests could not be fetched from PyPI: {error}", allow_module_level=True)
 
-import torch
-from media import make_processor, make_tokenizer
-from modeling_utils import tiny_config
-from transformers.models.auto import modeling_auto
+import torch  # noqa: E402
+from media import make_processor, make_tokenizer  # noqa: E402
+from modeling_utils import tiny_config  # noqa: E402
+from transformers.models.auto import modeling_auto  # noqa: E402
 
-from storm_hf import StormConfig, StormForConditionalGeneration, StormModel, accounting
-from storm_hf.processing import StormProcessor, StormVideoProcessor
+from storm_hf import StormConfig, StormForConditionalGeneration, StormModel, accounting  # noqa: E402
+from storm_hf.processing import StormProcessor, StormVideoProcessor  # noqa: E402
 
 
 class StormModelTester:
@@ -188,7 +189,10 @@ class StormModelTester:
     def _prompt(self, placeholder: int, num_placeholders: int) -> torch.LongTensor:
         """`(batch_size, 2 * text_length + num_placeholders)`: random text, the placeholders, random text."""
         first_text_id = self.video_token_id + 1
-        text = lambda: torch.randint(first_text_id, self.text_config.vocab_size, (self.batch_size, self.text_length))
+
+        def text():
+            return torch.randint(first_text_id, self.text_config.vocab_size, (self.batch_size, self.text_length))
+
         return torch.cat([text(), torch.full((self.batch_size, num_placeholders), placeholder), text()], dim=1)
 
     def prepare_config_and_inputs_for_common(self) -> tuple[StormConfig, dict]:
@@ -225,7 +229,7 @@ class StormModelTest(common.test_modeling_common.ModelTesterMixin, unittest.Test
     _is_composite = True
     # The config file has no "# Copyright YYYY" line, which the mixin reads as "before 2023" and skips this test for.
     test_can_init_all_missing_weights_before_2023 = True
-    # SigLIP encodes each frame on its own: the vision output of `get_video_features` is (total_frames, patches, hidden).
+    # SigLIP encodes each frame on its own: `get_video_features`'s vision output is (total_frames, patches, hidden).
     skip_test_video_features_output_shape = True
 
     def setUp(self):
@@ -265,9 +269,10 @@ class StormModelTest(common.test_modeling_common.ModelTesterMixin, unittest.Test
 
     @pytest.mark.xfail(
         strict=True,
-        reason="Defect in modeling (to fix there): `build_vision_encoder` builds the truncated SigLIP tower from a copy "
-        "of `config.vision_config`, so the tower's config is not `model.config.vision_config`: a setting changed on "
-        "`model.config.vision_config` after construction does not reach the tower, and `set_attn_implementation` warns "
+        reason="Defect in modeling (to fix there): `build_vision_encoder` builds the truncated SigLIP tower from a "
+        "copy of `config.vision_config`, so the tower's config is not `model.config.vision_config`: a setting "
+        "changed on `model.config.vision_config` after construction does not reach the tower, and "
+        "`set_attn_implementation` warns "
         "'We set the attention implementation for the sub-config `vision_config` ... without finding the associated "
         "sub-model'",
     )
