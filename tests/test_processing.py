@@ -187,7 +187,8 @@ def test_remote_code_loads_without_the_package(tmp_path):
         "from transformers import AutoProcessor\n"
         f"processor = AutoProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)\n"
         "output = processor(text='<|video_pad|>', videos=np.zeros((6, 48, 64, 3), np.uint8))\n"
-        "print(type(processor).__name__, type(processor.video_processor).__name__, output['video_num_frames'].tolist())\n"
+        "print(type(processor).__name__, type(processor.video_processor).__name__, "
+        "output['video_num_frames'].tolist())\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
