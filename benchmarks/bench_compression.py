@@ -27,7 +27,8 @@ Per (frames, repeat) -- settings interleaved, their order rotated each repeat --
               stage sum = vision + projector + compress + prefill + (new_tokens - 1) * decode
 Reported times are the minimum over `--repeats` (the machine may be shared: the minimum is the estimate least
 polluted by other jobs; the max/min spread of e2e is reported); ratios (speed-ups, stage sum / e2e, shares of e2e) are
-taken within each repeat, where both times were measured seconds apart, and the median over the repeats is reported. The manual loop must produce the tokens `generate` produces.
+taken within each repeat, where both times were measured seconds apart, and the median over the repeats is reported.
+The manual loop must produce the tokens `generate` produces.
 
 Peak memory: one fresh subprocess per (setting, frames) runs the same `generate` call once. CPU: the kernel's
 resident-set high-water mark (VmHWM, reset with /proc/self/clear_refs after the model and inputs are loaded), total
@@ -501,10 +502,12 @@ def render(summary, memory, info, args, model_text):
         "Stages (explicit calls): vision = `get_frame_features` on all frames; projector = `temporal_projector` "
         "(vision and projector run before compression, so they are measured once per frame count and repeat and "
         "shared by the settings); compress = `token_compressor` + embedding + placeholder scatter; prefill = "
-        "`model(inputs_embeds=..., use_cache=True, logits_to_keep=1)` over the whole prompt (language model + LM head); "
+        "`model(inputs_embeds=..., use_cache=True, logits_to_keep=1)` over the whole prompt "
+        "(language model + LM head); "
         f"decode = a manual greedy loop over the prefill's KV cache, per token ({args.new_tokens - 1} steps); "
         "e2e = a separate real `model.generate(...)` call. stages/e2e = (vision + projector + compress + prefill + "
-        f"{args.new_tokens - 1} x decode) / e2e. Token reduction = visual tokens of `none` / visual tokens of the setting. "
+        f"{args.new_tokens - 1} x decode) / e2e. "
+        "Token reduction = visual tokens of `none` / visual tokens of the setting. "
         "Peak = "
         + (
             "`torch.cuda.max_memory_allocated` during one `generate` in a fresh subprocess (in brackets: above the "
@@ -553,7 +556,8 @@ def render(summary, memory, info, args, model_text):
     )
     lines += [
         "",
-        "| frames | setting | token reduction | prompt reduction | prefill speed-up | needed | met | prefill / decode step |",
+        "| frames | setting | token reduction | prompt reduction | prefill speed-up | needed | met "
+        "| prefill / decode step |",
     ]
     lines.append("|---:|---|---:|---:|---:|---:|---|---:|")
     for frames in args.frames:
@@ -585,8 +589,8 @@ def render(summary, memory, info, args, model_text):
     if memory:
         same = [key for key, mem in memory.items() if mem["generated"] == summary[key]["generated"]]
         lines.append(
-            f"- Memory workers (weights reloaded with the setting's pooling in the config) generate the same tokens as the "
-            f"attribute-switched model: {len(same)}/{len(memory)}"
+            "- Memory workers (weights reloaded with the setting's pooling in the config) generate the same tokens "
+            f"as the attribute-switched model: {len(same)}/{len(memory)}"
             + (
                 "."
                 if len(same) == len(memory)

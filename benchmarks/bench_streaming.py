@@ -16,9 +16,9 @@ a frame per call would re-read all vision weights for every frame). One `StormSt
 Both generate `--new-tokens` tokens (no EOS: random weights); in float32 they must produce the same tokens (checked and
 reported). Also reported: the longest session's ingest time per second of video (what `add_frames` costs as the video
 plays), the KV-cache bytes of the cached tokens (and of the buffers: up to 1.5x the longest the cache has been, video +
-question + answer), and the peak
-resident memory above the pre-question level of each answer (VmHWM, reset through /proc/self/clear_refs). The KV-cache bytes per hour of video at the paper's 7B scale are computed
-from `StormConfig()` (no model is built): tokens per hour x 2 (keys, values) x layers x KV heads x head dim x 2 bytes.
+question + answer), and the peak resident memory above the pre-question level of each answer (VmHWM, reset through
+/proc/self/clear_refs). The KV-cache bytes per hour of video at the paper's 7B scale are computed from `StormConfig()`
+(no model is built): tokens per hour x 2 (keys, values) x layers x KV heads x head dim x 2 bytes.
 
     python benchmarks/bench_streaming.py                       # 1, 5, 30 minutes at 1 fps, 64 px frames, 1 thread
     python benchmarks/bench_streaming.py --minutes 0.5 1 --repeats 1 --out /tmp/streaming.md   # a quick check
@@ -110,7 +110,8 @@ def paper_scale_memory(fps: float) -> dict:
 
 
 def peak_rss_above(fn, *args):
-    """Runs `fn(*args)`; returns its result, its wall time and the peak resident memory above the level before it (bytes)."""
+    """Runs `fn(*args)`; returns its result, its wall time and the peak resident memory above the level before it
+    (bytes)."""
     gc.collect()
     before = proc_status_kib("VmRSS") * 1024
     with open("/proc/self/clear_refs", "w") as clear_refs:
@@ -285,22 +286,24 @@ def render(results: dict, args, plot_name: str) -> str:
         "",
         (
             f"- this benchmark's model: {bench['kv_bytes_per_token']:.0f} bytes per token (float32, measured from the "
-            f"session's cache = 2 x layers x KV heads x head dim x 4), {bench['tokens_per_hour']:.0f} tokens per hour -> "
-            f"{bench['kv_bytes_per_token'] * bench['tokens_per_hour'] / 2**20:.1f} MiB per hour of video"
+            f"session's cache = 2 x layers x KV heads x head dim x 4), {bench['tokens_per_hour']:.0f} tokens per "
+            f"hour -> {bench['kv_bytes_per_token'] * bench['tokens_per_hour'] / 2**20:.1f} MiB per hour of video"
         ),
         (
             f"- the paper's 7B model (`StormConfig()`, bf16): {paper['tokens_per_frame']} tokens per 448 px frame, "
-            f"temporal pooling {paper['temporal_pool_size']}, {args.fps:g} fps -> {paper['tokens_per_hour']:.0f} tokens "
-            f"per hour; 2 x {paper['layers']} layers x {paper['kv_heads']} KV heads x {paper['head_dim']} x 2 bytes = "
+            f"temporal pooling {paper['temporal_pool_size']}, {args.fps:g} fps -> "
+            f"{paper['tokens_per_hour']:.0f} tokens per hour; "
+            f"2 x {paper['layers']} layers x {paper['kv_heads']} KV heads x {paper['head_dim']} x 2 bytes = "
             f"{paper['kv_bytes_per_token']} bytes per token -> **{paper['kv_bytes_per_hour'] / 1e9:.1f} GB "
-            f"({paper['kv_bytes_per_hour'] / 2**30:.1f} GiB) of KV cache per hour of video** (spatial pooling 2 divides "
-            "it by 4; temporal sampling stride 2 by 2)"
+            f"({paper['kv_bytes_per_hour'] / 2**30:.1f} GiB) of KV cache per hour of video** "
+            "(spatial pooling 2 divides it by 4; temporal sampling stride 2 by 2)"
         ),
         "",
         (
-            "The session's per-question cost is the question's prefill on top of the cached video plus the decoding: the "
-            "video is never encoded or prefilled again, so it grows only with attention over the longer cache. The "
-            "baseline re-runs the vision tower, the projector and the prefill over every frame so far for each question. "
+            "The session's per-question cost is the question's prefill on top of the cached video plus the decoding: "
+            "the video is never encoded or prefilled again, so it grows only with attention over the longer cache. "
+            "The baseline re-runs the vision tower, the projector and the prefill over every frame so far for each "
+            "question. "
             "The session pays the encoding once, as the video plays (ingest column: a value below 1 keeps up with "
             "real time)."
         ),

@@ -187,18 +187,21 @@ def main():
             "",
             (
                 f"`{command}`, {started:%Y-%m-%d %H:%M} UTC, {time.perf_counter() - START:.0f} s. Machine: "
-                f"{platform.machine()} {platform.processor() or platform.platform()}, {os.cpu_count()} CPU cores, shared "
-                f"with other jobs: 1/5/15-minute load average {', '.join(f'{x:.1f}' for x in load_at_start)} at the start "
-                f"and {', '.join(f'{x:.1f}' for x in load_at_end)} at the end (above {os.cpu_count()} means the cores were "
-                "oversubscribed: wall times are inflated, CPU times less so). torch "
+                f"{platform.machine()} {platform.processor() or platform.platform()}, {os.cpu_count()} CPU cores, "
+                "shared with other jobs: 1/5/15-minute load average "
+                f"{', '.join(f'{x:.1f}' for x in load_at_start)} at the start "
+                f"and {', '.join(f'{x:.1f}' for x in load_at_end)} at the end (above {os.cpu_count()} means the cores "
+                "were oversubscribed: wall times are inflated, CPU times less so). torch "
                 f"{torch.__version__}, transformers {transformers.__version__}, PyAV {av.__version__}."
             ),
             "",
             (
-                f"Decoder before: `{DECODER_PATH}` at {before}; after: {after}. Synthetic {WIDTH}x{HEIGHT} {FPS} fps H.264 "
-                f"(x264 veryfast, GOP {GOP}). Time: decode + sample + preprocess to (frames, 3, 448, 448), one run after a "
-                "warm-up, each case in a fresh process; wall time and CPU time (user + system, all threads). Peak memory: "
-                "peak RSS above the RSS before the call. Before and after gave identical pixel values in every case "
+                f"Decoder before: `{DECODER_PATH}` at {before}; after: {after}. "
+                f"Synthetic {WIDTH}x{HEIGHT} {FPS} fps H.264 (x264 veryfast, GOP {GOP}). "
+                "Time: decode + sample + preprocess to (frames, 3, 448, 448), one run after a warm-up, each case in a "
+                "fresh process; wall time and CPU time (user + system, all threads). "
+                "Peak memory: peak RSS above the RSS before the call. "
+                "Before and after gave identical pixel values in every case "
                 "(SHA-256 of the tensors)."
             ),
             "",
@@ -210,10 +213,10 @@ def main():
             *rows,
             "",
             (
-                'Baseline: `transformers.video_utils.load_video(path, backend="pyav", num_frames=k)` (decodes every frame '
-                "up to the last sampled one) + a stock `BaseVideoProcessor` with the same resize and normalisation. "
-                'Before/after: `StormVideoProcessor()(path, num_frames=k)`; "after vs before" above 1 means the working '
-                "tree is faster."
+                'Baseline: `transformers.video_utils.load_video(path, backend="pyav", num_frames=k)` '
+                "(decodes every frame up to the last sampled one) + a stock `BaseVideoProcessor` with the same resize "
+                'and normalisation. Before/after: `StormVideoProcessor()(path, num_frames=k)`; "after vs before" above '
+                "1 means the working tree is faster."
             ),
             "",
         ]

@@ -1,4 +1,5 @@
-"""Conversion: compose (SigLIP + Qwen2/Qwen2-VL) and VILA/NVILA checkpoints -> STORM, checked against hand-wired parts."""
+"""Conversion: compose (SigLIP + Qwen2/Qwen2-VL) and VILA/NVILA checkpoints -> STORM, checked against hand-wired
+parts."""
 
 import json
 import os

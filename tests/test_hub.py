@@ -1,4 +1,5 @@
-"""Hub round trip without a Hub: uploads are captured at huggingface_hub's commit API, then loaded in fresh processes."""
+"""Hub round trip without a Hub: uploads are captured at huggingface_hub's commit API, then loaded in fresh
+processes."""
 
 import hashlib
 import json
@@ -93,8 +94,12 @@ def tiny_model_and_processor():
 
 
 GENERATE = """
-messages = [{{"role": "user", "content": [{{"type": "video", "path": {video!r}}}, {{"type": "text", "text": "What moves?"}}]}}]
-inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+messages = [
+    {{"role": "user", "content": [{{"type": "video", "path": {video!r}}}, {{"type": "text", "text": "What moves?"}}]}}
+]
+inputs = processor.apply_chat_template(
+    messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+)
 generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
 """
 

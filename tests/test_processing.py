@@ -187,7 +187,8 @@ def test_remote_code_loads_without_the_package(tmp_path):
         "from transformers import AutoProcessor\n"
         f"processor = AutoProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)\n"
         "output = processor(text='<|video_pad|>', videos=np.zeros((6, 48, 64, 3), np.uint8))\n"
-        "print(type(processor).__name__, type(processor.video_processor).__name__, output['video_num_frames'].tolist())\n"
+        "print(type(processor).__name__, type(processor.video_processor).__name__, "
+        "output['video_num_frames'].tolist())\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -353,26 +354,41 @@ def test_per_call_settings_are_video_processor_kwargs_only(processor):
         processor(text="<|video_pad|>", videos=make_frames(8), temporal_sampling_stride=2)
 
 
-def test_old_processor_config_loads_and_counts_like_the_model():
+def test_old_processor_config_loads_and_counts_like_the_model(tmp_path):
+    """A processor_config.json of the layout before the processor counted through its video processor (token-grid
+    settings and the stride at the top level) loads, and counts placeholders as the model produces tokens."""
+    import shutil
+
     from transformers import AutoProcessor
 
     from storm_hf import StormForConditionalGeneration
-    from storm_hf.demo import BUNDLED_CHECKPOINT
+    from storm_hf.processing.video_processing_storm import TOKEN_GRID_SETTINGS
+    from storm_hf.synthetic.demo import BUNDLED_CHECKPOINT
+
+    checkpoint = shutil.copytree(BUNDLED_CHECKPOINT, tmp_path / "old_layout")
+    saved = json.loads((checkpoint / "processor_config.json").read_text())
+    for name in (*TOKEN_GRID_SETTINGS, "temporal_sampling_stride"):
+        value = saved["video_processor"].pop(name, None)
+        saved[name] = saved.get(name, value)
+    (checkpoint / "processor_config.json").write_text(json.dumps(saved))
 
     register_processing()
-    saved = json.loads((BUNDLED_CHECKPOINT / "processor_config.json").read_text())
-    assert saved["patch_size"] == 16 and "patch_size" not in saved["video_processor"]  # the old layout
-    processor = AutoProcessor.from_pretrained(BUNDLED_CHECKPOINT)
+    model = StormForConditionalGeneration.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
     video_processor = processor.video_processor
+    config = model.config
     assert (video_processor.patch_size, video_processor.downsample_ratio, video_processor.temporal_pool_size) == (
-        16,
-        4,
-        4,
+        config.vision_config.patch_size,
+        config.downsample_ratio,
+        config.temporal_pool_size,
     )
-    model = StormForConditionalGeneration.from_pretrained(BUNDLED_CHECKPOINT).eval()
     for stride in (1, 2):
         inputs = processor(
-            text="<|video_pad|>", videos=make_frames(8, 64, 64), temporal_sampling_stride=stride, return_tensors="pt"
+            text="<|video_pad|>",
+            videos=make_frames(8, 64, 64),
+            num_frames=8,
+            temporal_sampling_stride=stride,
+            return_tensors="pt",
         )
         features = model.get_video_features(
             inputs["pixel_values_videos"], inputs["video_num_frames"], inputs["temporal_sampling_stride"]

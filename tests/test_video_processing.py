@@ -150,7 +150,10 @@ def test_uniform_sampling_is_rounded_linspace(videos):
 
 def test_fps_sampling_with_min_and_max_frames(videos):
     processor = StormVideoProcessor()
-    metadata = lambda **kwargs: processor(str(videos["h264.mp4"]), return_metadata=True, **kwargs)["video_metadata"][0]
+
+    def metadata(**kwargs):
+        return processor(str(videos["h264.mp4"]), return_metadata=True, **kwargs)["video_metadata"][0]
+
     assert len(metadata(fps=2).frames_indices) == 6  # 3 s at 2 fps
     assert len(metadata(fps=2, max_frames=4).frames_indices) == 4
     assert len(metadata(fps=1, min_frames=5).frames_indices) == 5

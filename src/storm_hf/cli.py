@@ -115,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     compose = commands.add_parser(
         "compose",
         help="build a STORM checkpoint from SigLIP + Qwen2/Qwen2-VL",
-        description="Build a STORM checkpoint from a pretrained SigLIP vision checkpoint (SiglipVisionModel, SiglipModel or "
-        "PaliGemma) and a Qwen2 or Qwen2-VL language model (local folders or Hub ids). The temporal projector is freshly "
-        "initialised: the paper's starting point for alignment.",
+        description="Build a STORM checkpoint from a pretrained SigLIP vision checkpoint (SiglipVisionModel, "
+        "SiglipModel or PaliGemma) and a Qwen2 or Qwen2-VL language model (local folders or Hub ids). "
+        "The temporal projector is freshly initialised: the paper's starting point for alignment.",
     )
     compose.add_argument("--vision", required=True, help="SigLIP / PaliGemma checkpoint folder or Hub id")
     compose.add_argument("--language", required=True, help="Qwen2 / Qwen2-VL checkpoint folder or Hub id")
@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser(
         "convert",
         help="convert a VILA/NVILA-style STORM checkpoint",
-        description="Convert a VILA/NVILA-style STORM training checkpoint (folders llm/, vision_tower/, mm_projector/) to one "
-        "Hugging Face checkpoint. The key mapping is strict: unknown or missing keys fail with their names.",
+        description="Convert a VILA/NVILA-style STORM training checkpoint (folders llm/, vision_tower/, "
+        "mm_projector/) to one Hugging Face checkpoint. "
+        "The key mapping is strict: unknown or missing keys fail with their names.",
     )
     convert.add_argument("checkpoint", type=existing_dir, help="the VILA checkpoint folder")
     convert.add_argument("--output", required=True, type=Path, help="folder to write the checkpoint to")
@@ -150,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     push = commands.add_parser(
         "push",
         help="upload a checkpoint folder to the Hub",
-        description="Upload a saved STORM checkpoint folder to the Hugging Face Hub in one commit, after checking that it "
-        "loads without storm_hf (config auto_map + code, processor + chat template); writes a model card if it has none.",
+        description="Upload a saved STORM checkpoint folder to the Hugging Face Hub in one commit, after checking "
+        "that it loads without storm_hf (config auto_map + code, processor + chat template); "
+        "writes a model card if it has none.",
     )
     push.add_argument("folder", type=existing_dir, help="checkpoint folder (from compose, convert or save_pretrained)")
     push.add_argument("repo_id", help="Hub repository, e.g. my-org/storm-7b")
@@ -394,9 +396,10 @@ def run_generate(args) -> None:
     new_tokens = output.shape[1] - inputs["input_ids"].shape[1]
     first = (streamer.first_token_time or finished) - generation_start
     print(
-        f"\n[{len(frames)} frames -> {num_video_tokens} visual tokens (temporal pool {model.config.temporal_pool_size}, "
-        f"spatial pool {model.config.spatial_pool_size}, sampling stride {stride}); prompt {inputs['input_ids'].shape[1]} "
-        f"tokens; decode {decoded - started:.2f}s, encode + prefill {first:.2f}s, {new_tokens} new tokens in "
+        f"\n[{len(frames)} frames -> {num_video_tokens} visual tokens "
+        f"(temporal pool {model.config.temporal_pool_size}, spatial pool {model.config.spatial_pool_size}, "
+        f"sampling stride {stride}); prompt {inputs['input_ids'].shape[1]} tokens; "
+        f"decode {decoded - started:.2f}s, encode + prefill {first:.2f}s, {new_tokens} new tokens in "
         f"{finished - generation_start:.2f}s]",
         file=sys.stderr,
     )
@@ -555,9 +558,12 @@ def info_table(config, frames, text_tokens: int, dtype_bytes: int, stride: int) 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "  ".join(
-        cell.rjust(width) if i != 1 else cell.ljust(width) for i, (cell, width) in enumerate(zip(cells, widths))
-    )  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if i != 1 else cell.ljust(width) for i, (cell, width) in enumerate(zip(cells, widths))
+        )
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -585,16 +591,19 @@ def run_info(args) -> None:
     text, vision = config.text_config, config.vision_config
     print(f"model: {args.model or 'StormConfig() (the paper 7B model)'}")
     print(
-        f"  vision tower {counts['vision tower'] / 1e6:,.0f}M params ({vision.image_size}px, patch {vision.patch_size}), "
+        f"  vision tower {counts['vision tower'] / 1e6:,.0f}M params "
+        f"({vision.image_size}px, patch {vision.patch_size}), "
         f"temporal projector {counts['temporal projector'] / 1e6:,.0f}M ({config.mamba_num_layers} Mamba layers), "
-        f"language model {counts['language model'] / 1e9:.2f}B ({text.num_hidden_layers} layers, hidden {text.hidden_size}, "
+        f"language model {counts['language model'] / 1e9:.2f}B "
+        f"({text.num_hidden_layers} layers, hidden {text.hidden_size}, "
         f"{text.num_key_value_heads} KV heads) = {_bytes(counts['language model'] * dtype_bytes)} in {args.dtype}"
     )
     header, rows = info_table(config, args.frames, args.text_tokens, dtype_bytes, stride)
     print(format_table(header, rows))
     print(
-        f"LLM memory = LLM weights + KV cache + prefill activations for visual tokens + {args.text_tokens} text tokens, "
-        f"in {args.dtype}; vision tower and projector weights and framework overhead not included. Token counts come "
+        "LLM memory = LLM weights + KV cache + prefill activations for visual tokens + "
+        f"{args.text_tokens} text tokens, in {args.dtype}; "
+        "vision tower and projector weights and framework overhead not included. Token counts come "
         "from storm_hf.accounting."
     )
 

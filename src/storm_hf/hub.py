@@ -69,14 +69,37 @@ def model_card(
     name = repo_id or "STORM"
     repo = repo_id or "path/to/checkpoint"
     mamba = f"{config.mamba_num_layers} {'bidirectional' if config.mamba_bidirectional else 'causal'} Mamba layers"
+    # Markdown paragraphs are single lines of the card; the literals below concatenate to one line each.
+    summary = (
+        'STORM ("Token-Efficient Long Video Understanding for Multimodal LLMs", Jiang et al., NVIDIA 2025) for Hugging '
+        f"Face Transformers: a SigLIP vision tower ({vision.image_size} px, patch {vision.patch_size}, features of "
+        f"layer {config.vision_feature_layer}) -> {config.downsample_ratio}x{config.downsample_ratio} pixel-shuffle -> "
+        f"Linear -> {mamba} (the temporal projector: every visual token carries the context of the whole video) -> "
+        f"token compression (temporal pooling {config.temporal_pool_size}, spatial pooling "
+        f"{config.spatial_pool_size}x{config.spatial_pool_size}, test-time temporal sampling) -> a Qwen2 language "
+        f"model ({text.num_hidden_layers} layers, hidden size {text.hidden_size})."
+    )
+    budget_note = (
+        f"LLM tokens per video ({vision.image_size}x{vision.image_size} frames). Temporal sampling is a test-time "
+        "choice (`temporal_sampling_stride` in the processor call); pooling sizes are fixed by training. Or set the "
+        'budget and let the processor choose frames and stride: `processor_kwargs={"max_visual_tokens": 8192}`.'
+    )
+    messages_example = (
+        'messages = [{"role": "user", "content": [{"type": "video", "path": "clip.mp4"}, '
+        '{"type": "text", "text": "What happens?"}]}]'
+    )
+    install_note = (
+        "Videos are decoded with PyAV (`pip install av`). With the `storm-hf` package installed (`import storm_hf`), "
+        "`trust_remote_code` is not needed, and the command line does the same:"
+    )
     body = f"""
 # {name}
 
-STORM ("Token-Efficient Long Video Understanding for Multimodal LLMs", Jiang et al., NVIDIA 2025) for Hugging Face Transformers: a SigLIP vision tower ({vision.image_size} px, patch {vision.patch_size}, features of layer {config.vision_feature_layer}) -> {config.downsample_ratio}x{config.downsample_ratio} pixel-shuffle -> Linear -> {mamba} (the temporal projector: every visual token carries the context of the whole video) -> token compression (temporal pooling {config.temporal_pool_size}, spatial pooling {config.spatial_pool_size}x{config.spatial_pool_size}, test-time temporal sampling) -> a Qwen2 language model ({text.num_hidden_layers} layers, hidden size {text.hidden_size}).
+{summary}
 
 ## Token budget
 
-LLM tokens per video ({vision.image_size}x{vision.image_size} frames). Temporal sampling is a test-time choice (`temporal_sampling_stride` in the processor call); pooling sizes are fixed by training. Or set the budget and let the processor choose frames and stride: `processor_kwargs={{"max_visual_tokens": 8192}}`.
+{budget_note}
 
 {token_budget_table(config)}
 
@@ -87,7 +110,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 model = AutoModelForImageTextToText.from_pretrained("{repo}", trust_remote_code=True)
 processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)
-messages = [{{"role": "user", "content": [{{"type": "video", "path": "clip.mp4"}}, {{"type": "text", "text": "What happens?"}}]}}]
+{messages_example}
 inputs = processor.apply_chat_template(
     messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
     processor_kwargs={{"num_frames": 32}},
@@ -96,7 +119,7 @@ output = model.generate(**inputs, max_new_tokens=64)
 print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 
-Videos are decoded with PyAV (`pip install av`). With the `storm-hf` package installed (`import storm_hf`), `trust_remote_code` is not needed, and the command line does the same:
+{install_note}
 
 ```bash
 storm-hf generate --model {repo} --video clip.mp4 --prompt "What happens?" --num-frames 32
@@ -121,7 +144,8 @@ def save_checkpoint(
     """Save a self-contained checkpoint: sharded safetensors + config + code, processor + chat template, model card."""
     from .conversion.processor import ensure_processing_registered
 
-    ensure_processing_registered()  # the processor saves its code and `auto_map` only once registered for the Auto classes
+    # the processor saves its code and `auto_map` only once registered for the Auto classes
+    ensure_processing_registered()
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir, max_shard_size=max_shard_size)
     processor.save_pretrained(output_dir)

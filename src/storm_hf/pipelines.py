@@ -17,10 +17,10 @@ class VideoTextToTextPipeline(ImageTextToTextPipeline):
 
     Inputs: `pipe(video, text="question")`, `pipe([video, ...], text=["question", ...])` (a video is a path, bytes, a
     file object, a (num_frames, height, width, 3) array or a list of frames), or chats with `{"type": "video", ...}`
-    and `{"type": "image", ...}` entries (`"path"`, `"url"` or the object): `pipe(text=chat)` / `pipe(text=[chat, ...])`;
-    chats with images, videos or both batch together (`batch_size`). Processor arguments such as `num_frames`, `fps`,
-    `temporal_sampling_stride` or `max_visual_tokens` go in `processor_kwargs={...}`; generation arguments as for
-    `image-text-to-text`.
+    and `{"type": "image", ...}` entries (`"path"`, `"url"` or the object): `pipe(text=chat)` /
+    `pipe(text=[chat, ...])`; chats with images, videos or both batch together (`batch_size`). Processor arguments
+    such as `num_frames`, `fps`, `temporal_sampling_stride` or `max_visual_tokens` go in `processor_kwargs={...}`;
+    generation arguments as for `image-text-to-text`.
 
     Example:
 

@@ -3,23 +3,24 @@
 This is the paper's starting point for alignment (stage 1): the vision tower and the LLM come pretrained, the temporal
 projector (Linear + Mamba stack) is freshly initialised.
 
-Accepted vision layouts (by the `model_type` of the vision checkpoint's config):
+Accepted vision layouts (by the `model_type` of the vision checkpoint's config), with the keys kept and dropped (and
+why):
 
-| model_type | kept | dropped (and why) |
-|---|---|---|
-| `siglip_vision_model` | `[vision_model.]{embeddings,encoder}.*` | `head.*`: attention-pooling head, STORM uses patch features |
-| `siglip` | `vision_model.{embeddings,encoder}.*` | `text_model.*` (text tower), `logit_scale`/`logit_bias` (contrastive loss), `vision_model.head.*` |
-| `paligemma` | `[model.]vision_tower[.vision_model].{embeddings,encoder}.*` | `multi_modal_projector.*` (replaced by STORM's projector), `language_model.*`/`lm_head.*` (Gemma) |
+- `siglip_vision_model`: keeps `[vision_model.]{embeddings,encoder}.*`; drops `head.*`: attention-pooling head, STORM
+  uses patch features.
+- `siglip`: keeps `vision_model.{embeddings,encoder}.*`; drops `text_model.*` (text tower), `logit_scale`/`logit_bias`
+  (contrastive loss), `vision_model.head.*`.
+- `paligemma`: keeps `[model.]vision_tower[.vision_model].{embeddings,encoder}.*`; drops `multi_modal_projector.*`
+  (replaced by STORM's projector), `language_model.*`/`lm_head.*` (Gemma).
 
 In every vision layout, the encoder layers after `vision_feature_layer` and `post_layernorm` are dropped too (STORM
 builds the tower only up to its feature layer) and reported with the layer numbers.
 
 Accepted language layouts:
 
-| model_type | kept | dropped (and why) |
-|---|---|---|
-| `qwen2` | `model.*` -> `model.language_model.*`, `lm_head.weight` | nothing |
-| `qwen2_vl`, `qwen2_5_vl` | `model.language_model.*` or legacy `model.*`, `lm_head.weight` | `[model.]visual.*`: Qwen2-VL's own vision encoder and merger, replaced by SigLIP + the temporal projector |
+- `qwen2`: keeps `model.*` -> `model.language_model.*`, `lm_head.weight`; drops nothing.
+- `qwen2_vl`, `qwen2_5_vl`: keeps `model.language_model.*` or legacy `model.*`, `lm_head.weight`; drops
+  `[model.]visual.*`: Qwen2-VL's own vision encoder and merger, replaced by SigLIP + the temporal projector.
 
 Qwen2-VL's language model is a Qwen2 decoder with multimodal RoPE; with text-like (1-D) positions its three RoPE
 sections share one position, which is ordinary RoPE, so it is loaded as Qwen2 (`mrope_section` is dropped from the
@@ -201,7 +202,8 @@ def compose_storm(
     added = add_vision_tokens(tokenizer_object, text_config["vocab_size"])
     if added:
         report.append(
-            f"added special tokens {added} to the tokenizer (ids below the LM's {text_config['vocab_size']} embedding rows)"
+            f"added special tokens {added} to the tokenizer "
+            f"(ids below the LM's {text_config['vocab_size']} embedding rows)"
         )
     config = StormConfig(
         vision_config=vision_config_of(vision_source_config),
@@ -237,7 +239,8 @@ def compose_storm(
     report += [f"vision: {line}" for line in mapped_vision.describe_dropped()]
     report += [f"language: {line}" for line in mapped_language.describe_dropped()]
     report.append(
-        f"freshly initialised: {len(fresh)} temporal-projector tensor(s) (Linear + {config.mamba_num_layers} Mamba layers)"
+        f"freshly initialised: {len(fresh)} temporal-projector tensor(s) "
+        f"(Linear + {config.mamba_num_layers} Mamba layers)"
     )
     if (language_folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(language_folder)

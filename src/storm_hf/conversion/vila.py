@@ -102,7 +102,8 @@ def projector_settings(projector_config: dict, tensors, llm_hidden_size: int) ->
     )
     if mamba_layers != list(range(FIRST_MAMBA_INDEX, FIRST_MAMBA_INDEX + len(mamba_layers))):
         raise ConversionError(
-            f"mm_projector Mamba layers must be numbered layers.{FIRST_MAMBA_INDEX}, layers.{FIRST_MAMBA_INDEX + 1}, ...; "
+            f"mm_projector Mamba layers must be numbered layers.{FIRST_MAMBA_INDEX}, "
+            f"layers.{FIRST_MAMBA_INDEX + 1}, ...; "
             f"found layers {mamba_layers}."
         )
     first = f"layers.{FIRST_MAMBA_INDEX}.mixer."
@@ -144,7 +145,8 @@ def convert_vila_checkpoint(
     absent = [name for name, folder in folders.items() if not folder.is_dir()]
     if absent:
         raise ConversionError(
-            f"'{root}' is not a VILA checkpoint: missing folder(s) {absent} (expected llm/, vision_tower/, mm_projector/)."
+            f"'{root}' is not a VILA checkpoint: missing folder(s) {absent} "
+            "(expected llm/, vision_tower/, mm_projector/)."
         )
     top_config = read_json(root / "config.json") if (root / "config.json").is_file() else {}
     llm_config = AutoConfig.from_pretrained(folders["llm"])

@@ -29,7 +29,8 @@ except (ImportError, OSError, RuntimeError):
     causal_conv1d_fn = None
 
 ProgressCallback = Callable[[int, int], None]
-"""`progress_callback(done_frames, total_frames)`: called after each vision micro-batch with the frames encoded so far."""
+"""`progress_callback(done_frames, total_frames)`: called after each vision micro-batch with the frames encoded so
+far."""
 
 
 @dataclass
@@ -82,7 +83,8 @@ class StormMambaState:
 def reverse_sequences(hidden_states: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Reverses each sequence of a right-padded batch in time, leaving the padding where it is.
 
-    hidden_states: `(batch_size, sequence_length, channels)`; lengths: `(batch_size,)` real lengths, or None (no padding).
+    hidden_states: `(batch_size, sequence_length, channels)`; lengths: `(batch_size,)` real lengths, or None (no
+    padding).
     """
     if lengths is None:
         return hidden_states.flip(1)
@@ -104,7 +106,8 @@ class StormPixelShuffle(nn.Module):
         self.ratio = ratio
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features: `(num_frames, height, width, channels)` -> `(num_frames, ceil(height/r), ceil(width/r), r*r*channels)`."""
+        """features: `(num_frames, height, width, channels)` ->
+        `(num_frames, ceil(height/r), ceil(width/r), r*r*channels)`."""
         num_frames, height, width, channels = features.shape
         r = self.ratio
         features = F.pad(features, (0, 0, 0, -width % r, 0, -height % r))
@@ -182,7 +185,8 @@ class StormMambaMixer(nn.Module):
         """
         if self.bidirectional and state is not None:
             raise ValueError(
-                "A bidirectional Mamba scan sees the whole sequence at once; streaming `state` needs `mamba_bidirectional=False`."
+                "A bidirectional Mamba scan sees the whole sequence at once; "
+                "streaming `state` needs `mamba_bidirectional=False`."
             )
         if (
             lengths is None
@@ -344,8 +348,9 @@ class StormTemporalProjector(nn.Module):
         states: list[StormMambaState] | None = None,
     ) -> tuple[tuple[torch.Tensor, ...], list[StormMambaState | None]]:
         """
-        frame_features: `(total_frames, grid_height, grid_width, vision_hidden_size)`, the frames of all videos in order;
-        num_frames: frames of each video. `states`: per-layer states of a previous call (causal projector, streaming).
+        frame_features: `(total_frames, grid_height, grid_width, vision_hidden_size)`, the frames of all videos in
+        order; num_frames: frames of each video. `states`: per-layer states of a previous call (causal projector,
+        streaming).
         Returns one `(num_frames_i, grid_height/r, grid_width/r, hidden_size)` tensor per video and per-layer states.
         """
         tokens = self.linear(self.pixel_shuffle(frame_features))
@@ -391,7 +396,8 @@ def temporal_pool(tokens: torch.Tensor, pool_size: int) -> torch.Tensor:
 def spatial_pool(tokens: torch.Tensor, pool_size: int) -> torch.Tensor:
     """Averages `pool_size`x`pool_size` windows inside each frame.
 
-    tokens: `(num_frames, height, width, hidden_size)` -> `(num_frames, height/pool_size, width/pool_size, hidden_size)`.
+    tokens: `(num_frames, height, width, hidden_size)` ->
+    `(num_frames, height/pool_size, width/pool_size, hidden_size)`.
     """
     if pool_size == 1:
         return tokens
@@ -400,7 +406,10 @@ def spatial_pool(tokens: torch.Tensor, pool_size: int) -> torch.Tensor:
 
 
 def temporal_sample(tokens: torch.Tensor, stride: int) -> torch.Tensor:
-    """Keeps every `stride`-th frame, starting with the first: `(num_frames, ...)` -> `(ceil(num_frames / stride), ...)`."""
+    """Keeps every `stride`-th frame, starting with the first.
+
+    tokens: `(num_frames, ...)` -> `(ceil(num_frames / stride), ...)`.
+    """
     return tokens[::stride]
 
 
@@ -658,7 +667,8 @@ class StormModel(StormPreTrainedModel):
         strides = torch.as_tensor(temporal_sampling_stride, device=video_num_frames.device)
         if strides.numel() not in (1, batch_size) or bool((strides < 1).any()):
             raise ValueError(
-                f"`temporal_sampling_stride` must be one integer >= 1 or one per sample ({batch_size}), got {strides.tolist()}."
+                "`temporal_sampling_stride` must be one integer >= 1 or one per sample "
+                f"({batch_size}), got {strides.tolist()}."
             )
         strides = strides.reshape(-1).expand(batch_size)
         frames = _select_padded(pixel_values_videos, video_num_frames.sum(dim=1), "pixel_values_videos")
@@ -717,8 +727,8 @@ class StormModel(StormPreTrainedModel):
             kind = "video" if token_id == self.config.video_token_id else "image"
             raise ValueError(
                 f"The prompt has {num_placeholders} {kind} placeholder tokens (id {token_id}) but the {kind} inputs "
-                f"produce {features.shape[0]} tokens. Build inputs with StormProcessor, which expands placeholders with "
-                f"the same frame counts, pooling and `temporal_sampling_stride` the model uses."
+                f"produce {features.shape[0]} tokens. Build inputs with StormProcessor, which expands placeholders "
+                f"with the same frame counts, pooling and `temporal_sampling_stride` the model uses."
             )
         return mask.unsqueeze(-1).to(inputs_embeds.device)
 
@@ -741,7 +751,8 @@ class StormModel(StormPreTrainedModel):
         ):
             if pixels is None and bool((input_ids == token_id).any()):
                 raise ValueError(
-                    f"The prompt has {int((input_ids == token_id).sum())} {kind} placeholder tokens (id {token_id}) but "
+                    f"The prompt has {int((input_ids == token_id).sum())} {kind} placeholder tokens "
+                    f"(id {token_id}) but "
                     f"no `{name}`: the {kind} inputs are missing. Build the inputs with StormProcessor from the "
                     f"{kind}s (its `{name}` must reach the model, e.g. keep it through your data collator), or remove "
                     "the placeholders from a text-only prompt."

@@ -125,8 +125,8 @@ class StormProcessor(ProcessorMixin):
         return super().from_args_and_dict(args, processor_dict, **kwargs)
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        """Load images given as paths or URLs, and group `images` and `videos` (flat in placeholder order over the batch,
-        or nested per sample) per sample, after checking that there is one per placeholder."""
+        """Load images given as paths or URLs, and group `images` and `videos` (flat in placeholder order over the
+        batch, or nested per sample) per sample, after checking that there is one per placeholder."""
         if text is None:
             raise ValueError(
                 f"{type(self).__name__} needs `text` with one {self.video_token} per video and one {self.image_token} "
@@ -164,7 +164,8 @@ class StormProcessor(ProcessorMixin):
         ]
 
     def _process_images(self, images: list[list], **kwargs):
-        """Images grouped per sample -> `pixel_values` (batch, max_images, 3, H, W), `num_images`, placeholder strings."""
+        """Images grouped per sample -> `pixel_values` (batch, max_images, 3, H, W), `num_images`, placeholder
+        strings."""
         flat = [image for sample in images for image in sample]
         if not flat:
             return {}, []
@@ -186,8 +187,8 @@ class StormProcessor(ProcessorMixin):
         return self.image_token * int(image_inputs["image_token_grid"][image_idx].prod())
 
     def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, **kwargs) -> MultiModalData:
-        """Placeholder counts for images of (height, width) and videos of (num_frames, height, width) (frames as sampled;
-        the processed frame size is the processors' `size` when they resize). `kwargs`: processor kwargs
+        """Placeholder counts for images of (height, width) and videos of (num_frames, height, width) (frames as
+        sampled; the processed frame size is the processors' `size` when they resize). `kwargs`: processor kwargs
         (e.g. `temporal_sampling_stride`)."""
         merged = self._merge_kwargs(self.valid_processor_kwargs, **kwargs)
         data = {}

@@ -1,8 +1,8 @@
 """How many LLM tokens a video or an image becomes, and how many frames fit a token budget.
 
 The processor expands placeholders with `visual_token_grid` (`num_visual_tokens` is its product); the model produces
-exactly that many tokens (checked against the placeholder mask at every forward). `frames_within_budget` is the policy that
-turns a `max_visual_tokens` budget into a frame count and a temporal-sampling stride.
+exactly that many tokens (checked against the placeholder mask at every forward). `frames_within_budget` is the policy
+that turns a `max_visual_tokens` budget into a frame count and a temporal-sampling stride.
 """
 
 import math
@@ -58,7 +58,8 @@ def visual_token_grid(
     if grid_height % spatial_pool_size or grid_width % spatial_pool_size:
         raise ValueError(
             f"`spatial_pool_size={spatial_pool_size}` does not divide the {grid_height}x{grid_width} token grid of "
-            f"{height}x{width} frames (patch {patch_size}, pixel-shuffle {downsample_ratio}); pick a divisor of both sides."
+            f"{height}x{width} frames (patch {patch_size}, pixel-shuffle {downsample_ratio}); "
+            "pick a divisor of both sides."
         )
     pooled_frames = math.ceil(num_frames / temporal_pool_size)
     kept_frames = math.ceil(pooled_frames / temporal_sampling_stride)

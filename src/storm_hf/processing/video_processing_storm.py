@@ -101,7 +101,8 @@ def _array_from_nested_lists(video) -> np.ndarray:
         array = np.asarray(video)
     except ValueError as error:
         raise ValueError(
-            f"A video given as nested lists must have frames of equal size (frames x height x width x channels): {error}"
+            "A video given as nested lists must have frames of equal size (frames x height x width x channels): "
+            f"{error}"
         ) from None
     if np.issubdtype(array.dtype, np.integer):
         if array.size and (array.min() < 0 or array.max() > 255):
@@ -128,8 +129,9 @@ def make_list_of_videos(videos) -> list:
         if videos.ndim == 5:
             return list(videos)
         raise ValueError(
-            f"Got an array of shape {tuple(videos.shape)} where a video was expected. A video is a (num_frames, height, "
-            "width, channels) array, a list of frames or a file; pass single images with `images=` instead."
+            f"Got an array of shape {tuple(videos.shape)} where a video was expected. "
+            "A video is a (num_frames, height, width, channels) array, a list of frames or a file; "
+            "pass single images with `images=` instead."
         )
     if isinstance(videos, (list, tuple)):
         return [video for item in videos for video in make_list_of_videos(item)]
