@@ -147,9 +147,10 @@ class StormProcessor(ProcessorMixin):
         counts = [sample.count(token) for sample in texts]
         if sum(counts) != num_inputs:
             raise ValueError(
-                f"The text has {sum(counts)} {token} placeholder(s) (per sample: {counts}) but {num_inputs} {kind}(s) "
-                f"were passed. Put one {token} in the text for each {kind}, in order (`apply_chat_template` does this "
-                f'for {{"type": "{kind}"}} entries), or pass as many {kind}s as there are placeholders.'
+                f"The total number of {token} tokens in the prompts should be the same as the number of {kind}s "
+                f"passed: the text has {sum(counts)} {token} placeholder(s) (per sample: {counts}) but {num_inputs} "
+                f"{kind}(s) were passed. Put one {token} in the text for each {kind}, in order (`apply_chat_template` "
+                f'does this for {{"type": "{kind}"}} entries), or pass as many {kind}s as there are placeholders.'
             )
         return counts
 

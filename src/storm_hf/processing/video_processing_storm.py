@@ -288,6 +288,18 @@ class StormVideoProcessor(BaseVideoProcessor):
             )
         return np.round(np.linspace(0, total - 1, num_frames)).astype(np.int64)
 
+    def _validate_preprocess_kwargs(self, do_resize=None, size=None, **kwargs):
+        """transformers' checks, and that frames are resized to a `height` x `width` (the vision tower's input size,
+        from which the token grid is counted), not by an edge length."""
+        super()._validate_preprocess_kwargs(do_resize=do_resize, size=size, **kwargs)
+        if do_resize and (size.height is None or size.width is None):  # the base class checks that `size` is set
+            given = {key: value for key, value in vars(size).items() if value is not None}
+            raise ValueError(
+                f"{type(self).__name__} resizes frames to `size={{'height': ..., 'width': ...}}` (the vision tower's "
+                f"image size), got `size={given}`. Pass the height and width of the model's "
+                "`vision_config.image_size`."
+            )
+
     def preprocess(self, videos, **kwargs: Unpack[StormVideoProcessorKwargs]) -> BatchFeature:
         """Decode, sample and normalise `videos` (a batch, or per-sample lists) and count their tokens; see the class
         docstring for the outputs. A sample's videos share `max_visual_tokens` and one stride."""
