@@ -88,7 +88,7 @@ def unseen_clips(count: int, rng: np.random.Generator, seen: ClipHashes, **draw_
     question_types = draw_kwargs.get("question_types", QUESTION_TYPES)
     wanted = [question_types[index % len(question_types)] for index in range(count)]
     pending = Counter(wanted)
-    for row in candidates:
+    for row in candidates if count else ():
         if not pending[row["question_type"]]:
             continue
         if seen.contains(row):
