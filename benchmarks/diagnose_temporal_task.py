@@ -7,7 +7,7 @@ for 300 steps of 8 clips (the benchmark's reduced recipe: learning rate 1e-3 eve
 fact every frame shows: the pipeline reads the video at all?). Before training, linear probes on the visual tokens of
 randomly initialised models measure what the LLM is given. The rendering is the task's (`default`) or a simplified one (`easy`: one flat dark-grey background for every scene, no
 distractors, no noise, shapes of half-side 5-6 px instead of 2-4): the identical-bag construction and the hash check
-are unchanged. The easy rendering patches the renderer's module-level helpers inside the run's own process.
+are unchanged. The easy rendering and the colour answers patch the renderer's module-level helpers, so every run has a fresh process.
 
     python benchmarks/diagnose_temporal_task.py   # 2 probes and 6 runs, 2 at a time, ~8 min on a 2-core machine
 
@@ -182,7 +182,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=RESULTS / "temporal_task_diagnosis.md")
     args = parser.parse_args(argv)
     started, load_before = time.time(), os.getloadavg()
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         probes = {layers: pool.submit(probe_at_init, layers, args.probe_clips, "direction") for layers in (0, 2)}
         probes = {layers: future.result() for layers, future in probes.items()}
         futures = [pool.submit(run_one, *run, args.train, args.test) for run in RUNS]
