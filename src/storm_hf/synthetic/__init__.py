@@ -1,6 +1,6 @@
 """A synthetic long-video question-answering task whose answers are decided by the order of the frames alone.
 
-Clips are 32 frames of 64x64 px; every question is built so that the answer variants of a scene show the same
+Clips are 32 frames of 32x32 px; every question is built so that the answer variants of a scene show the same
 multiset of frames (noise included) in different orders (`render`), and test clips are checked, by content hash, not
 to be training clips (`data`). The task model is STORM at toy scale (`task`); `train` and `evaluate` run and score it;
 `demo` is `storm-hf demo`, with the trained weights shipped as package data in `demo_checkpoint/`.

@@ -108,7 +108,7 @@ def temporal_task_config(
     downsample_ratio: int = DOWNSAMPLE_RATIO,
     **overrides,
 ):
-    """A tiny STORM (under 1M parameters) for the task: SigLIP (2 layers, 64 wide) on 64 px frames in 16 px patches
+    """A tiny STORM (under 1M parameters) for the task: SigLIP (2 layers, 64 wide) on 32 px frames in 8 px patches
     (a 4x4 grid), a 4x4 pixel-shuffle (one 1024-wide token per frame), Linear -> `mamba_num_layers` bidirectional
     Mamba layers 128 wide, temporal pooling k=4, a 2-layer 128-wide Qwen2 over the task tokenizer's vocabulary.
 
