@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 RESULTS = Path(__file__).parent / "results"
 LEARNING_RATE = 1e-3  # every part, the LLM included: short runs need the LLM to learn the answer format fast
 

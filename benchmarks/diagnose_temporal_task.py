@@ -2,12 +2,13 @@
 benchmark's recipe, on the task's own clips and on a simplified rendering.
 
 Each run trains `temporal_task_config()` (STORM + T.Pool k=4, 32 frames) on `--train` clips of the `direction` question
-for 300 steps of 8 clips (the benchmark's reduced recipe: learning rate 1e-3 everywhere) and scores greedy exact match on
-`--test` clips checked unseen by content hash. The answer is left/right, or, as a control, the moving shape's colour (a
-fact every frame shows: the pipeline reads the video at all?). Before training, linear probes on the visual tokens of
-randomly initialised models measure what the LLM is given. The rendering is the task's (`default`) or a simplified one (`easy`: one flat dark-grey background for every scene, no
-distractors, no noise, shapes of half-side 5-6 px instead of 2-4): the identical-bag construction and the hash check
-are unchanged. The easy rendering and the colour answers patch the renderer's module-level helpers, so every run has a fresh process.
+for 300 steps of 8 clips (the benchmark's reduced recipe: learning rate 1e-3 everywhere) and scores greedy exact match
+on `--test` clips checked unseen by content hash. The answer is left/right, or, as a control, the moving shape's colour
+(a fact every frame shows: the pipeline reads the video at all?). Before training, linear probes on the visual tokens of
+randomly initialised models measure what the LLM is given. The rendering is the task's (`default`) or a simplified one
+(`easy`: one flat dark-grey background for every scene, no distractors, no noise, shapes of half-side 5-6 px instead of
+2-4): the identical-bag construction and the hash check are unchanged. The easy rendering and the colour answers patch
+the renderer's module-level helpers, so every run has a fresh process.
 
     python benchmarks/diagnose_temporal_task.py   # 2 probes and 6 runs, 2 at a time, ~8 min on a 2-core machine
 
@@ -27,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_temporal_task import git_commit
+
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = [  # (rendering, answer, seed): 300 steps of 8 clips each
@@ -200,8 +203,9 @@ def main(argv=None):
         "# Temporal task: why STORM + T.Pool does not learn in a short run",
         "",
         (
-            f"STORM + T.Pool k=4 (`temporal_task_config()`), {args.train} training clips, learning rate 1e-3 (cosine, 30 "
-            f"warm-up steps), greedy exact match on {args.test} test clips checked unseen by hash (overlap in the .json: 0). "
+            f"STORM + T.Pool k=4 (`temporal_task_config()`), {args.train} training clips, learning rate 1e-3 "
+            f"(cosine, 30 warm-up steps), greedy exact match on {args.test} test clips checked unseen by hash "
+            "(overlap in the .json: 0). "
             "Answer `direction`: left/right, bag-of-frames bound 50%. Answer `colour` (control): the moving shape's "
             "colour, shown by every frame, chance 25%. `easy`: one flat background, no distractors, no noise, shapes "
             "of half-side 5-6 px."
@@ -212,13 +216,15 @@ def main(argv=None):
     ]
     for r in results:
         lines.append(
-            f"| {r['rendering']} | {r['answer']} | {r['seed']} | {r['steps']} x {r['batch_size']} | {r['train_loss_run_average']} | "
+            f"| {r['rendering']} | {r['answer']} | {r['seed']} | {r['steps']} x {r['batch_size']} | "
+            f"{r['train_loss_run_average']} | "
             f"{r['train_cpu_seconds']} | {100 * r['accuracy']:.1f} |"
         )
     lines += [
         "",
         (
-            f"Linear probes on the 8 visual tokens of a randomly initialised model (before any training), {args.probe_clips} "
+            "Linear probes on the 8 visual tokens of a randomly initialised model (before any training), "
+            f"{args.probe_clips} "
             "clips of the default rendering, held-out half:"
         ),
         "",

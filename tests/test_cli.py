@@ -7,17 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from media import make_frames, write_video
+from modeling_utils import tiny_config
+from test_conversion import TEXT, VISION, qwen_source, siglip_source, write_vila_checkpoint
+from test_hub import REPO_ID, hub, tiny_model_and_processor  # noqa: F401 (fixture)
 from transformers import AutoProcessor
 
 import storm_hf
 from storm_hf import StormForConditionalGeneration
 from storm_hf.cli import main
 from storm_hf.hub import save_checkpoint
-
-from media import make_frames, write_video
-from test_conversion import TEXT, VISION, qwen_source, siglip_source, write_vila_checkpoint
-from test_hub import REPO_ID, hub, tiny_model_and_processor  # noqa: F401 (fixture)
-from modeling_utils import tiny_config
 
 
 SUBCOMMANDS = ["generate", "compose", "convert", "push", "info", "demo"]
@@ -238,6 +237,7 @@ def test_compose_convert_and_push_commands(capsys, tmp_path, hub):  # noqa: F811
 # ---------------------------------------------------------------- demo
 
 from storm_hf.synthetic.demo import BUNDLED_CHECKPOINT  # noqa: E402
+
 
 needs_bundled_checkpoint = pytest.mark.skipif(
     not (BUNDLED_CHECKPOINT / "config.json").is_file(),

@@ -27,6 +27,7 @@ from storm_hf.synthetic import (
     unseen_clips,
 )
 
+
 pytest.importorskip("av")
 datasets = pytest.importorskip("datasets")
 
@@ -118,7 +119,10 @@ def test_unseen_clips_rejects_training_clips():
     reordered = dict(train[0], clip_hash="another order")
     assert seen.contains(reordered) and not seen.contains(dict(reordered, bag_hash="another scene"))
     # no clips wanted (a training-only dataset): nothing drawn (this looped forever over an endless stream)
-    assert unseen_clips(0, np.random.default_rng(7), seen) == ([], {question_type: 0 for question_type in QUESTION_TYPES})
+    assert unseen_clips(0, np.random.default_rng(7), seen) == (
+        [],
+        {question_type: 0 for question_type in QUESTION_TYPES},
+    )
 
 
 def test_scene_space_is_far_larger_than_a_training_set():

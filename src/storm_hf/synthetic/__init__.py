@@ -46,6 +46,7 @@ from .task import (
 )
 from .train import train_temporal_task_model
 
+
 __all__ = [
     "BAG_OF_FRAMES_CHANCE",
     "COLOURS",

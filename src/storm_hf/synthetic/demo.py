@@ -28,6 +28,7 @@ from .data import ClipHashes, make_messages, unseen_clips
 from .evaluate import evaluate_temporal_task, normalise_answer
 from .render import BAG_OF_FRAMES_CHANCE, QUESTION_TYPES, write_video
 
+
 BUNDLED_CHECKPOINT = Path(__file__).parent / "demo_checkpoint"
 TRAIN_HASHES = "train_hashes.json"
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
 IMAGE_SIZE = 32
 NUM_FRAMES = 32
 PATCH_SIZE = 8  # a 4x4 grid of vision patches per frame

@@ -2,6 +2,7 @@
 
 from .render import COLOURS, DOWNSAMPLE_RATIO, IMAGE_SIZE, NUM_FRAMES, PATCH_SIZE, QUESTIONS
 
+
 # The Qwen2-VL special tokens: ChatML's and the vision placeholders the STORM chat template writes.
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -92,11 +93,14 @@ def build_task_processor(
     return StormProcessor(
         image_processor=SiglipImageProcessor(size=resize),
         tokenizer=tokenizer,
-        video_processor=StormVideoProcessor(size=resize, num_frames=num_frames),
-        patch_size=patch_size,
-        downsample_ratio=downsample_ratio,
-        temporal_pool_size=temporal_pool_size,
-        spatial_pool_size=1,
+        video_processor=StormVideoProcessor(
+            size=resize,
+            num_frames=num_frames,
+            patch_size=patch_size,
+            downsample_ratio=downsample_ratio,
+            temporal_pool_size=temporal_pool_size,
+            spatial_pool_size=1,
+        ),
     )
 
 
