@@ -61,6 +61,21 @@ def answer(outputs):
     return outputs[0]["generated_text"]
 
 
+def assert_both_pipelines_answer_like_the_reference(pipe, model, processor, frames, settings):
+    """`video-text-to-text` (frames + question) and the stock `image-text-to-text` (a chat) with `processor_kwargs`
+    answer as processor + `generate` do with the same settings."""
+    expected = reference_answer(model, processor, video_chat(frames), **settings)
+    output = pipe(
+        frames, text="What happens?", processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
+    )
+    assert answer(output) == expected
+    stock = pipeline("image-text-to-text", model=model, processor=processor)
+    output = stock(
+        text=video_chat(frames), processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
+    )
+    assert answer(output) == expected
+
+
 def test_video_and_question_as_path_array_and_chat(pipe, model, processor, tmp_path):
     frames = make_frames(12)
     path = str(write_video(tmp_path / "clip.mp4", frames))
@@ -76,16 +91,7 @@ def test_video_and_question_as_path_array_and_chat(pipe, model, processor, tmp_p
 def test_stride_and_frames_chosen_per_call(pipe, model, processor):
     frames = make_frames(16)
     settings = {"num_frames": 8, "temporal_sampling_stride": 2}
-    expected = reference_answer(model, processor, video_chat(frames), **settings)
-    output = pipe(
-        frames, text="What happens?", processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
-    )
-    assert answer(output) == expected
-    stock = pipeline("image-text-to-text", model=model, processor=processor)
-    output = stock(
-        text=video_chat(frames), processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
-    )
-    assert answer(output) == expected
+    assert_both_pipelines_answer_like_the_reference(pipe, model, processor, frames, settings)
 
 
 def test_batched_calls_match_single_calls(pipe, processor):
@@ -173,13 +179,4 @@ def test_max_visual_tokens_through_the_pipeline(pipe, model, processor):
     settings = {"max_visual_tokens": 16}  # 4 pooled frames of 2x2 tokens: 8 frames (the processor's default is 4)
     prepared = pipe.preprocess(Chat(video_chat(frames)), processor_kwargs=settings)
     assert prepared[VISUAL_INPUTS]["video_num_frames"].tolist() == [[8]]
-    expected = reference_answer(model, processor, video_chat(frames), **settings)
-    output = pipe(
-        frames, text="What happens?", processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
-    )
-    assert answer(output) == expected
-    stock = pipeline("image-text-to-text", model=model, processor=processor)
-    output = stock(
-        text=video_chat(frames), processor_kwargs=settings, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False
-    )
-    assert answer(output) == expected
+    assert_both_pipelines_answer_like_the_reference(pipe, model, processor, frames, settings)
