@@ -1,7 +1,9 @@
 """Streaming sessions on the causal projector against the offline model given all frames in one prompt."""
 
+import contextlib
 import io
 import os
+import socket
 import threading
 import time
 
@@ -216,43 +218,84 @@ def write_live_mpegts(file, frames: np.ndarray, written: list, interval: float =
             container.mux(packet)
 
 
-def test_live_pipe_source_is_answered_while_it_is_written(model, processor):
-    frames = make_frames(30, seed=7)
-    read_end, write_end = os.pipe()
+class TeeWriter(io.RawIOBase):
+    """A writable sink that also keeps a copy of every byte, for the reference decoding."""
+
+    def __init__(self, file, copy: io.BytesIO):
+        self.file, self.copy = file, copy
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.copy.write(data)
+        return self.file.write(data)
+
+
+def assert_live_source_answered_while_written(model, processor, open_sink, source, frames):
+    """A writer thread encodes `frames` live into the sink `open_sink()` returns; the session reads `source` (a file
+    object or URL) through `iter_video_frames` at the same time. The frames received must be those a decoder of all
+    the bytes written sees, the first one must arrive before the writer is done, and the answer must equal the offline
+    model's on those frames."""
     written, copy = [], io.BytesIO()
 
-    class Tee(io.RawIOBase):  # the pipe, and a copy of every byte for the reference decoding
-        def __init__(self, file):
-            self.file = file
-
-        def writable(self):
-            return True
-
-        def write(self, data):
-            copy.write(data)
-            return self.file.write(data)
-
     def writer():
-        with os.fdopen(write_end, "wb", buffering=0) as pipe:
-            write_live_mpegts(Tee(pipe), frames, written)
+        with open_sink() as sink:
+            write_live_mpegts(TeeWriter(sink, copy), frames, written)
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     session = StormStreamingSession(model, processor)
     received, written_at_first_frame = [], None
-    with os.fdopen(read_end, "rb", buffering=0) as pipe:
-        for _, frame in iter_video_frames(pipe, format="mpegts", options={"probesize": "32", "analyzeduration": "0"}):
-            written_at_first_frame = len(written) if written_at_first_frame is None else written_at_first_frame
-            session.add_frames(frame)
-            received.append(frame)
+    for _, frame in iter_video_frames(source, format="mpegts", options={"probesize": "32", "analyzeduration": "0"}):
+        written_at_first_frame = len(written) if written_at_first_frame is None else written_at_first_frame
+        session.add_frames(frame)
+        received.append(frame)
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert written_at_first_frame < len(frames)  # frames were read while the writer was still encoding
     copy.seek(0)
     with av.open(copy, format="mpegts") as container:
         reference = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    assert len(reference) == len(frames)
     np.testing.assert_array_equal(np.stack(received), reference)
     assert_same_answer(session.generate(QUESTION, **GENERATE), offline(model, processor, reference))
+
+
+def test_live_pipe_source_is_answered_while_it_is_written(model, processor):
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        assert_live_source_answered_while_written(
+            model, processor, lambda: os.fdopen(write_end, "wb", buffering=0), pipe, make_frames(30, seed=7)
+        )
+
+
+@contextlib.contextmanager
+def connect_when_listening(port: int, timeout: float = 20.0):
+    """A TCP connection to 127.0.0.1:`port`, retried until the reader listens there; yields its binary file."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection = socket.create_connection(("127.0.0.1", port))
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    with connection, connection.makefile("wb", buffering=0) as file:
+        yield file
+
+
+def test_live_tcp_source_is_answered_while_it_is_written(model, processor):
+    """A local network stream: the session listens on a loopback TCP port (FFmpeg's `tcp://...?listen=1`), a
+    sender connects and streams mpegts/h264 as it encodes."""
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}?listen=1&listen_timeout=20000"
+    assert_live_source_answered_while_written(
+        model, processor, lambda: connect_when_listening(port), url, make_frames(24, seed=9)
+    )
 
 
 def test_stream_command_prints_answers_as_the_video_plays(capsys, tmp_path, model, processor):
