@@ -15,7 +15,7 @@ from transformers import AutoProcessor
 
 import storm_hf
 from storm_hf import StormForConditionalGeneration
-from storm_hf.cli import main
+from storm_hf.commands import main
 from storm_hf.hub import save_checkpoint
 
 
