@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from .accounting import compression_label, video_tokens
 
@@ -51,9 +53,6 @@ def token_budget_table(config, sampling_strides=(1, 2, 4)) -> str:
 def is_hub_id(name: str | os.PathLike) -> bool:
     """Whether `name` can only mean a Hub repository: it is no existing path and it is a valid repo id (`name` or
     `org/name`; an absolute, relative or home path such as `/x`, `./x`, `~/x` or `a/b/c` is none)."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     name = os.fspath(name)
     if os.path.exists(name):
         return False
