@@ -124,13 +124,11 @@ def resolve_device(requested: str | None) -> str:
 
 def load_model_and_processor(name: str, dtype: str, device: str | None, trust_remote_code: bool, **config_overrides):
     """The model (on `resolve_device(device)`, in eval mode) and processor of checkpoint `name`; `config_overrides`
-    that are not None reach both (the video processor counts placeholders with the model's pooling)."""
+    that are not None reach both (the video processor counts placeholders with the model's pooling). The Auto
+    classes know STORM: importing `storm_hf`, which this package is part of, registered it."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from ..conversion.processor import ensure_processing_registered
-
-    ensure_processing_registered()
     check_model_name(name)
     device = resolve_device(device)
     overrides = {key: value for key, value in config_overrides.items() if value is not None}
