@@ -209,6 +209,9 @@ def test_old_cli_module_warns_and_runs_the_same_command(capsys):
     with pytest.warns(DeprecationWarning, match="storm_hf.commands"):
         module = importlib.import_module("storm_hf.cli")
     assert module.main is storm_hf.commands.main
+    assert (
+        module.positive_int is storm_hf.commands.common.positive_int and module.run_info is storm_hf.commands.info.run
+    )
     old = subprocess.run([sys.executable, "-m", "storm_hf.cli", "--help"], capture_output=True, text=True, timeout=120)
     new = subprocess.run(
         [sys.executable, "-m", "storm_hf.commands", "--help"], capture_output=True, text=True, timeout=120
