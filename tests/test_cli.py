@@ -15,7 +15,7 @@ from transformers import AutoProcessor
 
 import storm_hf
 from storm_hf import StormForConditionalGeneration
-from storm_hf.cli import main
+from storm_hf.commands import main
 from storm_hf.hub import save_checkpoint
 
 
@@ -189,6 +189,36 @@ def test_generate_streams_the_models_greedy_answer(capsys, checkpoint):
     tokens = storm_hf.num_visual_tokens(6, 56, 56, patch_size=14, temporal_pool_size=2, temporal_sampling_stride=2)
     assert f"6 frames -> {tokens} visual tokens" in err
     assert "decoding frames" in err and "encoding frames" in err
+
+
+def test_generate_progress_bars_count_every_frame(capsys, checkpoint):
+    argv = ["--model", checkpoint, "--video", checkpoint / "clip.mp4", "--prompt", "x", "--max-new-tokens", "1"]
+    status, _, err = run(capsys, "generate", *argv, "--num-frames", "5")
+    assert status == 0, err
+    assert re.search(r"decoding frames: 100%\S* 5/5", err) and re.search(r"encoding frames: 100%\S* 5/5", err), err
+    status, _, err = run(capsys, "generate", *argv, "--num-frames", "5", "--no-progress")
+    assert status == 0 and "decoding frames" not in err and "encoding frames" not in err, err
+
+
+def test_old_cli_module_warns_and_runs_the_same_command(capsys):
+    import importlib
+
+    import storm_hf.commands
+
+    sys.modules.pop("storm_hf.cli", None)
+    with pytest.warns(DeprecationWarning, match="storm_hf.commands"):
+        module = importlib.import_module("storm_hf.cli")
+    assert module.main is storm_hf.commands.main
+    assert (
+        module.positive_int is storm_hf.commands.common.positive_int and module.run_info is storm_hf.commands.info.run
+    )
+    old = subprocess.run([sys.executable, "-m", "storm_hf.cli", "--help"], capture_output=True, text=True, timeout=120)
+    new = subprocess.run(
+        [sys.executable, "-m", "storm_hf.commands", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert old.returncode == new.returncode == 0 and old.stdout == new.stdout and old.stdout.startswith("usage:")
+    assert "DeprecationWarning" in old.stderr and "storm_hf.commands" in old.stderr, old.stderr
+    assert "DeprecationWarning" not in new.stderr, new.stderr
 
 
 def test_compose_convert_and_push_commands(capsys, tmp_path, hub):  # noqa: F811

@@ -236,3 +236,25 @@ def test_push_folder_refuses_an_incomplete_checkpoint(hub, tmp_path):
     (tmp_path / "ckpt" / "processing_storm.py").unlink()
     with pytest.raises(ValueError, match="processing_storm.py"):
         push_folder(tmp_path / "ckpt", REPO_ID)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("Qwen/Qwen2-VL-7B-Instruct", True),
+        ("gpt2", True),
+        ("/no/such/ckpt", False),
+        ("./ckpt", False),
+        ("../ckpt", False),
+        ("~/ckpt", False),
+        ("runs/storm/ckpt", False),
+        ("org/na me", False),
+        ("{existing}", False),  # an existing folder named like a repo id is a folder
+    ],
+)
+def test_is_hub_id(tmp_path, monkeypatch, name, expected):
+    from storm_hf.hub import is_hub_id
+
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert is_hub_id(name.format(existing="org/model")) is expected

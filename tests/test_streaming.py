@@ -17,7 +17,7 @@ from PIL import Image
 from transformers.cache_utils import DynamicLayer
 
 from storm_hf import StormForConditionalGeneration
-from storm_hf.cli import main
+from storm_hf.commands import main
 from storm_hf.hub import save_checkpoint
 from storm_hf.processing import VideoDecodingError
 from storm_hf.streaming import StormStreamingCacheLayer, StormStreamingSession, iter_video_frames

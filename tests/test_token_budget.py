@@ -115,3 +115,36 @@ def test_budget_below_one_pooled_frame_raises():
         plan_7b(255, 300, 30.0)
     with pytest.raises(ValueError, match="temporal_sampling_stride"):
         plan_7b(8192, 300, 30.0, temporal_sampling_stride=0)
+
+
+def test_language_model_parameters_and_memory_of_qwen2_7b():
+    # Qwen2-7B by hand: embedding and untied LM head (152064 x 3584 each), 28 layers of attention (q and o 3584 x 3584,
+    # k and v 3584 x 512, biases on q, k, v), MLP (3 x 3584 x 18944) and two norms, and the final norm.
+    hidden, intermediate, vocab, kv_width = 3584, 18944, 152064, 4 * 128
+    layer = 2 * hidden * hidden + 2 * hidden * kv_width + hidden + 2 * kv_width + 3 * hidden * intermediate + 2 * hidden
+    parameters = 2 * vocab * hidden + 28 * layer + hidden
+    assert accounting.parameter_counts(PAPER)["language model"] == parameters == 7_615_616_512
+    memory = accounting.language_model_memory(PAPER, 8192 + 64)
+    assert memory.weights == 2 * parameters
+    assert memory.kv_cache == 2 * 28 * 4 * 128 * (8192 + 64) * 2
+    assert memory.prefill_activations == 104448 * (8192 + 64)
+    assert memory.total == memory.weights + memory.kv_cache + memory.prefill_activations
+    assert accounting.language_model_memory(PAPER, 100, 4, num_parameters=10).weights == 40
+
+
+@pytest.mark.parametrize("tie_word_embeddings", [False, True])
+def test_parameter_counts_partition_a_built_model(tie_word_embeddings):
+    import torch
+    from modeling_utils import tiny_config
+    from transformers import Qwen2ForCausalLM
+
+    from storm_hf import StormForConditionalGeneration
+
+    config = tiny_config(tie_word_embeddings=tie_word_embeddings)
+    counts = accounting.parameter_counts(config)
+    torch.manual_seed(0)
+    model = StormForConditionalGeneration(config)  # allocated, unlike the meta-device model the counts come from
+    assert sum(counts.values()) == sum(parameter.numel() for parameter in model.parameters())
+    config.text_config.tie_word_embeddings = tie_word_embeddings
+    language_model = Qwen2ForCausalLM(config.text_config)
+    assert counts["language model"] == sum(parameter.numel() for parameter in language_model.parameters())

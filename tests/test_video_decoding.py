@@ -194,6 +194,32 @@ def test_in_order_fallback_gives_the_same_frames(corpus, monkeypatch):
             np.testing.assert_array_equal(read_video(source, pick([3, 26]))[0], reference[[3, 26]])
 
 
+PROGRESS_INDICES = [0, 5, 5, 13, 29]  # 4 distinct frames: a frame sampled twice is decoded once
+
+
+@pytest.mark.parametrize("name", ["h264_b_pyramid.mp4", "h264_open_gop.ts", "vp9.webm"])
+def test_progress_callback_reports_each_decoded_frame_once(corpus, name):
+    calls = []
+    frames, _ = read_video(corpus[name], pick(PROGRESS_INDICES), progress_callback=lambda *call: calls.append(call))
+    assert calls == [(done, 4) for done in range(1, 5)]
+    np.testing.assert_array_equal(frames, read_video(corpus[name], pick(PROGRESS_INDICES))[0])
+
+
+def test_progress_callback_counts_on_through_the_in_order_fallback(corpus, monkeypatch):
+    by_seeking = video_decoding._FrameReader._by_seeking
+
+    def misses_after_two_frames(self, wanted):
+        by_seeking(self, wanted[:2])  # decodes (and reports) two frames, then a seek "misses"
+        raise video_decoding._SeekMissed
+
+    monkeypatch.setattr(video_decoding._FrameReader, "_by_seeking", misses_after_two_frames)
+    calls = []
+    path = corpus["h264_b_pyramid.mp4"]
+    frames, _ = read_video(path, pick(PROGRESS_INDICES), progress_callback=lambda *call: calls.append(call))
+    assert calls == [(done, 4) for done in range(1, 5)]  # the fallback decodes all 4 again but reports frames 3 and 4
+    np.testing.assert_array_equal(frames, sequential_decode(path)[0][PROGRESS_INDICES])
+
+
 @pytest.mark.parametrize("name", ORIENTATIONS)
 def test_display_matrix_rotations_and_mirrors_are_applied(corpus, name):
     orientation = ORIENTATIONS[name][1]

@@ -1,9 +1,12 @@
 """Token and memory accounting of a STORM model from its `StormConfig`: the LLM visual tokens of a video, the label of
-a compression setting, and the language model's KV-cache and prefill-activation bytes.
+a compression setting, the parameters of each part, and the language model's KV-cache, prefill-activation and total
+bytes.
 
 `storm-hf info`, the demo, the model card, the benchmarks and the tests count with these functions; the token count
 itself is `storm_hf.num_visual_tokens`, the primitive the processor ships with checkpoints.
 """
+
+from dataclasses import dataclass
 
 from .processing.token_budget import num_visual_tokens
 
@@ -70,3 +73,63 @@ def prefill_activation_bytes_per_token(config, dtype_bytes: int = 2) -> int:
     residual-stream-wide copies alive at once (an estimate, not a measurement)."""
     text = config.text_config
     return (2 * text.intermediate_size + 4 * text.hidden_size) * dtype_bytes
+
+
+def prefill_activation_bytes(config, num_tokens: int, dtype_bytes: int = 2) -> int:
+    """Estimated activation bytes at the prefill of a prompt of `num_tokens` tokens."""
+    return num_tokens * prefill_activation_bytes_per_token(config, dtype_bytes)
+
+
+def empty_model(config):
+    """A `StormForConditionalGeneration` built from `config` on the meta device: every parameter has its shape, none
+    is allocated."""
+    import torch
+
+    from .modeling import StormForConditionalGeneration
+
+    with torch.device("meta"):
+        return StormForConditionalGeneration(config)
+
+
+def parameter_counts(config) -> dict[str, int]:
+    """Parameters of the vision tower, the temporal projector and the language model (its LM head included unless
+    tied to the embedding) of a STORM model built from `config`."""
+    model = empty_model(config)
+
+    def count(module) -> int:
+        return sum(parameter.numel() for parameter in module.parameters())
+
+    untied_head = 0 if config.tie_word_embeddings else model.lm_head.weight.numel()
+    return {
+        "vision tower": count(model.model.vision_tower),
+        "temporal projector": count(model.model.temporal_projector),
+        "language model": count(model.model.language_model) + untied_head,
+    }
+
+
+@dataclass(frozen=True)
+class LanguageModelMemory:
+    """Estimated bytes the language model needs for one prompt: its weights, the prompt's KV cache and the prefill
+    activations (`prefill_activation_bytes_per_token`: an estimate, not a measurement)."""
+
+    weights: int
+    kv_cache: int
+    prefill_activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.prefill_activations
+
+
+def language_model_memory(
+    config, num_tokens: int, dtype_bytes: int = 2, num_parameters: int | None = None
+) -> LanguageModelMemory:
+    """`LanguageModelMemory` of a prompt of `num_tokens` tokens with weights and cache in `dtype_bytes`-byte numbers.
+    `num_parameters` (the language model's, default: counted by `parameter_counts`) saves building the model again."""
+    if num_parameters is None:
+        num_parameters = parameter_counts(config)["language model"]
+    return LanguageModelMemory(
+        weights=num_parameters * dtype_bytes,
+        kv_cache=kv_cache_bytes(config, num_tokens, dtype_bytes),
+        prefill_activations=prefill_activation_bytes(config, num_tokens, dtype_bytes),
+    )

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from .accounting import compression_label, video_tokens
 
@@ -48,8 +50,17 @@ def token_budget_table(config, sampling_strides=(1, 2, 4)) -> str:
     return "\n".join(lines)
 
 
-def _is_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not os.path.exists(name) and not name.startswith((".", "/"))
+def is_hub_id(name: str | os.PathLike) -> bool:
+    """Whether `name` can only mean a Hub repository: it is no existing path and it is a valid repo id (`name` or
+    `org/name`; an absolute, relative or home path such as `/x`, `./x`, `~/x` or `a/b/c` is none)."""
+    name = os.fspath(name)
+    if os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def model_card(
@@ -57,7 +68,7 @@ def model_card(
 ) -> ModelCard:
     """The model card of a STORM checkpoint: metadata (pipeline tag, base models, tags), architecture, the token
     budget table, usage with and without storm_hf, and where the weights came from."""
-    base_models = [name for name in base_models if _is_hub_id(str(name))]
+    base_models = [name for name in base_models if is_hub_id(name)]
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag=PIPELINE_TAG,
@@ -259,6 +270,7 @@ def push_to_hub(
 
 
 __all__ = [
+    "is_hub_id",
     "model_card",
     "push_folder",
     "push_to_hub",

@@ -18,6 +18,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..accounting import empty_model
+from ..hub import is_hub_id
+
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -37,7 +40,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, subfolder: str = "") -> 
     path = Path(name_or_path) / subfolder
     if path.is_dir():
         return path
-    if Path(name_or_path).exists() or os.path.isabs(name_or_path) or str(name_or_path).startswith("."):
+    if not is_hub_id(name_or_path):
         raise ConversionError(f"Checkpoint folder '{path}' does not exist.")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -212,11 +215,7 @@ def check_complete(
 
 def model_shapes(config) -> dict[str, tuple[int, ...]]:
     """Shape of every weight of a STORM model built from `config`, without allocating it (meta device)."""
-    from ..modeling import StormForConditionalGeneration
-
-    with torch.device("meta"):
-        model = StormForConditionalGeneration(config)
-    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    shapes = {name: tuple(tensor.shape) for name, tensor in empty_model(config).state_dict().items()}
     if config.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)
     return shapes

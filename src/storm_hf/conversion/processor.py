@@ -3,11 +3,8 @@
 from transformers import SiglipImageProcessor
 
 from ..processing import StormProcessor, StormVideoProcessor, register_processing
+from ..processing.processing_storm import VISION_SPECIAL_TOKENS
 from .checkpoint_io import ConversionError
-
-
-# Qwen2-VL's vision tokens: STORM's chat template wraps each placeholder in start/end tokens.
-VISION_SPECIAL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
 def add_vision_tokens(tokenizer, vocab_size: int) -> list[str]:

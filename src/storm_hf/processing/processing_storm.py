@@ -11,6 +11,9 @@ from transformers.processing_utils import MultiModalData, ProcessingKwargs, Proc
 from .video_processing_storm import TOKEN_GRID_SETTINGS, StormVideoProcessorKwargs, make_list_of_videos, pad_videos
 
 
+# Qwen2-VL's vision tokens, which the chat template below writes: each placeholder is wrapped in start/end tokens.
+VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
 # ChatML (Qwen2-VL) with the default system prompt of the paper's LLM. Each image or video becomes one placeholder
 # wrapped in vision start/end tokens; the processor expands the placeholder to the number of visual tokens. Assistant
 # turns sit in a `{% generation %}` block so `return_assistant_tokens_mask=True` marks the tokens to train on.

@@ -108,16 +108,25 @@ def check_sampling_arguments(
         raise ValueError(f"`min_frames={min_frames}` is larger than `max_frames={max_frames}`; swap or drop one.")
 
 
+DecodeProgressCallback = Callable[[int, int], None]
+"""`progress_callback(done_frames, total_frames)`: called by `read_video` each time one more of the distinct sampled
+frames is decoded (`done_frames` goes 1, 2, ..., `total_frames`)."""
+
+
 def read_video(
     source: VideoSource,
     sample_indices_fn: Callable[..., np.ndarray] | None = None,
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
+    progress_callback: DecodeProgressCallback | None = None,
 ) -> tuple[np.ndarray, StormVideoMetadata]:
     """Decode the frames of `source` chosen by `sample_indices_fn(metadata=...)` (all frames when `None`).
 
     `source` is a path, an http(s) URL (seeks with range requests where the server allows them), bytes or a binary file
     object positioned at the start of the video. `timeout` bounds, in seconds, opening a URL and each read from it.
+    `progress_callback(done_frames, total_frames)` is called after each distinct sampled frame is decoded, with
+    `total_frames` the number of distinct sampled frames; `done_frames` rises by one per call and ends at
+    `total_frames` (frames decoded again by the in-order fallback are not reported twice).
 
     Returns:
         frames: uint8 array (num_sampled_frames, height, width, 3), RGB, as displayed (the display matrix's rotation and
@@ -144,7 +153,7 @@ def read_video(
         metadata = _metadata(stream, index)
         _check_complete(container, stream, index, metadata, name)
         indices = _sample(sample_indices_fn, metadata, name)
-        with _FrameReader(video_input, container, stream, index) as reader:
+        with _FrameReader(video_input, container, stream, index, progress_callback) as reader:
             frames = reader.read(indices)
     metadata.frames_indices = indices.tolist()
     metadata.frames_timestamps = index.times(indices)
@@ -432,10 +441,19 @@ class _FrameReader:
     """Decodes the frames at given indices: by seeking to keyframes where the index has them and each seek lands where
     it should; otherwise (the verified fallback) by decoding the input again from its start, in order."""
 
-    def __init__(self, video_input: _VideoInput, container, stream, index: _FrameIndex):
+    def __init__(
+        self,
+        video_input: _VideoInput,
+        container,
+        stream,
+        index: _FrameIndex,
+        progress_callback: DecodeProgressCallback | None = None,
+    ):
         self.input, self.container, self.stream, self.index = video_input, container, stream, index
         self.known_pts = set(index.pts.tolist()) if index.by_pts else set()
         self.reopened = None  # the container of the in-order fallback
+        self.progress_callback = progress_callback
+        self.num_wanted = self.num_reported = 0
 
     def __enter__(self):
         return self
@@ -450,6 +468,7 @@ class _FrameReader:
 
         keys = self.index.pts[indices] if self.index.by_pts else indices  # how decoded frames are recognised
         wanted = sorted(set(keys.tolist()))
+        self.num_wanted = len(wanted)
         try:
             try:
                 frames = self._by_seeking(wanted)
@@ -476,6 +495,14 @@ class _FrameReader:
             )
         return np.stack([frames[key] for key in keys.tolist()])
 
+    def _keep(self, frames: dict[int, np.ndarray], key: int, frame) -> None:
+        """Store `frame` as RGB under `key` and report progress when more frames are done than were reported (a
+        fallback that decodes again from the start reports only the frames beyond those)."""
+        frames[key] = _to_rgb(frame)
+        if self.progress_callback is not None and len(frames) > self.num_reported:
+            self.num_reported = len(frames)
+            self.progress_callback(self.num_reported, self.num_wanted)
+
     def _by_seeking(self, wanted: list[int]) -> dict[int, np.ndarray]:
         """Frames with pts in `wanted`, sought from their keyframes; raises `_SeekMissed` when a seek is off."""
         if not self.index.by_pts or not len(self.index.keyframe_pts):
@@ -494,7 +521,7 @@ class _FrameReader:
             for frame in decoded:
                 last_pts = frame.pts
                 if frame.pts in wanted_set:
-                    frames[frame.pts] = _to_rgb(frame)
+                    self._keep(frames, frame.pts, frame)
                 if frame.pts >= target:
                     break
             if target not in frames:
@@ -541,7 +568,7 @@ class _FrameReader:
                         f"Frame {self.index.pts.searchsorted(key) if self.index.by_pts else key} of {self.input.name} "
                         "is corrupt (the decoder concealed errors in it); re-encode or re-download the video."
                     )
-                frames[key] = _to_rgb(frame)
+                self._keep(frames, key, frame)
                 if len(frames) == len(wanted):
                     break
         return frames

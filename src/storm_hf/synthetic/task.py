@@ -1,18 +1,11 @@
 """The tokenizer, processor and model configuration the synthetic temporal task is trained with."""
 
+from ..processing.processing_storm import VISION_SPECIAL_TOKENS
 from .render import COLOURS, DOWNSAMPLE_RATIO, IMAGE_SIZE, NUM_FRAMES, PATCH_SIZE, QUESTIONS
 
 
 # The Qwen2-VL special tokens: ChatML's and the vision placeholders the STORM chat template writes.
-SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *VISION_SPECIAL_TOKENS)
 SYSTEM_PROMPT = "You are a helpful assistant."
 
 

@@ -1,0 +1,66 @@
+"""`storm-hf stream`: answer a prompt again and again while a video plays, from the causal model's KV cache."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import add_model_arguments, load_model_and_processor, positive_float, positive_int
+
+
+def video_source(text: str) -> str:
+    """A local video file, a URL PyAV can open (scheme://...), or `-` for standard input."""
+    if text != "-" and "://" not in text and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text} (a live source is a URL such as udp://127.0.0.1:9000)")
+    return text
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "stream",
+        help="answer a prompt again and again while a video plays (causal models)",
+        description="Feed a video file, a URL (e.g. tcp://127.0.0.1:9000?listen=1) or standard input (`-`, with "
+        "--format) to a causal STORM model as it is decoded, and print an answer to the prompt every --every seconds "
+        "of video, and at its end. Frames are encoded once; each answer is generated from the language model's KV "
+        "cache without re-reading the video.",
+    )
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id of a causal STORM model")
+    parser.add_argument("--video", required=True, type=video_source, help="video file, URL, or - for standard input")
+    parser.add_argument("--prompt", required=True, help="question or instruction about the video so far")
+    parser.add_argument("--every", type=positive_float, required=True, help="seconds of video between answers")
+    parser.add_argument(
+        "--fps", type=positive_float, default=1.0, help="frames kept per second of video (default: %(default)s)"
+    )
+    parser.add_argument("--format", help="container format, needed for standard input and pipes (e.g. mpegts)")
+    parser.add_argument("--temporal-sampling-stride", type=positive_int, help="keep every n-th pooled frame")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="default: %(default)s")
+    parser.add_argument(
+        "--vision-batch-size", type=positive_int, default=16, help="frames per vision-tower call (default: %(default)s)"
+    )
+    add_model_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> None:
+    import io
+
+    from ..streaming import StormStreamingSession, iter_video_frames, stream_answers
+
+    model, processor = load_model_and_processor(args.model, args.dtype, args.device, args.trust_remote_code)
+    session = StormStreamingSession(
+        model,
+        processor,
+        vision_batch_size=args.vision_batch_size,
+        temporal_sampling_stride=args.temporal_sampling_stride,
+    )
+    # Unbuffered standard input: PyAV gets each chunk as soon as it arrives instead of waiting for a full buffer.
+    source = io.FileIO(sys.stdin.fileno(), "rb", closefd=False) if args.video == "-" else args.video
+    frames = iter_video_frames(source, fps=args.fps, format=args.format)
+    answers = stream_answers(
+        session, frames, args.prompt, args.every, max_new_tokens=args.max_new_tokens, do_sample=False
+    )
+    for seconds, num_frames, answer, latency in answers:
+        print(f"[{seconds:.1f}s] {answer}", flush=True)
+        print(
+            f"  ({num_frames} frames, {session.num_video_tokens} video tokens cached, answered in {latency:.2f}s)",
+            file=sys.stderr,
+        )
