@@ -7,10 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import (
+    REPO_ID,
+    TEXT,
+    VISION,
+    qwen_source,
+    siglip_source,
+    tiny_model_and_processor,
+    write_vila_checkpoint,
+)
 from media import make_frames, write_video
 from modeling_utils import tiny_config
-from test_conversion import TEXT, VISION, qwen_source, siglip_source, write_vila_checkpoint
-from test_hub import REPO_ID, hub, tiny_model_and_processor  # noqa: F401 (fixture)
 from transformers import AutoProcessor
 
 import storm_hf
@@ -191,7 +198,7 @@ def test_generate_streams_the_models_greedy_answer(capsys, checkpoint):
     assert "decoding frames" in err and "encoding frames" in err
 
 
-def test_compose_convert_and_push_commands(capsys, tmp_path, hub):  # noqa: F811
+def test_compose_convert_and_push_commands(capsys, tmp_path, hub):
     siglip_source("siglip", tmp_path / "vision")
     qwen_source("qwen2_vl-legacy", tmp_path / "language")
     status, out, err = run(
