@@ -31,8 +31,6 @@ def task_processor(task_tokenizer):
 @pytest.fixture(scope="session")
 def temporal_task(tmp_path_factory):
     """16 training and 4 test clips of the task (`storm_hf.synthetic.generate_temporal_task`), videos as files."""
-    pytest.importorskip("datasets")
-    pytest.importorskip("av")
     from storm_hf.synthetic import generate_temporal_task
 
     return generate_temporal_task(tmp_path_factory.mktemp("task"), num_train=16, num_test=4, seed=0)

@@ -246,12 +246,6 @@ def test_compose_convert_and_push_commands(capsys, tmp_path, hub):
 from storm_hf.synthetic.demo import BUNDLED_CHECKPOINT  # noqa: E402
 
 
-needs_bundled_checkpoint = pytest.mark.skipif(
-    not (BUNDLED_CHECKPOINT / "config.json").is_file(),
-    reason=f"the demo checkpoint {BUNDLED_CHECKPOINT} has not landed yet",
-)
-
-
 @pytest.fixture(scope="module")
 def untrained_task_checkpoint(tmp_path_factory):
     """A randomly initialised model of the demo task's size (the wiring does not depend on its answers), saved with
@@ -324,7 +318,6 @@ def test_demo_rejects_bad_arguments(capsys, untrained_task_checkpoint, argv, mes
     assert status == 1 and message in err, err
 
 
-@needs_bundled_checkpoint
 def test_the_bundled_demo_checkpoint_loads_through_the_auto_classes_without_remote_code():
     from transformers import AutoModelForImageTextToText
 
@@ -336,7 +329,6 @@ def test_the_bundled_demo_checkpoint_loads_through_the_auto_classes_without_remo
     assert type(AutoProcessor.from_pretrained(BUNDLED_CHECKPOINT)).__name__ == "StormProcessor"
 
 
-@needs_bundled_checkpoint
 def test_the_bundled_demo_evaluates_on_clips_it_checked_unseen():
     import io
     import json
@@ -365,7 +357,6 @@ def test_storm_hf_demo_alias_warns():
     assert module.run_demo is storm_hf.synthetic.demo.run_demo
 
 
-@needs_bundled_checkpoint
 def test_storm_hf_demo_console_script(tmp_path):
     script = Path(sys.executable).parent / "storm-hf"
     result = subprocess.run(
