@@ -1,3 +1,7 @@
+"""Fixtures shared by the test files. Helpers that are not fixtures live in media.py (videos, images, tokenizer,
+processor), modeling_utils.py (tiny models and their inputs) and checkpoints.py (tiny checkpoints on disk); test files
+never import each other."""
+
 import os
 import shutil
 from pathlib import Path
