@@ -7,16 +7,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import (
+    REPO_ID,
+    TEXT,
+    VISION,
+    qwen_source,
+    siglip_source,
+    tiny_model_and_processor,
+    write_vila_checkpoint,
+)
 from media import make_frames, write_video
 from modeling_utils import tiny_config
-from test_conversion import TEXT, VISION, qwen_source, siglip_source, write_vila_checkpoint
-from test_hub import REPO_ID, hub, tiny_model_and_processor  # noqa: F401 (fixture)
 from transformers import AutoProcessor
 
 import storm_hf
 from storm_hf import StormForConditionalGeneration
 from storm_hf.commands import main
 from storm_hf.hub import save_checkpoint
+from storm_hf.synthetic.demo import BUNDLED_CHECKPOINT
 
 
 SUBCOMMANDS = ["generate", "compose", "convert", "push", "info", "demo"]
@@ -221,7 +229,7 @@ def test_old_cli_module_warns_and_runs_the_same_command(capsys):
     assert "DeprecationWarning" not in new.stderr, new.stderr
 
 
-def test_compose_convert_and_push_commands(capsys, tmp_path, hub):  # noqa: F811
+def test_compose_convert_and_push_commands(capsys, tmp_path, hub):
     siglip_source("siglip", tmp_path / "vision")
     qwen_source("qwen2_vl-legacy", tmp_path / "language")
     status, out, err = run(
@@ -265,14 +273,6 @@ def test_compose_convert_and_push_commands(capsys, tmp_path, hub):  # noqa: F811
 
 
 # ---------------------------------------------------------------- demo
-
-from storm_hf.synthetic.demo import BUNDLED_CHECKPOINT  # noqa: E402
-
-
-needs_bundled_checkpoint = pytest.mark.skipif(
-    not (BUNDLED_CHECKPOINT / "config.json").is_file(),
-    reason=f"the demo checkpoint {BUNDLED_CHECKPOINT} has not landed yet",
-)
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +347,6 @@ def test_demo_rejects_bad_arguments(capsys, untrained_task_checkpoint, argv, mes
     assert status == 1 and message in err, err
 
 
-@needs_bundled_checkpoint
 def test_the_bundled_demo_checkpoint_loads_through_the_auto_classes_without_remote_code():
     from transformers import AutoModelForImageTextToText
 
@@ -359,7 +358,6 @@ def test_the_bundled_demo_checkpoint_loads_through_the_auto_classes_without_remo
     assert type(AutoProcessor.from_pretrained(BUNDLED_CHECKPOINT)).__name__ == "StormProcessor"
 
 
-@needs_bundled_checkpoint
 def test_the_bundled_demo_evaluates_on_clips_it_checked_unseen():
     import io
     import json
@@ -388,7 +386,6 @@ def test_storm_hf_demo_alias_warns():
     assert module.run_demo is storm_hf.synthetic.demo.run_demo
 
 
-@needs_bundled_checkpoint
 def test_storm_hf_demo_console_script(tmp_path):
     script = Path(sys.executable).parent / "storm-hf"
     result = subprocess.run(

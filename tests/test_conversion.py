@@ -7,165 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from media import make_tokenizer
-from modeling_utils import tiny_config
+from checkpoints import TEXT, VISION, qwen_source, seed_hub_cache, siglip_source, write_vila_checkpoint
+from modeling_utils import IMAGE_SIZE, PATCH_SIZE, tiny_config
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import (
-    AutoProcessor,
-    GemmaConfig,
-    PaliGemmaConfig,
-    PaliGemmaForConditionalGeneration,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen2Tokenizer,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    SiglipConfig,
-    SiglipModel,
-    SiglipVisionConfig,
-    SiglipVisionModel,
-)
+from transformers import AutoProcessor
 
 import storm_hf
 from storm_hf import StormForConditionalGeneration
 from storm_hf.conversion import ConversionError, compose_storm, convert_vila_checkpoint
 from storm_hf.modeling.modeling_storm import StormMambaLayer, StormPixelShuffle
-from storm_hf.synthetic import byte_level_vocab
-
-
-IMAGE_SIZE, PATCH = 56, 14  # 4x4 patches -> 2x2 tokens per frame after the pixel-shuffle
-VOCAB = 272  # the test tokenizer has 268 tokens
-VISION = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    image_size=IMAGE_SIZE,
-    patch_size=PATCH,
-)
-TEXT = dict(
-    vocab_size=VOCAB,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
-
-
-# ---------------------------------------------------------------- source checkpoints in their own layouts
-
-
-def save_with_keys(model, folder: Path, rename=lambda key: key, pickle: bool = False) -> Path:
-    """Save `model`'s config and its in-memory state dict under renamed keys (the layout a given version writes).
-
-    Tied weights are stored once, under the first name, as transformers does."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(folder)
-    state_dict, seen = {}, set()
-    for key, tensor in model.state_dict().items():
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            state_dict[rename(key)] = tensor.contiguous()
-    if pickle:
-        torch.save(state_dict, folder / "pytorch_model.bin")
-    else:
-        save_file(state_dict, folder / "model.safetensors")
-    return folder
-
-
-def tokenizer_without_vision_tokens() -> Qwen2Tokenizer:
-    """A Qwen2 *text* tokenizer: ChatML tokens but none of Qwen2-VL's vision tokens."""
-    return Qwen2Tokenizer(vocab=byte_level_vocab(), merges=[], extra_special_tokens=["<|im_start|>", "<|im_end|>"])
-
-
-def siglip_source(layout: str, folder: Path):
-    """A tiny SigLIP vision tower saved as `layout`; returns the in-memory vision module (the reference)."""
-    torch.manual_seed(1)
-    if layout == "siglip_vision_model":  # legacy `vision_model.` prefix, with the pooling head
-        model = SiglipVisionModel(SiglipVisionConfig(**VISION, vision_use_head=True)).eval()
-        save_with_keys(model, folder, lambda key: f"vision_model.{key}")
-        return model
-    if layout == "siglip":
-        text = dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            vocab_size=50,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-        model = SiglipModel(SiglipConfig(vision_config=VISION, text_config=text)).eval()
-        model.save_pretrained(folder)
-        return model.vision_model
-    if layout == "paligemma":  # the layout transformers >= 4.52 holds in memory: `model.vision_tower.*`
-        gemma = GemmaConfig(
-            vocab_size=300,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=0,
-        )
-        config = PaliGemmaConfig(
-            vision_config={**VISION, "model_type": "siglip_vision_model"},
-            text_config=gemma,
-            image_token_index=256,
-            projection_dim=32,
-        )
-        model = PaliGemmaForConditionalGeneration(config).eval()
-        save_with_keys(model, folder)
-        return model.model.vision_tower
-    raise ValueError(layout)
-
-
-def qwen_source(layout: str, folder: Path):
-    """A tiny Qwen2 / Qwen2-VL language model saved as `layout`, with a tokenizer.
-
-    Returns (embedding module, function inputs_embeds -> logits): the reference language model.
-    """
-    torch.manual_seed(2)
-    if layout == "qwen2-tied":  # like Qwen2-0.5B/1.5B: tied embeddings, no lm_head in the checkpoint
-        model = Qwen2ForCausalLM(Qwen2Config(**TEXT, tie_word_embeddings=True)).eval()
-        model.save_pretrained(folder)
-        assert "lm_head.weight" not in load_file(folder / "model.safetensors")
-        tokenizer_without_vision_tokens().save_pretrained(folder)
-        return model.get_input_embeddings(), lambda embeds: model(inputs_embeds=embeds).logits
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
-    vision = dict(
-        depth=1,
-        embed_dim=32,
-        hidden_size=64,
-        num_heads=2,
-        mlp_ratio=2,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-    )
-    config = Qwen2VLConfig(
-        text_config={**TEXT, "rope_parameters": rope},
-        vision_config=vision,
-        image_token_id=266,
-        video_token_id=267,
-        tie_word_embeddings=False,
-    )
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    if layout == "qwen2_vl-legacy":  # `model.*` + `visual.*`: the published Qwen2-VL checkpoints (and 5.x saves)
-        model.save_pretrained(folder)
-        assert any(key.startswith("visual.") for key in load_file(folder / "model.safetensors"))
-    else:  # `model.language_model.*` + `model.visual.*`
-        save_with_keys(model, folder)
-    make_tokenizer().save_pretrained(folder)
-    return model.get_input_embeddings(), lambda embeds: model.lm_head(
-        model.model.language_model(inputs_embeds=embeds).last_hidden_state
-    )
 
 
 def prompt_and_frames(video_token_id: int, num_video_tokens: int, num_frames: int, seed: int = 0):
@@ -179,7 +30,7 @@ def prompt_and_frames(video_token_id: int, num_video_tokens: int, num_frames: in
 def hand_wired_logits(vision, feature_layer, project, embed, language_model, input_ids, frames, video_token_id):
     """The source parts wired by hand: vision tower -> projected, pooled tokens -> placeholders -> language model."""
     features = vision(frames, output_hidden_states=True).hidden_states[feature_layer]
-    grid = features.unflatten(1, (IMAGE_SIZE // PATCH, IMAGE_SIZE // PATCH))
+    grid = features.unflatten(1, (IMAGE_SIZE // PATCH_SIZE, IMAGE_SIZE // PATCH_SIZE))
     tokens = project(grid)  # (num_tokens, hidden)
     embeds = embed(input_ids).clone()
     mask = input_ids[0] == video_token_id
@@ -246,7 +97,7 @@ def test_compose_gives_the_logits_of_the_hand_wired_parts(tmp_path, vision_layou
     num_frames = 4
     input_ids, frames = prompt_and_frames(
         video_token_id,
-        storm_hf.num_visual_tokens(num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH, temporal_pool_size=2),
+        storm_hf.num_visual_tokens(num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH_SIZE, temporal_pool_size=2),
         num_frames,
     )
 
@@ -310,40 +161,6 @@ def test_nvila_downsample_and_storm_pixel_shuffle_agree(side):
     assert torch.equal(StormPixelShuffle(2)(features), nvila_flat_square(features))
 
 
-def projector_state_dict(config, seed: int = 3) -> dict[str, torch.Tensor]:
-    """Random (not init-valued) NVILA-style mm_projector weights: layers.1 Linear, layers.2+i Mamba layers."""
-    torch.manual_seed(seed)
-    linear = nn.Linear(4 * VISION["hidden_size"], TEXT["hidden_size"])
-    state = {f"layers.1.{k}": v for k, v in linear.state_dict().items()}
-    for index in range(config.mamba_num_layers):
-        layer = StormMambaLayer(config)
-        state.update({f"layers.{2 + index}.{k}": torch.randn_like(v) * 0.1 for k, v in layer.state_dict().items()})
-    return state
-
-
-def write_vila_checkpoint(root: Path, config, vision_pickle: bool = True):
-    """llm/ (Qwen2ForCausalLM + tokenizer), vision_tower/ (SiglipVisionModel, pickled), mm_projector/, config.json."""
-    torch.manual_seed(4)
-    llm = Qwen2ForCausalLM(Qwen2Config(**TEXT)).eval()
-    llm.save_pretrained(root / "llm")
-    make_tokenizer().save_pretrained(root / "llm")
-    vision = SiglipVisionModel(SiglipVisionConfig(**VISION, vision_use_head=False)).eval()
-    save_with_keys(vision, root / "vision_tower", lambda key: f"vision_model.{key}", pickle=vision_pickle)
-    (root / "mm_projector").mkdir()
-    projector = projector_state_dict(config)
-    save_file(projector, root / "mm_projector" / "model.safetensors")
-    settings = {
-        "mm_projector_type": "storm_mamba",
-        "temporal_pool_size": config.temporal_pool_size,
-        "spatial_pool_size": 1,
-    }
-    (root / "mm_projector" / "config.json").write_text(json.dumps(settings))
-    (root / "config.json").write_text(
-        json.dumps({"model_type": "llava_llama", "mm_vision_select_layer": -1, "num_video_frames": 6})
-    )
-    return llm, vision, projector
-
-
 def test_vila_conversion_gives_the_logits_of_the_hand_wired_parts(tmp_path):
     config = tiny_config(
         vision_config={**VISION, "model_type": "siglip_vision_model", "vision_use_head": False},
@@ -377,7 +194,9 @@ def test_vila_conversion_gives_the_logits_of_the_hand_wired_parts(tmp_path):
         return pooled.reshape(-1, pooled.shape[-1])
 
     video_token_id = model.config.video_token_id
-    num_tokens = storm_hf.num_visual_tokens(num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH, temporal_pool_size=2)
+    num_tokens = storm_hf.num_visual_tokens(
+        num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH_SIZE, temporal_pool_size=2
+    )
     input_ids, frames = prompt_and_frames(video_token_id, num_tokens, num_frames)
     with torch.no_grad():
         expected = hand_wired_logits(
@@ -464,7 +283,6 @@ def test_pickled_weights_are_loaded_with_weights_only(vila_checkpoint, tmp_path)
 
 def test_compose_from_hub_ids_through_an_offline_cache(tmp_path, monkeypatch):
     from huggingface_hub import constants
-    from test_hub import seed_hub_cache
 
     siglip_source("siglip", tmp_path / "vision")
     qwen_source("qwen2_vl-legacy", tmp_path / "language")

@@ -5,7 +5,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from accelerate.utils import FullyShardedDataParallelPlugin
@@ -59,8 +58,6 @@ def test_ddp_and_zero3_configs():
 
 
 def test_train_storm_script_trains_and_saves_model_and_processor(tmp_path, demo_checkpoint):
-    pytest.importorskip("av")
-    pytest.importorskip("datasets")
     spec = importlib.util.spec_from_file_location("train_storm", EXAMPLES / "train_storm.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

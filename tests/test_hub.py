@@ -1,96 +1,19 @@
 """Hub round trip without a Hub: uploads are captured at huggingface_hub's commit API, then loaded in fresh
 processes."""
 
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from huggingface_hub import CommitOperationAdd, HfApi
-from huggingface_hub.hf_api import CommitInfo, RepoUrl
-from media import make_frames, make_tokenizer, write_video
-from modeling_utils import tiny_config
+from checkpoints import REPO_ID, seed_hub_cache, tiny_model_and_processor
+from media import make_frames, write_video
 
-from storm_hf import StormForConditionalGeneration
-from storm_hf.conversion.processor import build_processor
 from storm_hf.hub import push_folder, push_to_hub, save_checkpoint
-
-
-REPO_ID = "storm-org/storm-tiny"
-
-
-class CapturedHub:
-    """Stands in for the Hub: `create_repo` and `create_commit` write each repo's files under `root/<repo_id>`."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.commits: list[tuple[str, list[str]]] = []
-
-    def create_repo(self, api, repo_id, **kwargs):
-        (self.root / repo_id).mkdir(parents=True, exist_ok=True)
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def create_commit(self, api, repo_id, operations, *, commit_message, **kwargs):
-        paths = []
-        for operation in operations:
-            assert isinstance(operation, CommitOperationAdd), operation
-            target = self.root / repo_id / operation.path_in_repo
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source = operation.path_or_fileobj
-            if isinstance(source, (str, Path)):
-                shutil.copyfile(source, target)
-            else:
-                target.write_bytes(source if isinstance(source, bytes) else source.read())
-            paths.append(operation.path_in_repo)
-        self.commits.append((repo_id, paths))
-        return CommitInfo(
-            commit_url=f"https://huggingface.co/{repo_id}/commit/{'0' * 40}",
-            commit_message=commit_message,
-            commit_description="",
-            oid="0" * 40,
-        )
-
-    def files(self, repo_id: str) -> Path:
-        return self.root / repo_id
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    captured = CapturedHub(tmp_path / "hub")
-    monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: captured.create_repo(api, repo_id, **kw))
-    monkeypatch.setattr(
-        HfApi,
-        "create_commit",
-        lambda api, repo_id, operations, **kw: captured.create_commit(api, repo_id, operations, **kw),
-    )
-    return captured
-
-
-def tiny_model_and_processor():
-    tokenizer = make_tokenizer()
-    text = dict(
-        model_type="qwen2",
-        vocab_size=272,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    config = tiny_config(
-        text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-    )
-    torch.manual_seed(0)
-    return StormForConditionalGeneration(config).eval(), build_processor(tokenizer, config, num_frames=4)
 
 
 GENERATE = """
@@ -187,20 +110,6 @@ def test_transformers_push_to_hub_on_model_and_processor_ships_the_code(hub):
         "video_decoding.py",
         "chat_template.jinja",
     } <= {p.name for p in repo.iterdir()}
-
-
-def seed_hub_cache(cache: Path, repo_id: str, files: Path, commit: str = "a" * 40) -> None:
-    """Write `files` into an HF cache as huggingface_hub lays it out: blobs by hash, a snapshot of links, refs/main."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    for path in sorted(p for p in files.rglob("*") if p.is_file()):
-        blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, blob)
-        link = repo / "snapshots" / commit / path.relative_to(files)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
 
 
 @pytest.mark.parametrize("with_storm_hf", [True, False])

@@ -80,7 +80,6 @@ def test_entry_point_module_is_light():
 
 
 def test_lmms_eval_cli_scores_the_demo_checkpoint_batched(tmp_path, demo_checkpoint):
-    pytest.importorskip("av")
     from storm_hf import StormProcessor
     from storm_hf.synthetic import generate_temporal_task
 

@@ -274,19 +274,30 @@ def test_vision_features_are_computed_once_during_generate():
     assert len(calls) == 1
 
 
-def test_images_videos_and_text_only_samples_in_one_batch():
+def test_images_videos_and_text_only_samples_in_one_batch_equal_each_sample_alone():
     model = tiny_model()
-    inputs = video_inputs(model.config, [[3], []])
+    inputs = video_inputs(model.config, [[3], [], []])  # a video, then two text-only samples
     tokens_per_image = video_tokens(model.config, 1)
-    image_prompt = [IMAGE_TOKEN_ID] * tokens_per_image + [5, 6]
-    inputs["input_ids"][1, -len(image_prompt) :] = torch.tensor(image_prompt)
-    inputs["pixel_values"] = torch.zeros(2, 1, 3, IMAGE_SIZE, IMAGE_SIZE)
-    inputs["pixel_values"][1, 0] = torch.randn(3, IMAGE_SIZE, IMAGE_SIZE)
-    inputs["num_images"] = torch.tensor([0, 1])
-    output = model(**inputs)
-    assert output.image_hidden_states.shape == (tokens_per_image, 64)
-    assert output.video_hidden_states.shape == (video_tokens(model.config, 3), 64)
-    assert torch.isfinite(output.logits).all()
+    image_prompt = torch.tensor([9, 8, 7] + [IMAGE_TOKEN_ID] * tokens_per_image + [5, 6])  # sample 1 holds an image
+    inputs["input_ids"][1, -len(image_prompt) :] = image_prompt
+    inputs["attention_mask"][1, -len(image_prompt) :] = 1
+    inputs["pixel_values"] = torch.zeros(3, 1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    inputs["pixel_values"][1, 0] = torch.randn(3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+    inputs["num_images"] = torch.tensor([0, 1, 0])
+    alone = [unpad_sample(inputs, 0), unpad_sample(inputs, 1), unpad_sample(inputs, 2)]
+    alone[1].update(pixel_values=inputs["pixel_values"][1:2], num_images=torch.tensor([1]))
+    positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding shifts no position
+    with torch.no_grad():
+        batched = model(**inputs, position_ids=positions)
+        references = [model(**sample) for sample in alone]
+    for sample, reference in enumerate(references):
+        keep = inputs["attention_mask"][sample].bool()
+        torch.testing.assert_close(batched.logits[sample, keep], reference.logits[0], msg=lambda m: f"{sample}: {m}")
+    torch.testing.assert_close(batched.image_hidden_states, references[1].image_hidden_states)
+    torch.testing.assert_close(batched.video_hidden_states, references[0].video_hidden_states)
+    answers = model.generate(**inputs, max_new_tokens=4, do_sample=False)[:, -4:]
+    for sample, single in enumerate(alone):
+        assert answers[sample].tolist() == model.generate(**single, max_new_tokens=4, do_sample=False)[0, -4:].tolist()
 
 
 @pytest.mark.parametrize("kind", ["video", "image"])

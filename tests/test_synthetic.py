@@ -161,31 +161,29 @@ def test_task_tokenizer_has_one_token_per_word_and_round_trips():
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.padding_side == "left"
 
 
-class AlwaysAnswers(torch.nn.Module):
-    """A stand-in model whose greedy answer is always `word`."""
+class ScriptedAnswers(torch.nn.Module):
+    """A stand-in model whose greedy answer to the i-th prompt it is given is `words[i]`."""
 
-    def __init__(self, tokenizer, word: str):
+    def __init__(self, tokenizer, words: list[str]):
         super().__init__()
-        self.answer = torch.tensor(tokenizer.convert_tokens_to_ids([word, tokenizer.eos_token]))
+        self.answers = [torch.tensor(tokenizer.convert_tokens_to_ids([word, tokenizer.eos_token])) for word in words]
+        self.batch_sizes = []
 
     def generate(self, input_ids, **kwargs):
-        return torch.cat([input_ids, self.answer.expand(len(input_ids), -1)], dim=1)
+        answers, self.answers = self.answers[: len(input_ids)], self.answers[len(input_ids) :]
+        self.batch_sizes.append(len(input_ids))
+        return torch.cat([input_ids, torch.stack(answers)], dim=1)
 
 
-def test_evaluate_counts_exact_matches_per_question_type():
-    rows = list(draw_clips(24, np.random.default_rng(5)))
+def test_evaluate_scores_a_hand_counted_case_exactly():
+    rows = list(draw_clips(6, np.random.default_rng(5)))  # question types cycle: first, count, return, direction, ...
+    assert [row["question_type"] for row in rows] == ["first", "count", "return", "direction", "first", "count"]
+    words = [row["answer"] for row in rows]
+    for wrong in (1, 4, 5):  # another answer of the row's question type
+        words[wrong] = min(ANSWERS[rows[wrong]["question_type"]] - {words[wrong]})
     tokenizer = build_task_tokenizer()
-    scores = evaluate_temporal_task(
-        AlwaysAnswers(tokenizer, "yes"), build_task_processor(tokenizer), rows, batch_size=5
-    )
-    expected = {
-        t: np.mean([row["answer"] == "yes" for row in rows if row["question_type"] == t]) for t in QUESTION_TYPES
-    }
-    assert scores == pytest.approx(
-        {
-            **expected,
-            "all": np.mean([r["answer"] == "yes" for r in rows]),
-            "order_dependent": np.mean([r["answer"] == "yes" for r in rows]),
-        }
-    )
-    assert 0 < scores["return"] < 1  # a mix of answers: the arithmetic is tested, not a constant
+    model = ScriptedAnswers(tokenizer, words)
+    scores = evaluate_temporal_task(model, build_task_processor(tokenizer), rows, batch_size=4)
+    # first: 1 of 2, count: 0 of 2, return: 1 of 1, direction: 1 of 1; all (every type is order-dependent): 3 of 6
+    assert scores == {"first": 0.5, "count": 0.0, "return": 1.0, "direction": 1.0, "order_dependent": 0.5, "all": 0.5}
+    assert model.batch_sizes == [4, 2]

@@ -2,7 +2,9 @@
 
 import re
 
+import datasets
 import numpy as np
+import peft
 import pytest
 import torch
 from transformers import TrainingArguments
@@ -22,10 +24,6 @@ from storm_hf.training import (
     apply_training_stage,
     storm_lora_config,
 )
-
-
-datasets = pytest.importorskip("datasets")
-pytest.importorskip("av")
 
 
 # Short names for the task fixtures of conftest.py.
@@ -135,7 +133,6 @@ def test_stage_presets(tokenizer):
 
 @pytest.mark.parametrize("include_mamba", [False, True])
 def test_lora_preset_targets_the_llm_and_optionally_the_mamba_projections(tokenizer, include_mamba):
-    peft = pytest.importorskip("peft")
     model = peft.get_peft_model(tiny_task_model(tokenizer), storm_lora_config(r=4, include_mamba=include_mamba))
     lora_modules = {name.rsplit(".lora_A", 1)[0] for name, _ in model.named_parameters() if ".lora_A." in name}
     assert lora_modules and not any("vision_tower" in name for name in lora_modules)
@@ -194,7 +191,6 @@ def test_alignment_stage_trains_only_the_projector(tmp_path, tokenizer, processo
 
 
 def test_lora_trainer_adapters_save_reload_and_merge(tmp_path, tokenizer, processor, task):
-    peft = pytest.importorskip("peft")
     model = peft.get_peft_model(tiny_task_model(tokenizer), storm_lora_config(r=8, lora_dropout=0.0))
     batch = fixed_batch(processor, task)
     before = _loss(model, batch)
