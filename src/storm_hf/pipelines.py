@@ -53,6 +53,7 @@ class VideoTextToTextPipeline(ImageTextToTextPipeline):
         }
         return model_inputs
 
+    # `preprocess`, `_forward` and `postprocess` are the methods transformers documents for custom pipelines.
     def _forward(self, model_inputs, generate_kwargs=None):
         visual_inputs = model_inputs.pop(VISUAL_INPUTS)
         model_inputs.update(batch_visual_inputs(visual_inputs if isinstance(visual_inputs, list) else [visual_inputs]))
