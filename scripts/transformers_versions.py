@@ -22,15 +22,22 @@ def transformers_requirement() -> Requirement:
     return next(Requirement(line) for line in lines if line.strip().startswith("transformers"))
 
 
-def allowed_releases(requirement: Requirement) -> list[Version]:
+def index_versions() -> list[str]:
+    """The transformers versions on the package index (pip's)."""
     listing = subprocess.run(
         [sys.executable, "-m", "pip", "index", "versions", "transformers", "--json"],
         check=True,
         capture_output=True,
         text=True,
     )
-    versions = (Version(version) for version in json.loads(listing.stdout)["versions"])
-    allowed = sorted(version for version in versions if not version.is_prerelease and version in requirement.specifier)
+    return json.loads(listing.stdout)["versions"]
+
+
+def allowed_releases(requirement: Requirement, versions: list[str]) -> list[Version]:
+    """The releases (no pre-releases) among `versions` that `requirement` allows, oldest first."""
+    allowed = sorted(
+        version for version in map(Version, versions) if not version.is_prerelease and version in requirement.specifier
+    )
     if not allowed:
         raise SystemExit(f"No transformers release on the index satisfies {requirement}.")
     return allowed
@@ -39,5 +46,5 @@ def allowed_releases(requirement: Requirement) -> list[Version]:
 if __name__ == "__main__":
     if sys.argv[1:] not in (["lowest"], ["newest"]):
         raise SystemExit(__doc__)
-    releases = allowed_releases(transformers_requirement())
+    releases = allowed_releases(transformers_requirement(), index_versions())
     print(releases[0] if sys.argv[1] == "lowest" else releases[-1])

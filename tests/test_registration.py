@@ -1,7 +1,7 @@
 """Registration with transformers (`storm_hf.registration`) and the direction of imports between storm_hf's layers."""
 
 import ast
-import importlib
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 
-PACKAGE = Path(__file__).parents[1] / "src" / "storm_hf"
+ROOT = Path(__file__).parents[1]
+PACKAGE = ROOT / "src" / "storm_hf"
 
 # Dependencies point one way: a module may import storm_hf modules of its own layer or below. `registration` and the
 # package `__init__` sit on top: they tie the layers together for transformers.
@@ -181,3 +182,24 @@ def test_the_old_registration_functions_warn_and_leave_registration_as_it_is(mod
         getattr(importlib.import_module(module), name)()
     assert PIPELINE_REGISTRY.supported_tasks["video-text-to-text"]["impl"] is VideoTextToTextPipeline
     assert StormProcessor._auto_class == "AutoProcessor"
+
+
+def test_ci_tests_the_lowest_and_the_newest_release_the_requirement_allows():
+    """`.ci/run` runs the suite on both ends of setup.cfg's transformers requirement (transformers_versions.py)."""
+    import transformers
+    from packaging.requirements import Requirement
+
+    spec = importlib.util.spec_from_file_location(
+        "transformers_versions", ROOT / "scripts" / "transformers_versions.py"
+    )
+    versions = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(versions)
+
+    requirement = versions.transformers_requirement()
+    assert requirement.name == "transformers"
+    assert transformers.__version__ in requirement.specifier  # the environment runs a supported release
+    index = ["5.25.0rc1", "5.24.1", "5.24.0", "5.23.0", "5.22.2", "4.57.6"]
+    allowed = versions.allowed_releases(Requirement("transformers>=5.23,<5.25"), index)
+    assert [str(version) for version in allowed] == ["5.23.0", "5.24.0", "5.24.1"]
+    with pytest.raises(SystemExit, match="No transformers release"):
+        versions.allowed_releases(Requirement("transformers>=6"), index)
