@@ -11,7 +11,6 @@ from transformers import TextIteratorStreamer, pipeline
 
 from storm_hf import StormForConditionalGeneration
 from storm_hf.pipelines import VISUAL_INPUTS
-from storm_hf.processing import register_processing
 
 
 MAX_NEW_TOKENS = 4
@@ -19,7 +18,6 @@ MAX_NEW_TOKENS = 4
 
 @pytest.fixture(scope="module")
 def processor():
-    register_processing()  # what `import storm_hf` does
     return make_processor(num_frames=4, temporal_pool_size=2)
 
 
@@ -180,3 +178,17 @@ def test_max_visual_tokens_through_the_pipeline(pipe, model, processor):
     prepared = pipe.preprocess(Chat(video_chat(frames)), processor_kwargs=settings)
     assert prepared[VISUAL_INPUTS]["video_num_frames"].tolist() == [[8]]
     assert_both_pipelines_answer_like_the_reference(pipe, model, processor, frames, settings)
+
+
+def test_the_task_accepts_models_registered_for_image_text_to_text_and_flags_others(model, processor):
+    """The model check of `ImageTextToTextPipeline` (which the task inherits) counts the models registered with
+    `AutoModelForImageTextToText` (STORM), and logs an error for a model outside the mapping."""
+    from transformers.pipelines.base import logger
+    from transformers.testing_utils import CaptureLogger
+
+    with CaptureLogger(logger) as captured:
+        pipeline("video-text-to-text", model=model, processor=processor)
+    assert "not supported" not in captured.out
+    with CaptureLogger(logger) as captured:
+        pipeline("video-text-to-text", model=model.model.language_model, processor=processor)
+    assert "The model 'Qwen2Model' is not supported for video-text-to-text" in captured.out

@@ -10,7 +10,7 @@ import torch
 from media import make_frames, make_processor, write_video
 from PIL import Image
 
-from storm_hf.processing import StormProcessor, StormVideoProcessor, num_visual_tokens, register_processing
+from storm_hf.processing import StormProcessor, StormVideoProcessor, num_visual_tokens
 
 
 def tokens_per_video(num_frames, stride=1, image_size=56, temporal_pool_size=2):
@@ -160,7 +160,6 @@ def test_invalid_stride_raises(processor):
 def test_save_and_load_with_auto_processor(tmp_path):
     from transformers import AutoProcessor
 
-    register_processing()  # what `import storm_hf` does
     processor = make_processor(temporal_sampling_stride=2, spatial_pool_size=2)
     processor.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "processor_config.json").read_text())["video_processor"]
@@ -179,7 +178,6 @@ def test_save_and_load_with_auto_processor(tmp_path):
 
 
 def test_remote_code_loads_without_the_package(tmp_path):
-    register_processing()
     make_processor().save_pretrained(tmp_path)
     script = (
         "import sys; sys.modules['storm_hf'] = None\n"  # importing storm_hf now fails
@@ -372,7 +370,6 @@ def test_old_processor_config_loads_and_counts_like_the_model(tmp_path):
         saved[name] = saved.get(name, value)
     (checkpoint / "processor_config.json").write_text(json.dumps(saved))
 
-    register_processing()
     model = StormForConditionalGeneration.from_pretrained(checkpoint).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
     video_processor = processor.video_processor

@@ -282,6 +282,17 @@ class StormModelTest(common.test_modeling_common.ModelTesterMixin, unittest.Test
     def test_config(self):
         self.config_tester.run_common_tests()
 
+    if hasattr(common.test_modeling_common.ModelTesterMixin, "test_multimodal_outputs_are_returned"):  # >= 5.24
+
+        @pytest.mark.xfail(
+            strict=True,
+            reason="Not implemented in modeling: transformers 5.24 expects a VLM's output to carry its vision tower's "
+            "outputs as `image_outputs` (attentions, hidden_states, pooler_output); STORM returns the compressed "
+            "tokens as `image_hidden_states` only",
+        )
+        def test_multimodal_outputs_are_returned(self):
+            super().test_multimodal_outputs_are_returned()
+
 
 skip_tests(
     StormModelTest,

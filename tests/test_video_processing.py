@@ -232,10 +232,6 @@ def test_videos_of_different_lengths_are_zero_padded(videos):
 def test_save_and_load(tmp_path):
     from transformers import AutoVideoProcessor
 
-    from storm_hf.processing import register_processing
-
-    register_processing()  # what `import storm_hf` does
-
     processor = StormVideoProcessor(num_frames=16, max_frames=64)
     processor.save_pretrained(tmp_path)
     loaded = AutoVideoProcessor.from_pretrained(tmp_path)

@@ -153,10 +153,6 @@ def save_checkpoint(
     card_extra: str = "",
 ) -> Path:
     """Save a self-contained checkpoint: sharded safetensors + config + code, processor + chat template, model card."""
-    from .conversion.processor import ensure_processing_registered
-
-    # the processor saves its code and `auto_map` only once registered for the Auto classes
-    ensure_processing_registered()
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir, max_shard_size=max_shard_size)
     processor.save_pretrained(output_dir)

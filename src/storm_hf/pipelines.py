@@ -1,14 +1,9 @@
 """The `video-text-to-text` pipeline task (transformers has none): a video and a question, or a chat, in; text out."""
 
 import torch
-from transformers import AutoModelForImageTextToText
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
-    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
-)
-from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.pipelines.image_text_to_text import ImageTextToTextPipeline
 
+from .deprecation import registration_no_op
 from .processing.video_processing_storm import make_list_of_videos
 
 
@@ -31,12 +26,6 @@ class VideoTextToTextPipeline(ImageTextToTextPipeline):
     >>> pipe("video.mp4", text="What happens?", processor_kwargs={"max_visual_tokens": 8192}, max_new_tokens=64)
     ```
     """
-
-    def __init__(self, *args, **kwargs):
-        Pipeline.__init__(self, *args, **kwargs)
-        # The image pipeline checks transformers' own models only; add those registered by packages (STORM).
-        registered = [model.__name__ for model in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING._extra_content.values()]
-        self.check_model_type([*MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values(), *registered])
 
     def __call__(self, videos=None, text=None, **kwargs):
         if videos is None or (isinstance(videos, (list, tuple)) and videos and isinstance(videos[0], dict)):
@@ -64,6 +53,7 @@ class VideoTextToTextPipeline(ImageTextToTextPipeline):
         }
         return model_inputs
 
+    # `preprocess`, `_forward` and `postprocess` are the methods transformers documents for custom pipelines.
     def _forward(self, model_inputs, generate_kwargs=None):
         visual_inputs = model_inputs.pop(VISUAL_INPUTS)
         model_inputs.update(batch_visual_inputs(visual_inputs if isinstance(visual_inputs, list) else [visual_inputs]))
@@ -109,11 +99,4 @@ def _pad_rows(rows: list[torch.Tensor | None]) -> torch.Tensor:
     return padded
 
 
-def register_pipelines():
-    """Register the `video-text-to-text` task."""
-    PIPELINE_REGISTRY.register_pipeline(
-        "video-text-to-text",
-        pipeline_class=VideoTextToTextPipeline,
-        pt_model=AutoModelForImageTextToText,
-        type="multimodal",
-    )
+register_pipelines = registration_no_op("register_pipelines")

@@ -2,7 +2,8 @@
 
 from transformers import SiglipImageProcessor
 
-from ..processing import StormProcessor, StormVideoProcessor, register_processing
+from ..deprecation import registration_no_op
+from ..processing import StormProcessor, StormVideoProcessor
 from ..processing.processing_storm import VISION_SPECIAL_TOKENS
 from .checkpoint_io import ConversionError
 
@@ -26,17 +27,13 @@ def add_vision_tokens(tokenizer, vocab_size: int) -> list[str]:
     return added
 
 
-def ensure_processing_registered() -> None:
-    """Register the processor with the Auto classes (and for code-shipping saves) once, if nothing has yet."""
-    if getattr(StormProcessor, "_auto_class", None) is None:
-        register_processing()
+ensure_processing_registered = registration_no_op("ensure_processing_registered")
 
 
 def build_processor(tokenizer, config, num_frames: int = 32) -> StormProcessor:
     """StormProcessor for `config`: SigLIP pre-processing at the vision tower's resolution, `num_frames` frames by
     default; the video processor counts placeholders with the config's patch size, pixel-shuffle, pooling and
     default temporal-sampling stride."""
-    ensure_processing_registered()
     size = {"height": config.vision_config.image_size, "width": config.vision_config.image_size}
     normalisation = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     video_processor = StormVideoProcessor(

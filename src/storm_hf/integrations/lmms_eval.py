@@ -21,7 +21,7 @@ from lmms_eval.protocol import ChatMessages
 from tqdm import tqdm
 from transformers import AutoProcessor
 
-from .. import StormForConditionalGeneration
+from ..modeling import StormForConditionalGeneration
 
 
 # The processor's per-call settings that `--model_args` may set (lmms-eval passes them as strings).

@@ -157,6 +157,9 @@ class StormProcessor(ProcessorMixin):
             )
         return counts
 
+    # `_process_videos`/`_process_images` are ProcessorMixin's hooks for calling a sub-processor; transformers has no
+    # public one. Its defaults count the placeholders over the raw inputs (`make_batched_videos`); STORM counts them
+    # over what the sub-processor returned (the token grids), whatever form the inputs came in.
     def _process_videos(self, videos: list[list], **kwargs):
         """Videos grouped per sample -> batch-major video inputs, their token grids, and the placeholder strings."""
         if not any(videos):
@@ -189,6 +192,7 @@ class StormProcessor(ProcessorMixin):
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * int(image_inputs["image_token_grid"][image_idx].prod())
 
+    # The hook serving engines (vLLM) call for placeholder counts; transformers has no public name for it.
     def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, **kwargs) -> MultiModalData:
         """Placeholder counts for images of (height, width) and videos of (num_frames, height, width) (frames as
         sampled; the processed frame size is the processors' `size` when they resize). `kwargs`: processor kwargs

@@ -10,8 +10,8 @@ import numpy as np
 import PIL.Image
 import torch
 from huggingface_hub.dataclasses import validate_typed_dict
-from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import PILImageResampling, is_valid_image, load_image
+from transformers.image_processing_utils import BatchFeature, get_size_dict
+from transformers.image_utils import PILImageResampling, SizeDict, is_valid_image, load_image
 from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_metadata
@@ -22,6 +22,20 @@ from .video_decoding import StormVideoMetadata, check_sampling_arguments, is_vid
 
 # Settings of the model the token count depends on; `build_processor` copies them from the model config.
 TOKEN_GRID_SETTINGS = ("patch_size", "downsample_ratio", "temporal_pool_size", "spatial_pool_size")
+# Arguments `StormVideoProcessor.preprocess` uses itself (frame selection, token count, outputs); the others set how
+# transformers' `BaseVideoProcessor.preprocess` converts the pixels.
+SETTINGS_OF_THIS_PROCESSOR = (
+    "num_frames",
+    "fps",
+    "min_frames",
+    "max_frames",
+    "do_sample_frames",
+    "max_visual_tokens",
+    "temporal_sampling_stride",
+    *TOKEN_GRID_SETTINGS,
+    "video_metadata",
+    "return_metadata",
+)
 
 
 class StormVideoProcessorKwargs(VideosKwargs, total=False):
@@ -288,17 +302,18 @@ class StormVideoProcessor(BaseVideoProcessor):
             )
         return np.round(np.linspace(0, total - 1, num_frames)).astype(np.int64)
 
-    def _validate_preprocess_kwargs(self, do_resize=None, size=None, **kwargs):
-        """transformers' checks, and that frames are resized to a `height` x `width` (the vision tower's input size,
-        from which the token grid is counted), not by an edge length."""
-        super()._validate_preprocess_kwargs(do_resize=do_resize, size=size, **kwargs)
-        if do_resize and (size.height is None or size.width is None):  # the base class checks that `size` is set
-            given = {key: value for key, value in vars(size).items() if value is not None}
+    def _frame_size(self, size=None) -> SizeDict:
+        """The `height` x `width` frames are resized to (`size`, default `self.size`; an int is a square): the vision
+        tower's input size, from which the token grid is counted. Raises for edge-length sizes."""
+        size = self.size if size is None else size
+        size = SizeDict(**get_size_dict(size, default_to_square=self.default_to_square))
+        if size.height is None or size.width is None:
             raise ValueError(
                 f"{type(self).__name__} resizes frames to `size={{'height': ..., 'width': ...}}` (the vision tower's "
-                f"image size), got `size={given}`. Pass the height and width of the model's "
+                f"image size), got `size={dict(size)}`. Pass the height and width of the model's "
                 "`vision_config.image_size`."
             )
+        return size
 
     def preprocess(self, videos, **kwargs: Unpack[StormVideoProcessorKwargs]) -> BatchFeature:
         """Decode, sample and normalise `videos` (a batch, or per-sample lists) and count their tokens; see the class
@@ -309,28 +324,27 @@ class StormVideoProcessor(BaseVideoProcessor):
             raise TypeError(f"Unexpected keyword argument(s) {sorted(unknown)} for {type(self).__name__}.")
         self._resolve_frame_selection(kwargs)
         call_stride = kwargs.get("temporal_sampling_stride")
-        for name in self.valid_kwargs.__annotations__:
-            kwargs.setdefault(name, getattr(self, name, None))
-        kwargs = self._standardize_kwargs(**kwargs)
-        self._validate_preprocess_kwargs(**kwargs)
+        settings = {name: kwargs.pop(name, getattr(self, name, None)) for name in SETTINGS_OF_THIS_PROCESSOR}
+        return_tensors = kwargs.pop("return_tensors", self.return_tensors)
+        size = self._frame_size(kwargs.get("size")) if kwargs.get("do_resize", self.do_resize) else None
 
         samples, per_sample = group_videos_by_sample(videos)
         flat_videos = [video for sample in samples for video in sample]
         if not flat_videos:
             raise ValueError("No videos were passed.")
-        metadata = self._metadata_per_video(flat_videos, kwargs.pop("video_metadata"))
-        budget, stride = kwargs.pop("max_visual_tokens"), kwargs.pop("temporal_sampling_stride")
-        grid_settings = {name: kwargs.pop(name) for name in TOKEN_GRID_SETTINGS}
-        selection = {name: kwargs.pop(name) for name in ("num_frames", "fps", "min_frames", "max_frames")}
-        if budget is not None and not kwargs["do_resize"]:
+        metadata = self._metadata_per_video(flat_videos, settings["video_metadata"])
+        budget, stride = settings["max_visual_tokens"], settings["temporal_sampling_stride"]
+        grid_settings = {name: settings[name] for name in TOKEN_GRID_SETTINGS}
+        selection = {name: settings[name] for name in ("num_frames", "fps", "min_frames", "max_frames")}
+        if budget is not None and size is None:
             raise ValueError("`max_visual_tokens` needs `do_resize=True`: the token count depends on the frame size.")
         plans = [[] for _ in samples]  # filled per sample by the budget samplers while decoding
-        if not kwargs.pop("do_sample_frames"):
+        if not settings["do_sample_frames"]:
             samplers = [[None] * len(sample) for sample in samples]
         elif budget is None:
             samplers = [[partial(self.sample_frames, **selection)] * len(sample) for sample in samples]
         else:
-            budget_settings = dict(max_frames=selection["max_frames"], size=kwargs["size"], **grid_settings)
+            budget_settings = dict(max_frames=selection["max_frames"], size=size, **grid_settings)
             samplers = [
                 self._budget_samplers(len(sample), budget, call_stride, sample_plans, budget_settings)
                 for sample, sample_plans in zip(samples, plans)
@@ -344,15 +358,10 @@ class StormVideoProcessor(BaseVideoProcessor):
             sample_plans[0].temporal_sampling_stride if sample_plans else _stride(stride) for sample_plans in plans
         ]
 
-        return_metadata, return_tensors = kwargs.pop("return_metadata"), kwargs.pop("return_tensors")
-        videos = self._prepare_input_videos(
-            decoded,
-            do_convert_rgb=kwargs.pop("do_convert_rgb"),
-            input_data_format=kwargs.pop("input_data_format"),
-            device=kwargs.pop("device"),
-        )
-        kwargs.pop("data_format")
-        frames = super()._preprocess(videos, return_tensors=None, **kwargs)["pixel_values_videos"]
+        # The frames are decoded and sampled: transformers' `preprocess` converts, resizes, rescales and normalises them
+        # with the remaining (pixel) arguments.
+        frames = super().preprocess(decoded, do_sample_frames=False, return_tensors=None, **kwargs)
+        frames = frames["pixel_values_videos"]
         video_strides = [stride for sample, stride in zip(samples, sample_strides) for _ in sample]
         grids = [
             self.token_grid(len(video), *video.shape[-2:], temporal_sampling_stride=video_stride, **grid_settings)
@@ -380,7 +389,7 @@ class StormVideoProcessor(BaseVideoProcessor):
                 },
                 tensor_type=return_tensors,
             )
-        if return_metadata:
+        if settings["return_metadata"]:
             output["video_metadata"] = sampled_metadata
         return output
 
