@@ -1,9 +1,10 @@
 """The `storm-hf` command: generate, stream, compose, convert, push, info, demo.
 
-Each subcommand is a module of this package with `register(subcommands)`, which adds its parser and sets `run` (the
-function that carries it out, given the parsed arguments), as transformers' and huggingface_hub's command-line tools
-register theirs. Every subcommand has `--help`. Bad arguments end with a one-line error and exit status 2; failures
-while running end with a one-line error and exit status 1 (`--traceback` or `STORM_HF_TRACEBACK=1` shows the trace).
+Each subcommand is a module of this package with `register_subcommand(subcommands)`, which adds its parser and sets
+`run` (the function that carries it out, given the parsed arguments), as transformers' and huggingface_hub's
+command-line tools register theirs. Every subcommand has `--help`. Bad arguments end with a one-line error and exit
+status 2; failures while running end with a one-line error and exit status 1 (`--traceback` or `STORM_HF_TRACEBACK=1`
+shows the trace).
 """
 
 import argparse
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in SUBCOMMANDS:
-        module.register(subcommands)
+        module.register_subcommand(subcommands)
     return parser
 
 

@@ -14,7 +14,7 @@ CONFIG_OVERRIDES = (
 )
 
 
-def register(commands) -> None:
+def register_subcommand(commands) -> None:
     parser = commands.add_parser(
         "compose",
         help="build a STORM checkpoint from SigLIP + Qwen2/Qwen2-VL",

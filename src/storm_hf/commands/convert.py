@@ -5,7 +5,7 @@ from pathlib import Path
 from .common import add_output_arguments, existing_dir, positive_int
 
 
-def register(commands) -> None:
+def register_subcommand(commands) -> None:
     parser = commands.add_parser(
         "convert",
         help="convert a VILA/NVILA-style STORM checkpoint",

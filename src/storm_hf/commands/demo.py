@@ -3,7 +3,7 @@
 from .common import existing_dir
 
 
-def register(commands) -> None:
+def register_subcommand(commands) -> None:
     parser = commands.add_parser(
         "demo",
         help="answer a question about a freshly rendered clip with the bundled model",

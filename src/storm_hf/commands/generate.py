@@ -15,7 +15,7 @@ from .common import (
 )
 
 
-def register(commands) -> None:
+def register_subcommand(commands) -> None:
     parser = commands.add_parser(
         "generate",
         help="answer a prompt about a video",

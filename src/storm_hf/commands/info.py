@@ -10,7 +10,7 @@ DEFAULT_FRAMES = (32, 64, 128, 256, 512)
 COLUMNS = ("frames", "compression", "visual tokens", "% of full", "KV cache", "prefill activations", "LLM memory")
 
 
-def register(commands) -> None:
+def register_subcommand(commands) -> None:
     parser = commands.add_parser(
         "info",
         help="frames -> tokens -> estimated LLM memory, as a table",

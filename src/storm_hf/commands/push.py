@@ -3,7 +3,7 @@
 from .common import existing_dir
 
 
-def register(commands) -> None:
+def register_subcommand(commands) -> None:
     parser = commands.add_parser(
         "push",
         help="upload a checkpoint folder to the Hub",

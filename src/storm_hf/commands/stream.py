@@ -14,7 +14,7 @@ def video_source(text: str) -> str:
     return text
 
 
-def register(commands) -> None:
+def register_subcommand(commands) -> None:
     parser = commands.add_parser(
         "stream",
         help="answer a prompt again and again while a video plays (causal models)",
