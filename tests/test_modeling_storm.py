@@ -630,6 +630,23 @@ def test_mixer_in_chunks_equals_the_flip_and_token_loop_reference_of_each_sequen
             torch.testing.assert_close(output[row : row + 1, :length], reference, rtol=1e-5, atol=1e-5)
 
 
+def test_projector_at_inference_equals_its_training_path():
+    """Without a gradient the projector merges windows frame by frame and its mixers scan in chunks (of 5 positions
+    here: 24 and 12 per video); with one, everything runs at once. Two videos of different lengths: a padded batch."""
+    torch.manual_seed(0)
+    projector = tiny_model().model.temporal_projector
+    for layer in projector.layers:
+        layer.mixer.inference_chunk_tokens = 5
+    vision = projector.linear.in_features // 4  # 2x2 windows
+    features = torch.randn(9, IMAGE_SIZE // 14, IMAGE_SIZE // 14, vision)
+    expected, _ = projector(features, [6, 3])
+    with torch.no_grad():
+        videos, _ = projector(features, [6, 3])
+    assert [video.shape[0] for video in videos] == [6, 3]
+    for video, reference in zip(videos, expected):
+        torch.testing.assert_close(video, reference.detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_mixer_names_the_weights_of_both_directions_and_loads_checkpoints_written_before(demo_checkpoint):
     causal, bidirectional = StormMambaMixer(64, bidirectional=False), StormMambaMixer(64)
     forward_keys = ["in_proj.weight", "out_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight"]

@@ -90,6 +90,13 @@ def reverse_sequences(hidden_states: torch.Tensor, lengths: torch.Tensor | None)
     return hidden_states.gather(1, source[:, :, None].expand_as(hidden_states))
 
 
+def _needs_grad(inputs: torch.Tensor, module: nn.Module) -> bool:
+    """Whether autograd records `module(inputs)`: the memory-bounded inference paths run only where it does not."""
+    return torch.is_grad_enabled() and (
+        inputs.requires_grad or any(parameter.requires_grad for parameter in module.parameters())
+    )
+
+
 class StormPixelShuffle(nn.Module):
     """Space-to-depth: each `ratio`x`ratio` window of the patch grid becomes one token with `ratio**2` times the width.
 
@@ -149,10 +156,12 @@ class StormMambaMixer(nn.Module):
         bidirectional: bool = True,
     ):
         super().__init__()
-        # 256 positions: one frame of the paper's 7B (16x16 tokens at 448 px), whose chunk intermediates (in_proj
-        # output, convolution, time steps, gated output: ~12 x hidden_size floats per position) are ~40 MiB there,
-        # ~11 MiB at hidden size 896; shorter chunks add Python overhead per chunk, longer ones only memory.
-        self.inference_chunk_tokens: int | None = 256
+        # 32 positions: the chunk's intermediates are the scan's states and decays (2 x 33 x state_size x
+        # intermediate_size floats: 7 MiB at hidden size 896, 29 MiB at the 7B's 3584) and ~12 x hidden_size floats per
+        # position. On one CPU thread (loaded machine) a 2048-position layer took as long (within noise) in chunks of
+        # 32 as of 64, at most 1.3x longer than in chunks of 256, and 2.7x longer in chunks of 8 (per-chunk overhead,
+        # which also favours longer chunks on a GPU without mamba-ssm).
+        self.inference_chunk_tokens: int | None = 32
         self.intermediate_size = expand * hidden_size
         self.state_size = state_size
         self.conv_kernel = conv_kernel
@@ -223,11 +232,8 @@ class StormMambaMixer(nn.Module):
                 "streaming `state` needs `mamba_bidirectional=False`."
             )
         norm = norm if norm is not None else nn.Identity()
-        needs_grad = torch.is_grad_enabled() and (
-            hidden_states.requires_grad or any(parameter.requires_grad for parameter in self.parameters())
-        )
         if (
-            needs_grad
+            _needs_grad(hidden_states, self)
             or self.inference_chunk_tokens is None
             or mamba_ssm_scan_applies(hidden_states, None if state is None else state.ssm_state)
         ):
@@ -402,21 +408,21 @@ class StormTemporalProjector(nn.Module):
         streaming).
         Returns one `(num_frames_i, grid_height/r, grid_width/r, hidden_size)` tensor per video and per-layer states.
         """
-        tokens = self.linear(self.pixel_shuffle(frame_features))
+        tokens = self._merge_windows(frame_features)
         _, height, width, hidden_size = tokens.shape
-        videos = tokens.split(num_frames)
         # Equal lengths need no padding: a plain flip is then cheaper than the per-sequence gather.
         lengths = (
             None
             if len(set(num_frames)) == 1
             else torch.tensor([n * height * width for n in num_frames], device=tokens.device)
         )
-        if len(videos) == 1:  # one video (a long one, typically): a view, no padded copy
+        if len(num_frames) == 1:  # one video (a long one, typically): a view, no padded copy
             hidden_states = tokens.reshape(1, -1, hidden_size)
         else:
             hidden_states = nn.utils.rnn.pad_sequence(
-                [video.reshape(-1, hidden_size) for video in videos], batch_first=True
+                [video.reshape(-1, hidden_size) for video in tokens.split(num_frames)], batch_first=True
             )
+        del tokens  # each layer's output replaces its input: the first layer's input is not kept until the end
         states = states if states is not None else [None] * len(self.layers)
         new_states = []
         for layer, state in zip(self.layers, states):
@@ -427,6 +433,20 @@ class StormTemporalProjector(nn.Module):
             for sequence, n in zip(hidden_states, num_frames)
         )
         return videos, new_states
+
+    def _merge_windows(self, frame_features: torch.Tensor) -> torch.Tensor:
+        """pixel-shuffle -> Linear: `(total_frames, grid_height, grid_width, vision_hidden_size)` ->
+        `(total_frames, grid_height/r, grid_width/r, hidden_size)`. Without a gradient, frame by frame into one
+        preallocated output, so the pixel-shuffled copy of the features (as large as they are) never exists whole."""
+        if _needs_grad(frame_features, self.linear) or frame_features.shape[0] == 0:
+            return self.linear(self.pixel_shuffle(frame_features))
+        tokens = None
+        for index, frame in enumerate(frame_features.split(1)):
+            merged = self.linear(self.pixel_shuffle(frame))
+            if tokens is None:
+                tokens = merged.new_empty(frame_features.shape[0], *merged.shape[1:])
+            tokens[index] = merged[0]
+        return tokens
 
 
 def temporal_pool(tokens: torch.Tensor, pool_size: int) -> torch.Tensor:
