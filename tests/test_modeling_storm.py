@@ -630,6 +630,32 @@ def test_mixer_in_chunks_equals_the_flip_and_token_loop_reference_of_each_sequen
             torch.testing.assert_close(output[row : row + 1, :length], reference, rtol=1e-5, atol=1e-5)
 
 
+def test_mixer_scans_at_once_at_inference_exactly_where_mamba_ssm_scan_applies(monkeypatch):
+    """The mixer asks selective_scan's rule, with its streaming state: mamba-ssm's kernel (which starts from zeros)
+    scans the whole sequence, a streaming call on the same machine scans in chunks."""
+    from storm_hf.modeling import modeling_storm
+
+    asked = []
+
+    def on_cuda_with_mamba_ssm(u, initial_state=None, last_state_needs_grad=False):
+        asked.append(initial_state)
+        return initial_state is None and not last_state_needs_grad
+
+    monkeypatch.setattr(modeling_storm, "mamba_ssm_scan_applies", on_cuda_with_mamba_ssm)
+    mixer = _initialised_mixer(bidirectional=False)
+    mixer.inference_chunk_tokens = 4
+    calls = []
+    mixer.in_proj.register_forward_hook(lambda *args: calls.append(args[1][0].shape[1]))
+    x = torch.randn(2, 22, 64)
+    with torch.no_grad():
+        first, state = mixer(x[:, :12])
+        assert calls == [12] and asked == [None]
+        calls.clear()
+        second, _ = mixer(x[:, 12:], state=state)
+        assert calls == [4, 4, 2] and asked[1] is state.ssm_state
+        torch.testing.assert_close(torch.cat([first, second], dim=1), mixer(x)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_projector_at_inference_equals_its_training_path():
     """Without a gradient the projector merges windows frame by frame and its mixers scan in chunks (of 5 positions
     here: 24 and 12 per video); with one, everything runs at once. Two videos of different lengths: a padded batch."""
