@@ -158,9 +158,10 @@ class StormMambaMixer(nn.Module):
         super().__init__()
         # 32 positions: the chunk's intermediates are the scan's states and decays (2 x 33 x state_size x
         # intermediate_size floats: 7 MiB at hidden size 896, 29 MiB at the 7B's 3584) and ~12 x hidden_size floats per
-        # position. On one CPU thread (loaded machine) a 2048-position layer took as long (within noise) in chunks of
-        # 32 as of 64, at most 1.3x longer than in chunks of 256, and 2.7x longer in chunks of 8 (per-chunk overhead,
-        # which also favours longer chunks on a GPU without mamba-ssm).
+        # position. Time trades against them: a 2048-position layer at hidden size 896 (one CPU thread) took 1.14 s at
+        # once, 1.56 s in chunks of 256 or 128, 1.81 s of 64 and 2.27 s of 32 (the chunk's matrix products get less
+        # efficient; chunks of 256 held ~3.5x the constant memory). The vision tower dominates encoding time; raise
+        # it where the projector's time matters more than its memory.
         self.inference_chunk_tokens: int | None = 32
         self.intermediate_size = expand * hidden_size
         self.state_size = state_size
