@@ -265,7 +265,7 @@ class StormMambaMixer(nn.Module):
         lengths: torch.Tensor | None,
         state: StormMambaState | None,
         norm: nn.Module,
-    ) -> tuple[torch.Tensor, StormMambaState]:
+    ) -> tuple[torch.Tensor, StormMambaState | None]:
         """Both directions at inference, `inference_chunk_tokens` positions at a time, each carrying its conv and SSM
         state from chunk to chunk; returns the output and the forward scan's final state.
 
