@@ -268,9 +268,10 @@ def render(rows, config, settings) -> str:
         f"Growth per additional frame ({smallest} -> {largest} frames, the slope without the fixed part): "
         f"micro-batched {per_frame:.1f} KiB/frame, all-at-once {old_per_frame:.1f} KiB/frame, target "
         f"2 x (pixels + tokens) = {target_per_frame:.1f} KiB/frame: **{slope_verdict}**. The fixed part (growth at "
-        f"{smallest} frames: {smallest_growth:.1f} MiB) does not grow with frames: mostly the selective scan's "
-        "per-chunk buffers (64 positions x d_state 16 x d_inner 1792 x 4 B = 7 MiB each), which at this tiny frame "
-        "size outweigh the pixels.",
+        f"{smallest} frames: {smallest_growth:.1f} MiB) does not grow with frames: mostly the Mamba mixer's per-chunk "
+        "intermediates at inference (`StormMambaMixer.inference_chunk_tokens` positions: the selective scan's states "
+        "and decays, the in_proj output) and the vision micro-batch's activations, which at this tiny frame size "
+        "outweigh the pixels.",
         "",
         "![memory vs frames](long_video.png)",
         "",

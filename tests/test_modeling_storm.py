@@ -121,11 +121,12 @@ def _reference_mixer_output(mixer: StormMambaMixer, hidden_states: torch.Tensor)
     """The mixer written out in mamba-ssm's channel-major layout: conv1d, the token-loop scan, flips for the
     backward direction (Vision Mamba's bimamba v2)."""
     x, gate = mixer.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
-    suffixes = ("", "_b") if mixer.bidirectional else ("",)
+    directions = [(lambda tensor: tensor, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D)]
+    if mixer.bidirectional:
+        flip = lambda tensor: tensor.flip(-1)  # noqa: E731
+        directions.append((flip, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log, mixer.D_b))
     output = 0
-    for suffix in suffixes:
-        flip = (lambda tensor: tensor.flip(-1)) if suffix else (lambda tensor: tensor)
-        conv1d, x_proj, dt_proj = (getattr(mixer, f"{name}{suffix}") for name in ("conv1d", "x_proj", "dt_proj"))
+    for flip, conv1d, x_proj, dt_proj, A_log, D in directions:
         u = torch.nn.functional.silu(conv1d(torch.nn.functional.pad(flip(x), (mixer.conv_kernel - 1, 0))))
         time_step, B, C = x_proj(u.transpose(1, 2)).split(
             [mixer.time_step_rank, mixer.state_size, mixer.state_size], dim=-1
@@ -133,10 +134,10 @@ def _reference_mixer_output(mixer: StormMambaMixer, hidden_states: torch.Tensor)
         y = selective_scan_reference(
             u,
             (time_step @ dt_proj.weight.T).transpose(1, 2),
-            -torch.exp(getattr(mixer, f"A{suffix}_log")),
+            -torch.exp(A_log),
             B.transpose(1, 2),
             C.transpose(1, 2),
-            getattr(mixer, f"D{suffix}"),
+            D,
             flip(gate),
             dt_proj.bias,
             delta_softplus=True,
@@ -180,14 +181,17 @@ def test_bidirectional_mixer_sees_the_future_and_causal_does_not():
         assert (difference > 1e-6) == first_token_changes
 
 
-def test_causal_mixer_carries_its_state_across_calls():
+@pytest.mark.parametrize("grad", [True, False])  # the whole-sequence scan, the scan in chunks of 3 positions
+def test_causal_mixer_carries_its_state_across_calls(grad):
     mixer = _initialised_mixer(bidirectional=False)
+    mixer.inference_chunk_tokens = 3
     torch.manual_seed(0)
     x = torch.randn(2, 17, 64)
-    full, _ = mixer(x)
-    first, state = mixer(x[:, :7])
-    second, state = mixer(x[:, 7:12], state=state)
-    third, _ = mixer(x[:, 12:], state=state)
+    with torch.set_grad_enabled(grad):
+        full, _ = mixer(x)
+        first, state = mixer(x[:, :7])
+        second, state = mixer(x[:, 7:12], state=state)
+        third, _ = mixer(x[:, 12:], state=state)
     torch.testing.assert_close(torch.cat([first, second, third], dim=1), full)
 
 
@@ -396,7 +400,8 @@ def test_trust_remote_code_loading_without_storm_hf(tmp_path):
         "AutoConfig": "configuration_storm.StormConfig",
         "AutoModelForImageTextToText": "modeling_storm.StormForConditionalGeneration",
     }
-    torch.save({"inputs": inputs, "logits": model(**inputs).logits.detach()}, tmp_path / "expected.pt")
+    with torch.no_grad():  # as the loaded model runs: inference scans in chunks, training at once (equal to rounding)
+        torch.save({"inputs": inputs, "logits": model(**inputs).logits}, tmp_path / "expected.pt")
     script = textwrap.dedent(
         f"""
         import sys
@@ -580,28 +585,135 @@ def test_mamba_decay_parameters_are_marked_without_weight_decay_after_loading(tm
     assert marked == sorted(["A_log", "D", "A_b_log", "D_b"] * 2)  # two bidirectional Mamba layers
 
 
+def _padded_batch(lengths: list[int], hidden_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random sequences of `lengths`, right-padded with NaN (which must never reach a real token), and their lengths
+    (None when all are equal: no padding)."""
+    batch = torch.randn(len(lengths), max(lengths), hidden_size)
+    for row, length in enumerate(lengths):
+        batch[row, length:] = float("nan")
+    return batch, (None if len(set(lengths)) == 1 else torch.tensor(lengths))
+
+
+@pytest.mark.parametrize("lengths", [[200, 200, 200], [200, 131, 5]], ids=["unpadded", "right-padded"])
 @pytest.mark.parametrize("bidirectional", [True, False])
-def test_mixer_in_chunks_at_inference_equals_the_whole_sequence_scan(bidirectional):
+def test_mixer_in_chunks_at_inference_equals_the_whole_sequence_scan(bidirectional, lengths):
     torch.manual_seed(0)
-    mixer = tiny_model(mamba_bidirectional=bidirectional).model.temporal_projector.layers[0].mixer
-    hidden_states = torch.randn(2, 203, mixer.in_proj.in_features)
+    mixer = _initialised_mixer(bidirectional)
+    norm = torch.nn.LayerNorm(64)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    hidden_states, padded_lengths = _padded_batch(lengths)
     calls = []
-    mixer.in_proj.register_forward_hook(lambda *args: calls.append(1))
+    mixer.in_proj.register_forward_hook(lambda *args: calls.append(args[1][0].shape[1]))
     with torch.no_grad():
-        mixer.inference_chunk_tokens = 203
-        expected, expected_state = mixer(hidden_states)  # 203 positions: one whole-sequence scan
-        assert len(calls) == 1
-        for chunk_tokens in (1, 3, 64, 100):
+        mixer.inference_chunk_tokens = None  # the whole sequence at once, as in training
+        expected, expected_state = mixer(hidden_states, padded_lengths, norm=norm)
+        assert calls == [200]
+        for chunk_tokens in (1, 7, 8, 64, 200, 500):  # 7 and 64 do not divide 200; 500 is longer than the sequence
             mixer.inference_chunk_tokens = chunk_tokens
             calls.clear()
-            output, state = mixer(hidden_states)
-            assert len(calls) == math.ceil(203 / chunk_tokens) * (2 if bidirectional else 1)
-            torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
-            if bidirectional:
-                assert state is None
+            output, state = mixer(hidden_states, padded_lengths, norm=norm)
+            assert len(calls) == math.ceil(200 / chunk_tokens) * (2 if bidirectional else 1)
+            assert max(calls) == min(chunk_tokens, 200)
+            for row, length in enumerate(lengths):
+                torch.testing.assert_close(output[row, :length], expected[row, :length], rtol=1e-5, atol=1e-5)
+            if bidirectional or padded_lengths is not None:
+                assert state is None and expected_state is None
             else:
-                torch.testing.assert_close(state.ssm_state, expected_state.ssm_state, rtol=1e-5, atol=1e-6)
-                torch.testing.assert_close(state.conv_state, expected_state.conv_state, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(state.ssm_state, expected_state.ssm_state, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(state.conv_state, expected_state.conv_state, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_mixer_in_chunks_equals_the_flip_and_token_loop_reference_of_each_sequence(bidirectional):
+    """Each sequence of a right-padded batch, scanned in chunks of 7 (the reversed scan reading the chunks last to
+    first from each sequence's own end), against that sequence alone through the channel-major reference (conv1d,
+    token-by-token scan, the backward direction as a flip of the whole sequence)."""
+    torch.manual_seed(0)
+    mixer = _initialised_mixer(bidirectional)
+    mixer.inference_chunk_tokens = 7
+    lengths = [40, 23, 9]
+    hidden_states, padded_lengths = _padded_batch(lengths)
+    with torch.no_grad():
+        output, _ = mixer(hidden_states, padded_lengths)
+        for row, length in enumerate(lengths):
+            reference = _reference_mixer_output(mixer, hidden_states[row : row + 1, :length])
+            torch.testing.assert_close(output[row : row + 1, :length], reference, rtol=1e-5, atol=1e-5)
+
+
+def test_mixer_scans_at_once_at_inference_exactly_where_mamba_ssm_scan_applies(monkeypatch):
+    """The mixer asks selective_scan's rule, with its streaming state: mamba-ssm's kernel (which starts from zeros)
+    scans the whole sequence, a streaming call on the same machine scans in chunks."""
+    from storm_hf.modeling import modeling_storm
+
+    asked = []
+
+    def on_cuda_with_mamba_ssm(u, initial_state=None, last_state_needs_grad=False):
+        asked.append(initial_state)
+        return initial_state is None and not last_state_needs_grad
+
+    monkeypatch.setattr(modeling_storm, "mamba_ssm_scan_applies", on_cuda_with_mamba_ssm)
+    mixer = _initialised_mixer(bidirectional=False)
+    mixer.inference_chunk_tokens = 4
+    calls = []
+    mixer.in_proj.register_forward_hook(lambda *args: calls.append(args[1][0].shape[1]))
+    x = torch.randn(2, 22, 64)
+    with torch.no_grad():
+        first, state = mixer(x[:, :12])
+        assert calls == [12] and asked == [None]
+        calls.clear()
+        second, _ = mixer(x[:, 12:], state=state)
+        assert calls == [4, 4, 2] and asked[1] is state.ssm_state
+        torch.testing.assert_close(torch.cat([first, second], dim=1), mixer(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_projector_at_inference_equals_its_training_path():
+    """Without a gradient the projector merges windows frame by frame and its mixers scan in chunks (of 5 positions
+    here: 24 and 12 per video); with one, everything runs at once. Two videos of different lengths: a padded batch."""
+    torch.manual_seed(0)
+    projector = tiny_model().model.temporal_projector
+    for layer in projector.layers:
+        layer.mixer.inference_chunk_tokens = 5
+    vision = projector.linear.in_features // 4  # 2x2 windows
+    features = torch.randn(9, IMAGE_SIZE // 14, IMAGE_SIZE // 14, vision)
+    expected, _ = projector(features, [6, 3])
+    with torch.no_grad():
+        videos, _ = projector(features, [6, 3])
+    assert [video.shape[0] for video in videos] == [6, 3]
+    for video, reference in zip(videos, expected):
+        torch.testing.assert_close(video, reference.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_mixer_names_the_weights_of_both_directions_and_loads_checkpoints_written_before(demo_checkpoint):
+    causal, bidirectional = StormMambaMixer(64, bidirectional=False), StormMambaMixer(64)
+    forward_keys = ["in_proj.weight", "out_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight"]
+    forward_keys += ["dt_proj.weight", "dt_proj.bias", "A_log", "D"]
+    reversed_keys = ["conv1d_b.weight", "conv1d_b.bias", "x_proj_b.weight", "dt_proj_b.weight", "dt_proj_b.bias"]
+    reversed_keys += ["A_b_log", "D_b"]
+    assert sorted(causal.state_dict()) == sorted(forward_keys)
+    assert sorted(bidirectional.state_dict()) == sorted(forward_keys + reversed_keys)
+    assert causal.reversed_scan_weights is None
+    assert all(getattr(causal, key.split(".")[0]) is None for key in reversed_keys)
+    assert bidirectional.reversed_scan_weights == (
+        bidirectional.conv1d_b,
+        bidirectional.x_proj_b,
+        bidirectional.dt_proj_b,
+        bidirectional.A_b_log,
+        bidirectional.D_b,
+    )
+
+    # the bundled demo checkpoint (bidirectional) was written when these weights were registered through f-strings
+    from safetensors.torch import load_file
+
+    model, loading = StormForConditionalGeneration.from_pretrained(demo_checkpoint, output_loading_info=True)
+    assert not loading["missing_keys"] and not loading["mismatched_keys"]
+    assert not [key for key in loading["unexpected_keys"] if "temporal_projector" in key]
+    saved = load_file(demo_checkpoint / "model.safetensors")
+    for index, layer in enumerate(model.model.temporal_projector.layers):
+        for key in forward_keys + reversed_keys:
+            assert torch.equal(
+                layer.mixer.get_parameter(key), saved[f"model.temporal_projector.layers.{index}.mixer.{key}"]
+            )
 
 
 def test_decode_steps_compile_with_fullgraph():

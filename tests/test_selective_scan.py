@@ -9,7 +9,9 @@ import torch
 from storm_hf.modeling import selective_scan as selective_scan_module
 from storm_hf.modeling.selective_scan import (
     _softplus,
+    causal_conv1d_applies,
     cuda_kernels_apply,
+    mamba_ssm_scan_applies,
     selective_scan,
     selective_scan_chunked,
     selective_scan_reference,
@@ -201,6 +203,19 @@ def test_cuda_fast_path_rule():
     assert not cuda_kernels_apply(tensor(torch.float64))
     assert not cuda_kernels_apply(tensor(torch.float32, cuda=False))
     assert [width for width in range(1, 7) if cuda_kernels_apply(tensor(torch.float16), conv_kernel=width)] == [2, 3, 4]
+
+
+def test_each_kernel_runs_where_installed_applicable_and_starting_from_zeros(monkeypatch):
+    """The rules the scan and the mixer share: a kernel needs its library, `cuda_kernels_apply`, and no given state."""
+    cuda, state = types.SimpleNamespace(is_cuda=True, dtype=torch.float32), torch.zeros(1)
+    for installed in (False, True):
+        monkeypatch.setattr(selective_scan_module, "is_mamba_ssm_available", installed)
+        monkeypatch.setattr(selective_scan_module, "causal_conv1d_fn", object() if installed else None)
+        assert mamba_ssm_scan_applies(cuda) == installed and causal_conv1d_applies(cuda, 4) == installed
+    assert not mamba_ssm_scan_applies(cuda, initial_state=state)
+    assert not mamba_ssm_scan_applies(cuda, last_state_needs_grad=True)
+    assert not mamba_ssm_scan_applies(types.SimpleNamespace(is_cuda=False, dtype=torch.float32))
+    assert not causal_conv1d_applies(cuda, 4, conv_state=state) and not causal_conv1d_applies(cuda, 5)
 
 
 def test_a_last_state_that_needs_a_gradient_never_goes_to_the_mamba_ssm_kernel(monkeypatch):

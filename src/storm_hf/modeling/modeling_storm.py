@@ -4,6 +4,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +21,8 @@ from transformers.utils import TransformersKwargs, is_torchdynamo_compiling
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_storm import StormConfig
-from .selective_scan import cuda_kernels_apply, is_mamba_ssm_available, selective_scan
+from .selective_scan import causal_conv1d_applies, causal_conv1d_fn, mamba_ssm_scan_applies, selective_scan
 
-
-try:  # CUDA kernel of the causal depthwise convolution (optional extra `storm-hf[cuda]`)
-    from causal_conv1d import causal_conv1d_fn
-except (ImportError, OSError, RuntimeError):
-    causal_conv1d_fn = None
 
 ProgressCallback = Callable[[int, int], None]
 """`progress_callback(done_frames, total_frames)`: called after each vision micro-batch with the frames encoded so
@@ -94,6 +90,13 @@ def reverse_sequences(hidden_states: torch.Tensor, lengths: torch.Tensor | None)
     return hidden_states.gather(1, source[:, :, None].expand_as(hidden_states))
 
 
+def _needs_grad(inputs: torch.Tensor, module: nn.Module) -> bool:
+    """Whether autograd records `module(inputs)`: the memory-bounded inference paths run only where it does not."""
+    return torch.is_grad_enabled() and (
+        inputs.requires_grad or any(parameter.requires_grad for parameter in module.parameters())
+    )
+
+
 class StormPixelShuffle(nn.Module):
     """Space-to-depth: each `ratio`x`ratio` window of the patch grid becomes one token with `ratio**2` times the width.
 
@@ -119,14 +122,28 @@ class StormPixelShuffle(nn.Module):
 NO_WEIGHT_DECAY_PARAMETERS = ("A_log", "D", "A_b_log", "D_b")
 
 
+class StormMambaScanWeights(NamedTuple):
+    """The weights of one scan direction of `StormMambaMixer`, named as in mamba-ssm's `Mamba`."""
+
+    conv1d: nn.Conv1d
+    x_proj: nn.Linear
+    dt_proj: nn.Linear
+    A_log: nn.Parameter
+    D: nn.Parameter
+
+
 class StormMambaMixer(nn.Module):
     """Mamba v1 selective-scan mixer, uni- or bidirectional.
 
     Parameters are named as in mamba-ssm's `Mamba` (`in_proj`, `conv1d`, `x_proj`, `dt_proj`, `A_log`, `D`, `out_proj`);
     the bidirectional variant follows Vision Mamba: `in_proj`/`out_proj` are shared, the reversed scan has its own
-    `conv1d_b`, `x_proj_b`, `dt_proj_b`, `A_b_log`, `D_b`, and the two directions' gated outputs are summed.
-    On CUDA with mamba-ssm and causal-conv1d installed their kernels run; elsewhere the pure-PyTorch scan does, and at
-    inference it runs long unpadded sequences `inference_chunk_tokens` positions at a time (bounded memory).
+    `conv1d_b`, `x_proj_b`, `dt_proj_b`, `A_b_log`, `D_b` (all None in a causal mixer), and the two directions' gated
+    outputs are summed.
+
+    The whole sequence is scanned at once where a gradient is needed or mamba-ssm's CUDA scan runs
+    (`selective_scan.mamba_ssm_scan_applies`: CUDA, mamba-ssm installed, no streaming state). Elsewhere, at inference,
+    it is scanned `inference_chunk_tokens` positions at a time (None: at once), each direction carrying its state from
+    chunk to chunk: same output, but memory is the input, the output and one chunk's intermediates.
     """
 
     def __init__(
@@ -139,7 +156,13 @@ class StormMambaMixer(nn.Module):
         bidirectional: bool = True,
     ):
         super().__init__()
-        self.inference_chunk_tokens = 256  # sequence positions per chunk of `_forward_in_chunks`
+        # 32 positions: the chunk's intermediates are the scan's states and decays (2 x 33 x state_size x
+        # intermediate_size floats: 7 MiB at hidden size 896, 29 MiB at the 7B's 3584) and ~12 x hidden_size floats per
+        # position. Time trades against them: a 2048-position layer at hidden size 896 (one CPU thread) took 1.14 s at
+        # once, 1.56 s in chunks of 256 or 128, 1.81 s of 64 and 2.27 s of 32 (the chunk's matrix products get less
+        # efficient; chunks of 256 held ~3.5x the constant memory). The vision tower dominates encoding time; raise
+        # it where the projector's time matters more than its memory.
+        self.inference_chunk_tokens: int | None = 32
         self.intermediate_size = expand * hidden_size
         self.state_size = state_size
         self.conv_kernel = conv_kernel
@@ -148,15 +171,11 @@ class StormMambaMixer(nn.Module):
 
         self.in_proj = nn.Linear(hidden_size, 2 * self.intermediate_size, bias=False)
         self.out_proj = nn.Linear(self.intermediate_size, hidden_size, bias=False)
-        directions = ("", "_b") if bidirectional else ("",)
-        for suffix in directions:
-            self.add_module(f"conv1d{suffix}", self._make_conv())
-            self.add_module(
-                f"x_proj{suffix}", nn.Linear(self.intermediate_size, self.time_step_rank + 2 * state_size, bias=False)
-            )
-            self.add_module(f"dt_proj{suffix}", nn.Linear(self.time_step_rank, self.intermediate_size, bias=True))
-            setattr(self, f"A{suffix}_log", nn.Parameter(torch.zeros(self.intermediate_size, state_size)))
-            setattr(self, f"D{suffix}", nn.Parameter(torch.ones(self.intermediate_size)))
+        self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D = self._make_scan_weights()
+        if bidirectional:
+            self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b = self._make_scan_weights()
+        else:
+            self.conv1d_b = self.x_proj_b = self.dt_proj_b = self.A_b_log = self.D_b = None
 
     def __setattr__(self, name: str, value):
         # As in mamba-ssm, `A_log`, `D` (and `A_b_log`, `D_b`) carry `_no_weight_decay = True` for optimizers; marked
@@ -165,96 +184,133 @@ class StormMambaMixer(nn.Module):
             value._no_weight_decay = True
         super().__setattr__(name, value)
 
-    def _make_conv(self) -> nn.Conv1d:
-        return nn.Conv1d(
-            self.intermediate_size, self.intermediate_size, self.conv_kernel, groups=self.intermediate_size, padding=0
+    def _make_scan_weights(self) -> StormMambaScanWeights:
+        return StormMambaScanWeights(
+            conv1d=nn.Conv1d(
+                self.intermediate_size,
+                self.intermediate_size,
+                self.conv_kernel,
+                groups=self.intermediate_size,
+                padding=0,
+            ),
+            x_proj=nn.Linear(self.intermediate_size, self.time_step_rank + 2 * self.state_size, bias=False),
+            dt_proj=nn.Linear(self.time_step_rank, self.intermediate_size, bias=True),
+            A_log=nn.Parameter(torch.zeros(self.intermediate_size, self.state_size)),
+            D=nn.Parameter(torch.ones(self.intermediate_size)),
         )
+
+    @property
+    def forward_scan_weights(self) -> StormMambaScanWeights:
+        return StormMambaScanWeights(self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+
+    @property
+    def reversed_scan_weights(self) -> StormMambaScanWeights | None:
+        """The reversed scan's weights; None in a causal mixer."""
+        if not self.bidirectional:
+            return None
+        return StormMambaScanWeights(self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         lengths: torch.Tensor | None = None,
         state: StormMambaState | None = None,
+        norm: nn.Module | None = None,
     ) -> tuple[torch.Tensor, StormMambaState | None]:
         """
         hidden_states: `(batch_size, sequence_length, hidden_size)`, right-padded; lengths: `(batch_size,)` real lengths
         (None: no padding). Padding never reaches a real token: the forward scan stops before it and the backward scan
         starts at each sequence's own last token. `state` (causal mixer only) continues a previous call; the returned
-        state ends at the last position, so it is only returned for unpadded input.
-        Returns the output `(batch_size, sequence_length, hidden_size)` and the state (None when bidirectional).
+        state ends at the last position, so it is only returned for unpadded input. `norm` (the layer's pre-norm, a
+        per-position module) is applied before `in_proj`: at inference chunk by chunk, so that the normalized sequence
+        never exists whole.
+        Returns the output `(batch_size, sequence_length, hidden_size)` (unspecified at padding positions) and the
+        state (None when bidirectional).
         """
         if self.bidirectional and state is not None:
             raise ValueError(
                 "A bidirectional Mamba scan sees the whole sequence at once; "
                 "streaming `state` needs `mamba_bidirectional=False`."
             )
+        norm = norm if norm is not None else nn.Identity()
         if (
-            lengths is None
-            and not torch.is_grad_enabled()
-            and hidden_states.shape[1] > self.inference_chunk_tokens
-            and not (is_mamba_ssm_available and cuda_kernels_apply(hidden_states))
+            _needs_grad(hidden_states, self)
+            or self.inference_chunk_tokens is None
+            or mamba_ssm_scan_applies(hidden_states, None if state is None else state.ssm_state)
         ):
-            return self._forward_in_chunks(hidden_states, state)
+            output, state = self._forward_whole(norm(hidden_states), lengths, state)
+        else:
+            output, state = self._forward_in_chunks(hidden_states, lengths, state, norm)
+        if self.bidirectional or (lengths is not None and bool((lengths < hidden_states.shape[1]).any())):
+            state = None  # the scan ran into padding: its final state is no sequence's state
+        return output, state
+
+    def _forward_whole(
+        self, hidden_states: torch.Tensor, lengths: torch.Tensor | None, state: StormMambaState | None
+    ) -> tuple[torch.Tensor, StormMambaState | None]:
+        """Both directions over the whole (normalized) sequence; returns the output and the forward scan's final state
+        (causal mixer only: asking for it moves a scan that needs a gradient off mamba-ssm's kernel)."""
         # Everything stays (batch, sequence, channels), the layout of the Linear layers: no transposed copies.
         projected = self.in_proj(hidden_states)
-        output, new_state = self._scan(projected, "", state, return_state=not self.bidirectional)
+        output, state = self._scan(projected, self.forward_scan_weights, state, return_state=not self.bidirectional)
         if self.bidirectional:
             projected = reverse_sequences(projected, lengths)  # the forward-order copy is freed at inference
-            reversed_output, _ = self._scan(projected, "_b", None, return_state=False)
+            reversed_output, _ = self._scan(projected, self.reversed_scan_weights, None, return_state=False)
             output += reverse_sequences(reversed_output, lengths)
-            new_state = None
-        elif lengths is not None and bool((lengths < hidden_states.shape[1]).any()):
-            new_state = None  # the scan ran into padding: its final state is no sequence's state
-        return self.out_proj(output), new_state
+        return self.out_proj(output), state
 
     def _forward_in_chunks(
-        self, hidden_states: torch.Tensor, state: StormMambaState | None
+        self,
+        hidden_states: torch.Tensor,
+        lengths: torch.Tensor | None,
+        state: StormMambaState | None,
+        norm: nn.Module,
     ) -> tuple[torch.Tensor, StormMambaState | None]:
-        """`forward` on an unpadded batch at inference, `inference_chunk_tokens` positions at a time, each direction
-        carrying its conv and SSM state from chunk to chunk (the reversed scan runs over the chunks last to first).
+        """Both directions at inference, `inference_chunk_tokens` positions at a time, each carrying its conv and SSM
+        state from chunk to chunk; returns the output and the forward scan's final state.
 
-        Same result as the whole-sequence scan, but only one chunk's `in_proj` output (4x the hidden size) and scan
-        intermediates exist at a time: memory is the input, the output and the forward direction's gated output
-        (2x the hidden size), plus a constant. On CUDA with mamba-ssm the whole-sequence kernel runs instead (it
-        cannot start from a state).
+        Each chunk's `out_proj` output is written into the preallocated output (forward scan) or added to it (reversed
+        scan; `out_proj` is linear, so this is `out_proj` of the summed gated outputs): only the input, the output and
+        one chunk's intermediates exist at a time. The reversed scan reads each sequence's chunks last to first,
+        starting at the sequence's own last token (a gather of one chunk), so right padding is scanned after the real
+        tokens and never before them.
         """
-        sequence_length = hidden_states.shape[1]
-        chunks = [
-            slice(start, start + self.inference_chunk_tokens)
-            for start in range(0, sequence_length, self.inference_chunk_tokens)
-        ]
+        batch_size, sequence_length, hidden_size = hidden_states.shape
+        chunk_tokens = self.inference_chunk_tokens
         output = hidden_states.new_empty(hidden_states.shape)
-        forward_gated = (
-            hidden_states.new_empty(*hidden_states.shape[:2], self.intermediate_size) if self.bidirectional else None
-        )
-        for chunk in chunks:
-            gated, state = self._scan(self.in_proj(hidden_states[:, chunk]), "", state, return_state=True)
-            if self.bidirectional:
-                forward_gated[:, chunk] = gated
-            else:
-                output[:, chunk] = self.out_proj(gated)
+        for start in range(0, sequence_length, chunk_tokens):
+            chunk = slice(start, start + chunk_tokens)
+            projected = self.in_proj(norm(hidden_states[:, chunk]))
+            gated, state = self._scan(projected, self.forward_scan_weights, state, return_state=True)
+            output[:, chunk] = self.out_proj(gated)
         if not self.bidirectional:
             return output, state
+        if lengths is None:
+            lengths = torch.full((batch_size,), sequence_length, device=hidden_states.device)
+        offsets = torch.arange(chunk_tokens, device=hidden_states.device)
         reversed_state = None
-        for chunk in reversed(chunks):
-            gated, reversed_state = self._scan(
-                self.in_proj(hidden_states[:, chunk].flip(1)), "_b", reversed_state, return_state=True
-            )
-            output[:, chunk] = self.out_proj(forward_gated[:, chunk] + gated.flip(1))
-        return output, None
+        for start in range(0, sequence_length, chunk_tokens):
+            # the chunk's positions in reversed time: start, start + 1, ... counted back from each sequence's last token
+            positions = lengths[:, None] - 1 - (start + offsets[: min(chunk_tokens, sequence_length - start)])
+            is_token = positions >= 0  # False: before the sequence's first token (only in right-padded batches)
+            index = positions.clamp(min=0)[:, :, None].expand(-1, -1, hidden_size)
+            projected = self.in_proj(norm(hidden_states.gather(1, index)))
+            gated, reversed_state = self._scan(projected, self.reversed_scan_weights, reversed_state, return_state=True)
+            output.scatter_add_(1, index, self.out_proj(gated).masked_fill_(~is_token[:, :, None], 0))
+        return output, state
 
     def _scan(
-        self, projected: torch.Tensor, suffix: str, state: StormMambaState | None, return_state: bool
+        self,
+        projected: torch.Tensor,
+        weights: StormMambaScanWeights,
+        state: StormMambaState | None,
+        return_state: bool,
     ) -> tuple[torch.Tensor, StormMambaState | None]:
-        """One scan direction: projected `(batch_size, sequence_length, 2 * intermediate_size)` (x and gate) ->
-        `(batch_size, sequence_length, intermediate_size)` and, with `return_state`, the final state (asking for it
-        costs nothing on the CPU; on CUDA, a state that needs a gradient moves the scan off mamba-ssm's kernel)."""
-        conv1d, x_proj, dt_proj = (
-            getattr(self, f"conv1d{suffix}"),
-            getattr(self, f"x_proj{suffix}"),
-            getattr(self, f"dt_proj{suffix}"),
-        )
-        A_log, D = getattr(self, f"A{suffix}_log"), getattr(self, f"D{suffix}")
+        """One scan direction with `weights`: projected `(batch_size, sequence_length, 2 * intermediate_size)` (x and
+        gate) -> `(batch_size, sequence_length, intermediate_size)` and, with `return_state`, the final state (asking
+        for it costs nothing on the CPU; on CUDA, a state that needs a gradient moves the scan off mamba-ssm's
+        kernel)."""
+        conv1d, x_proj, dt_proj, A_log, D = weights
         x, gate = projected.chunk(2, dim=-1)
 
         if state is None:
@@ -265,7 +321,7 @@ class StormMambaMixer(nn.Module):
         keep = self.conv_kernel - 1
         tail = torch.cat([conv_state, x[:, max(x.shape[1] - keep, 0) :]], dim=1)
         new_conv_state = tail[:, tail.shape[1] - keep :]
-        if causal_conv1d_fn is not None and cuda_kernels_apply(x, self.conv_kernel) and state is None:
+        if causal_conv1d_applies(x, self.conv_kernel, None if state is None else state.conv_state):
             # the kernel's standard (batch, channels, sequence) layout; a transposed copy is cheap on the GPU
             x = causal_conv1d_fn(
                 x.transpose(1, 2).contiguous(), conv1d.weight.squeeze(1), conv1d.bias, activation="silu"
@@ -322,7 +378,7 @@ class StormMambaLayer(GradientCheckpointingLayer):
         self, hidden_states: torch.Tensor, lengths: torch.Tensor | None = None, state: StormMambaState | None = None
     ) -> tuple[torch.Tensor, StormMambaState | None]:
         """hidden_states: `(batch_size, sequence_length, hidden_size)` -> same shape, and the mixer's state."""
-        mixed, state = self.mixer(self.norm(hidden_states), lengths, state)
+        mixed, state = self.mixer(hidden_states, lengths, state, norm=self.norm)
         return mixed.add_(hidden_states), state  # in place: no backward reads the mixer's output
 
 
@@ -353,21 +409,21 @@ class StormTemporalProjector(nn.Module):
         streaming).
         Returns one `(num_frames_i, grid_height/r, grid_width/r, hidden_size)` tensor per video and per-layer states.
         """
-        tokens = self.linear(self.pixel_shuffle(frame_features))
+        tokens = self._merge_windows(frame_features)
         _, height, width, hidden_size = tokens.shape
-        videos = tokens.split(num_frames)
         # Equal lengths need no padding: a plain flip is then cheaper than the per-sequence gather.
         lengths = (
             None
             if len(set(num_frames)) == 1
             else torch.tensor([n * height * width for n in num_frames], device=tokens.device)
         )
-        if len(videos) == 1:  # one video (a long one, typically): a view, no padded copy
+        if len(num_frames) == 1:  # one video (a long one, typically): a view, no padded copy
             hidden_states = tokens.reshape(1, -1, hidden_size)
         else:
             hidden_states = nn.utils.rnn.pad_sequence(
-                [video.reshape(-1, hidden_size) for video in videos], batch_first=True
+                [video.reshape(-1, hidden_size) for video in tokens.split(num_frames)], batch_first=True
             )
+        del tokens  # each layer's output replaces its input: the first layer's input is not kept until the end
         states = states if states is not None else [None] * len(self.layers)
         new_states = []
         for layer, state in zip(self.layers, states):
@@ -378,6 +434,20 @@ class StormTemporalProjector(nn.Module):
             for sequence, n in zip(hidden_states, num_frames)
         )
         return videos, new_states
+
+    def _merge_windows(self, frame_features: torch.Tensor) -> torch.Tensor:
+        """pixel-shuffle -> Linear: `(total_frames, grid_height, grid_width, vision_hidden_size)` ->
+        `(total_frames, grid_height/r, grid_width/r, hidden_size)`. Without a gradient, frame by frame into one
+        preallocated output, so the pixel-shuffled copy of the features (as large as they are) never exists whole."""
+        if _needs_grad(frame_features, self.linear) or frame_features.shape[0] == 0:
+            return self.linear(self.pixel_shuffle(frame_features))
+        tokens = None
+        for index, frame in enumerate(frame_features.split(1)):
+            merged = self.linear(self.pixel_shuffle(frame))
+            if tokens is None:
+                tokens = merged.new_empty(frame_features.shape[0], *merged.shape[1:])
+            tokens[index] = merged[0]
+        return tokens
 
 
 def temporal_pool(tokens: torch.Tensor, pool_size: int) -> torch.Tensor:
@@ -454,20 +524,21 @@ class StormPreTrainedModel(PreTrainedModel):
         init.kaiming_uniform_(mixer.in_proj.weight, a=math.sqrt(5))
         init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
         A = torch.arange(1, mixer.state_size + 1, dtype=torch.float32).expand(mixer.intermediate_size, -1)
-        for suffix in ("", "_b") if mixer.bidirectional else ("",):
-            conv1d, x_proj, dt_proj = (getattr(mixer, f"{name}{suffix}") for name in ("conv1d", "x_proj", "dt_proj"))
-            init.kaiming_uniform_(conv1d.weight, a=math.sqrt(5))
-            init.zeros_(conv1d.bias)
-            init.kaiming_uniform_(x_proj.weight, a=math.sqrt(5))
+        for weights in (mixer.forward_scan_weights, mixer.reversed_scan_weights):
+            if weights is None:
+                continue
+            init.kaiming_uniform_(weights.conv1d.weight, a=math.sqrt(5))
+            init.zeros_(weights.conv1d.bias)
+            init.kaiming_uniform_(weights.x_proj.weight, a=math.sqrt(5))
             dt_std = mixer.time_step_rank**-0.5
-            init.uniform_(dt_proj.weight, -dt_std, dt_std)
+            init.uniform_(weights.dt_proj.weight, -dt_std, dt_std)
             time_step = torch.exp(
                 torch.rand(mixer.intermediate_size) * (math.log(time_step_max) - math.log(time_step_min))
                 + math.log(time_step_min)
             ).clamp(min=1e-4)
-            init.copy_(dt_proj.bias, time_step + torch.log(-torch.expm1(-time_step)))  # inverse softplus
-            init.copy_(getattr(mixer, f"A{suffix}_log"), torch.log(A))
-            init.ones_(getattr(mixer, f"D{suffix}"))
+            init.copy_(weights.dt_proj.bias, time_step + torch.log(-torch.expm1(-time_step)))  # inverse softplus
+            init.copy_(weights.A_log, torch.log(A))
+            init.ones_(weights.D)
 
 
 def _check_visual_shape(name: str, pixels: torch.Tensor, expected: str):

@@ -1,7 +1,9 @@
-"""Selective scan (the Mamba v1 SSM recurrence) of STORM's temporal projector.
+"""Selective scan (the Mamba v1 SSM recurrence) of STORM's temporal projector, and the rules for its CUDA kernels.
 
 `selective_scan` runs mamba_ssm's CUDA kernel where it applies and `selective_scan_chunked`, a pure PyTorch scan with
 memory linear in the sequence length, everywhere else. Tensors follow mamba_ssm's `selective_scan_fn` layout.
+This module is the one place that decides which CUDA kernels run (`mamba_ssm_scan_applies`,
+`causal_conv1d_applies`); the Mamba mixer asks it rather than testing devices and imports itself.
 """
 
 import torch
@@ -13,6 +15,11 @@ try:  # mamba_ssm loads its CUDA extension on import, which fails on machines wi
 except (ImportError, OSError, RuntimeError):
     mamba_ssm_selective_scan_fn = None
 
+try:  # CUDA kernel of the causal depthwise convolution (optional extra `storm-hf[cuda]`)
+    from causal_conv1d import causal_conv1d_fn
+except (ImportError, OSError, RuntimeError):
+    causal_conv1d_fn = None
+
 is_mamba_ssm_available = mamba_ssm_selective_scan_fn is not None
 
 CUDA_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # mamba-ssm and causal-conv1d reject float64
@@ -20,14 +27,29 @@ CAUSAL_CONV1D_WIDTHS = (2, 3, 4)  # the convolution widths causal-conv1d compile
 
 
 def cuda_kernels_apply(tensor: torch.Tensor, conv_kernel: int | None = None) -> bool:
-    """The one rule for STORM's CUDA fast path: whether mamba-ssm's scan (and, given `conv_kernel`, causal-conv1d's
-    convolution of that width) can take `tensor`: a CUDA tensor in float32, float16 or bfloat16, and a width of 2..4.
-    Everything else runs the PyTorch path. (Whether the libraries are installed is checked by the callers.)"""
+    """Whether the CUDA kernels can take `tensor`: a CUDA tensor in float32, float16 or bfloat16 (and, given
+    `conv_kernel`, a convolution width of 2..4). Whether they are installed is not checked: see
+    `mamba_ssm_scan_applies` and `causal_conv1d_applies`."""
     return (
         tensor.is_cuda
         and tensor.dtype in CUDA_KERNEL_DTYPES
         and (conv_kernel is None or conv_kernel in CAUSAL_CONV1D_WIDTHS)
     )
+
+
+def mamba_ssm_scan_applies(
+    u: torch.Tensor, initial_state: torch.Tensor | None = None, last_state_needs_grad: bool = False
+) -> bool:
+    """The one rule for mamba-ssm's CUDA scan: installed, `cuda_kernels_apply(u)`, no `initial_state` (the kernel
+    starts from zeros) and no returned last state that needs a gradient (the kernel returns it without one).
+    `selective_scan` follows it; the mixer scans a whole sequence at once at inference only where it holds."""
+    return is_mamba_ssm_available and cuda_kernels_apply(u) and initial_state is None and not last_state_needs_grad
+
+
+def causal_conv1d_applies(x: torch.Tensor, conv_kernel: int, conv_state: torch.Tensor | None = None) -> bool:
+    """The one rule for causal-conv1d's CUDA convolution: installed, `cuda_kernels_apply(x, conv_kernel)`, and no
+    `conv_state` (the kernel pads with zeros)."""
+    return causal_conv1d_fn is not None and cuda_kernels_apply(x, conv_kernel) and conv_state is None
 
 
 def check_scan_inputs(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> None:
@@ -64,9 +86,7 @@ def selective_scan(
     initial_state=None,
 ):
     """
-    Selective scan with mamba_ssm's CUDA kernel where it applies (`cuda_kernels_apply`, no `initial_state`, and no
-    returned state that needs a gradient: the kernel returns the last state without one), else
-    `selective_scan_chunked`.
+    Selective scan with mamba_ssm's CUDA kernel where `mamba_ssm_scan_applies`, else `selective_scan_chunked`.
 
     Args:
         u, delta, z: `(batch, d_inner, seqlen)`.
@@ -85,7 +105,7 @@ def selective_scan(
         and torch.is_grad_enabled()
         and any(tensor is not None and tensor.requires_grad for tensor in (u, delta, A, B, C, D, z, delta_bias))
     )
-    if is_mamba_ssm_available and cuda_kernels_apply(u) and initial_state is None and not state_needs_grad:
+    if mamba_ssm_scan_applies(u, initial_state, state_needs_grad):
         return mamba_ssm_selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_chunked(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state=initial_state
