@@ -405,6 +405,12 @@ def test_trust_remote_code_loading_without_storm_hf(tmp_path):
     assert "REMOTE-OK" in result.stdout, result.stderr[-3000:]
 
 
+def _left_padded(pixels: torch.Tensor) -> torch.Tensor:
+    """3 frames then 3 zero frames -> 9 zero frames then the 3 frames: more padding than frames, so the entry after
+    the counted frames is still a zero (only the last entry shows the left padding)."""
+    return torch.cat([torch.zeros_like(pixels), pixels.roll(3, dims=1)], dim=1)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -412,6 +418,7 @@ def test_trust_remote_code_loading_without_storm_hf(tmp_path):
         (lambda inputs: inputs.update(temporal_sampling_stride=torch.tensor([0])), "temporal_sampling_stride"),
         (lambda inputs: inputs.update(video_num_frames=torch.tensor([[9]])), "exceed"),
         (lambda inputs: inputs.update(pixel_values_videos=inputs["pixel_values_videos"].roll(1, dims=1)), "at the END"),
+        (lambda inputs: inputs.update(pixel_values_videos=_left_padded(inputs["pixel_values_videos"])), "at the END"),
     ],
 )
 def test_malformed_visual_inputs_raise_clear_errors(change, message):
@@ -441,13 +448,18 @@ def test_mamba_ssm_kernels_and_pytorch_scan_agree_on_the_same_checkpoint():
 # ---------------------------------------------------------------- bounded vision encoding
 
 
-def test_vision_tower_is_built_only_up_to_the_feature_layer_and_the_config_keeps_the_whole_tower():
+@pytest.mark.parametrize("vision_use_head", [False, True])
+def test_vision_tower_is_built_only_up_to_the_feature_layer_and_the_config_keeps_the_whole_tower(vision_use_head):
     config = StormConfig()  # the paper's 7B: SigLIP-so400m, 27 layers, features of layer -2
+    config.vision_config.vision_use_head = vision_use_head  # a SigLIP checkpoint's config may have the pooling head
     with torch.device("meta"):
         model = StormModel(config)
+    assert model.vision_tower.config is config.vision_config  # the tower follows later edits of the config
     assert len(model.vision_tower.encoder.layers) == config.num_vision_layers_used == 26
     assert isinstance(model.vision_tower.post_layernorm, torch.nn.Identity)
+    assert not hasattr(model.vision_tower, "head") and not model.vision_tower.use_head
     assert not any("post_layernorm" in name or ".head." in name for name in model.state_dict())
+    assert config.vision_config.num_hidden_layers == 27 and config.vision_config.vision_use_head == vision_use_head
     assert StormConfig.from_dict(config.to_dict()).vision_config.num_hidden_layers == 27
 
 
@@ -481,6 +493,35 @@ def test_micro_batched_vision_features_equal_all_at_once_exactly(grad):
             assert torch.equal(features, all_at_once), batch_size
             expected_calls = [(min(end, 7), 7) for end in range(batch_size, 7 + batch_size, batch_size)]
             assert calls == expected_calls
+
+
+def test_inference_projects_each_vision_micro_batch_and_equals_the_all_at_once_path_exactly():
+    """At inference each vision micro-batch goes through pixel-shuffle and Linear as soon as the tower gives it (only
+    projector-width tokens are kept for all frames); the compressed tokens equal those of all frames' features
+    projected in one call, exactly in float32. With gradients the features are projected in one call, as in training."""
+    model = tiny_model(vision_config={**tiny_config().vision_config.to_dict(), "num_hidden_layers": 3})
+    core = model.model
+    inputs = video_inputs(model.config, [[7], [3, 2]])
+    pixels, counts = inputs["pixel_values_videos"], inputs["video_num_frames"]
+    projected_frames = []
+    core.temporal_projector.linear.register_forward_hook(
+        lambda module, args, output: projected_frames.append(args[0].shape[0])
+    )
+    with torch.no_grad():
+        frames = torch.cat([pixels[0, :7], pixels[1, :5]])
+        features = core.get_frame_features(frames, vision_batch_size=12)  # all 12 frames in one tower call
+        projected, _ = core.temporal_projector(features, [7, 3, 2])
+        expected = [core.token_compressor(video) for video in projected]
+        for batch_size in (1, 4, 5, 12, 16):  # 5 does not divide 12 frames
+            projected_frames.clear()
+            pooled = core.get_video_features(pixels, counts, vision_batch_size=batch_size).pooler_output
+            assert [video.shape for video in pooled] == [video.shape for video in expected]
+            assert all(torch.equal(*pair) for pair in zip(pooled, expected)), batch_size
+            assert projected_frames == [min(batch_size, 12 - start) for start in range(0, 12, batch_size)]
+    projected_frames.clear()
+    pooled = core.get_video_features(pixels, counts, vision_batch_size=5).pooler_output
+    assert projected_frames == [12]
+    torch.testing.assert_close(pooled, tuple(expected), rtol=0, atol=0)
 
 
 def test_vision_batch_size_reaches_the_tower_from_forward_and_generate_and_changes_nothing():
@@ -522,10 +563,14 @@ def test_get_features_follow_transformers_output_conventions():
             assert torch.equal(output.hidden_states[-1], output.last_hidden_state)
             assert output.attentions[0].shape == (5, 2, num_patches, num_patches)
             assert [video.shape[0] for video in output.pooler_output] == [video_tokens(model.config, n) for n in (3, 2)]
-            as_tuple = owner.get_video_features(pixels, counts, return_dict=False)
-            assert torch.equal(as_tuple[0], output.last_hidden_state)
-            images = owner.get_image_features(pixels[:, :2], return_dict=True)
+            # at inference the features of all frames are not kept unless the hidden states are asked for
+            (pooled,) = owner.get_video_features(pixels, counts, return_dict=False)
+            assert all(torch.equal(*pair) for pair in zip(pooled, output.pooler_output))
+            images = owner.get_image_features(pixels[:, :2], output_hidden_states=True, return_dict=True)
             assert images.last_hidden_state.shape[0] == 4 and len(images.pooler_output) == 4
+            assert owner.get_image_features(pixels[:, :2]).last_hidden_state is None
+        with torch.enable_grad():  # autograd keeps them anyway: then they are returned
+            assert torch.equal(model.get_video_features(pixels, counts).last_hidden_state, output.last_hidden_state)
 
 
 @pytest.mark.parametrize("kind", ["video", "image"])
