@@ -9,7 +9,9 @@ space), in two arms measured in the same run:
                 call with `output_hidden_states`, so every layer's hidden states of every frame live together, then
                 `hidden_states[-2]` -> the projector -> the compressor
   micro-batched `StormModel.get_video_features` as it is now: the tower built only up to the feature layer, run
-                `config.vision_batch_size` frames at a time, then the projector -> the compressor
+                `config.vision_batch_size` frames at a time, each micro-batch's features taken at once through the
+                projector's pixel-shuffle and Linear (only projector-width tokens are kept for all frames), then the
+                Mamba layers -> the compressor
 
 Both arms use the same weights (the micro-batched tower is the all-at-once tower's first 11 layers) and must give the
 same compressed tokens. Each (arm, frames) runs in a fresh subprocess; the two arms of a frame count run side by side.
