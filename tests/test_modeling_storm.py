@@ -496,9 +496,10 @@ def test_micro_batched_vision_features_equal_all_at_once_exactly(grad):
 
 
 def test_inference_projects_each_vision_micro_batch_and_equals_the_all_at_once_path_exactly():
-    """At inference each vision micro-batch goes through pixel-shuffle and Linear as soon as the tower gives it (only
-    projector-width tokens are kept for all frames); the compressed tokens equal those of all frames' features
-    projected in one call, exactly in float32. With gradients the features are projected in one call, as in training."""
+    """Without the vision features (`return_frame_features=False`, what forward uses), at inference each vision
+    micro-batch goes through pixel-shuffle and Linear as soon as the tower gives it (only projector-width tokens are
+    kept for all frames); the compressed tokens equal those of all frames' features projected in one call, exactly in
+    float32. With gradients, and when the features are returned, they are projected in one call, as in training."""
     model = tiny_model(vision_config={**tiny_config().vision_config.to_dict(), "num_hidden_layers": 3})
     core = model.model
     inputs = video_inputs(model.config, [[7], [3, 2]])
@@ -514,12 +515,20 @@ def test_inference_projects_each_vision_micro_batch_and_equals_the_all_at_once_p
         expected = [core.token_compressor(video) for video in projected]
         for batch_size in (1, 4, 5, 12, 16):  # 5 does not divide 12 frames
             projected_frames.clear()
-            pooled = core.get_video_features(pixels, counts, vision_batch_size=batch_size).pooler_output
+            pooled = core.get_video_features(
+                pixels, counts, vision_batch_size=batch_size, return_frame_features=False
+            ).pooler_output
             assert [video.shape for video in pooled] == [video.shape for video in expected]
             assert all(torch.equal(*pair) for pair in zip(pooled, expected)), batch_size
             assert projected_frames == [min(batch_size, 12 - start) for start in range(0, 12, batch_size)]
+        projected_frames.clear()
+        core.get_video_features(pixels, counts, vision_batch_size=5)  # returns the features: projected at once
+        assert projected_frames == [12]
+        projected_frames.clear()
+        model(**inputs, vision_batch_size=5)  # forward (and so generate) keeps no features
+        assert projected_frames == [5, 5, 2]
     projected_frames.clear()
-    pooled = core.get_video_features(pixels, counts, vision_batch_size=5).pooler_output
+    pooled = core.get_video_features(pixels, counts, vision_batch_size=5, return_frame_features=False).pooler_output
     assert projected_frames == [12]
     torch.testing.assert_close(pooled, tuple(expected), rtol=0, atol=0)
 
@@ -563,14 +572,15 @@ def test_get_features_follow_transformers_output_conventions():
             assert torch.equal(output.hidden_states[-1], output.last_hidden_state)
             assert output.attentions[0].shape == (5, 2, num_patches, num_patches)
             assert [video.shape[0] for video in output.pooler_output] == [video_tokens(model.config, n) for n in (3, 2)]
-            # at inference the features of all frames are not kept unless the hidden states are asked for
-            (pooled,) = owner.get_video_features(pixels, counts, return_dict=False)
-            assert all(torch.equal(*pair) for pair in zip(pooled, output.pooler_output))
-            images = owner.get_image_features(pixels[:, :2], output_hidden_states=True, return_dict=True)
+            as_tuple = owner.get_video_features(pixels, counts, return_dict=False)
+            assert torch.equal(as_tuple[0], output.last_hidden_state)
+            images = owner.get_image_features(pixels[:, :2], return_dict=True)
             assert images.last_hidden_state.shape[0] == 4 and len(images.pooler_output) == 4
-            assert owner.get_image_features(pixels[:, :2]).last_hidden_state is None
-        with torch.enable_grad():  # autograd keeps them anyway: then they are returned
-            assert torch.equal(model.get_video_features(pixels, counts).last_hidden_state, output.last_hidden_state)
+            # without the vision features (what forward uses): the same tokens, the features are not returned
+            lean = owner.get_video_features(pixels, counts, return_frame_features=False, vision_batch_size=2)
+            assert lean.last_hidden_state is None
+            assert all(torch.equal(*pair) for pair in zip(lean.pooler_output, output.pooler_output))
+            assert owner.get_image_features(pixels[:, :2], return_frame_features=False).last_hidden_state is None
 
 
 @pytest.mark.parametrize("kind", ["video", "image"])

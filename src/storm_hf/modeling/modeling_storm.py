@@ -672,6 +672,7 @@ class StormModel(StormPreTrainedModel):
         strides: list[int],
         vision_batch_size: int | None,
         progress_callback: ProgressCallback | None,
+        return_frame_features: bool,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Encodes, projects and compresses videos whose frames are concatenated in `frames` `(total_frames, 3, H, W)`:
@@ -681,17 +682,17 @@ class StormModel(StormPreTrainedModel):
                 f"Temporal sampling (stride {max(strides)}) is a test-time operation: call `model.eval()` or send "
                 "`temporal_sampling_stride=1` while training."
             )
-        if torch.is_grad_enabled():  # autograd keeps the features of every frame for the backward anyway
+        if return_frame_features or torch.is_grad_enabled():  # (autograd keeps every frame's features anyway)
             vision_output = self.encode_frames(frames, vision_batch_size, progress_callback, **kwargs)
             grid = self._patch_grid(vision_output.last_hidden_state, frames)
             projected, _ = self.temporal_projector(grid, num_frames)
+            if not return_frame_features:
+                vision_output.last_hidden_state = None
         else:  # inference: only projector-width tokens are kept for all frames
             tokens, records = self._encode_in_micro_batches(
                 frames, vision_batch_size, progress_callback, project_frames=True, **kwargs
             )
-            records = _join_records(records)
-            last_hidden_state = None if records["hidden_states"] is None else records["hidden_states"][-1]
-            vision_output = BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, **records)
+            vision_output = BaseModelOutputWithPooling(**_join_records(records))
             projected, _ = self.temporal_projector(None, num_frames, frame_tokens=tokens)
         vision_output.pooler_output = tuple(
             self.token_compressor(video, stride) for video, stride in zip(projected, strides)
@@ -706,6 +707,7 @@ class StormModel(StormPreTrainedModel):
         temporal_sampling_stride: torch.LongTensor | int | None = None,
         vision_batch_size: int | None = None,
         progress_callback: ProgressCallback | None = None,
+        return_frame_features: bool = True,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
@@ -721,13 +723,16 @@ class StormModel(StormPreTrainedModel):
             Frames per vision-tower call (default `config.vision_batch_size`); any value gives the same features.
         progress_callback (`Callable[[int, int], None]`, *optional*):
             Called as `progress_callback(done_frames, total_frames)` after each vision micro-batch.
+        return_frame_features (`bool`, defaults to `True`):
+            Return the vision features as `last_hidden_state`. `False` (what `forward` and `generate` use): it is None,
+            and at inference (no gradient) each vision micro-batch goes through the projector's pixel-shuffle and
+            Linear as soon as the tower gives it, so only projector-width tokens are kept for all frames, never the
+            features of all frames (a long video's largest tensor); the tokens are the same.
 
-        Returns `pooler_output`: one `(num_llm_tokens, hidden_size)` tensor per video (projected and compressed), in
-        sample then prompt order; `last_hidden_state`: the vision encoder's feature-layer output `(total_frames,
-        num_patches, vision_hidden_size)` of all videos' frames (and `hidden_states` / `attentions` when requested).
-        At inference (no gradient) each vision micro-batch goes through the projector's pixel-shuffle and Linear at
-        once, so the features of all frames are not kept: `last_hidden_state` is then given only with
-        `output_hidden_states` (as their last); `encode_frames` gives the features alone.
+        Returns `last_hidden_state`: the vision encoder's feature-layer output `(total_frames, num_patches,
+        vision_hidden_size)` of all videos' frames (and `hidden_states` / `attentions` when requested), and
+        `pooler_output`: one `(num_llm_tokens, hidden_size)` tensor per video (projected and compressed), in sample
+        then prompt order.
         """
         _check_visual_shape(
             "pixel_values_videos", pixel_values_videos, "(batch_size, max_total_frames, 3, height, width)"
@@ -748,7 +753,9 @@ class StormModel(StormPreTrainedModel):
         frames = _select_padded(pixel_values_videos, [sum(row) for row in frames_per_video], "pixel_values_videos")
         num_frames = [count for row in frames_per_video for count in row if count > 0]
         strides = [stride for row, stride in zip(frames_per_video, strides) for count in row if count > 0]
-        return self._encode(frames, num_frames, strides, vision_batch_size, progress_callback, **kwargs)
+        return self._encode(
+            frames, num_frames, strides, vision_batch_size, progress_callback, return_frame_features, **kwargs
+        )
 
     @can_return_tuple
     def get_image_features(
@@ -757,6 +764,7 @@ class StormModel(StormPreTrainedModel):
         num_images: torch.LongTensor | None = None,
         vision_batch_size: int | None = None,
         progress_callback: ProgressCallback | None = None,
+        return_frame_features: bool = True,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
@@ -764,20 +772,19 @@ class StormModel(StormPreTrainedModel):
             Each sample's images, zero-padded at the end. An image is scanned as a one-frame video.
         num_images (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Images in each sample. None: all `max_images_per_sample`.
-        vision_batch_size, progress_callback:
+        vision_batch_size, progress_callback, return_frame_features:
             As in `get_video_features` (images count as frames).
 
-        Returns `pooler_output`: one `(num_llm_tokens, hidden_size)` tensor per image, in sample then prompt order, and
-        `last_hidden_state`: the vision encoder's feature-layer output `(num_images, num_patches, vision_hidden_size)`
-        (and `hidden_states` / `attentions` when requested), at inference only with `output_hidden_states` (see
-        `get_video_features`).
+        Returns `last_hidden_state`: the vision encoder's feature-layer output `(num_images, num_patches,
+        vision_hidden_size)` (and `hidden_states` / `attentions` when requested), and `pooler_output`: one
+        `(num_llm_tokens, hidden_size)` tensor per image, in sample then prompt order.
         """
         _check_visual_shape("pixel_values", pixel_values, "(batch_size, max_images_per_sample, 3, height, width)")
         batch_size, max_images = pixel_values.shape[:2]
         counts = [max_images] * batch_size if num_images is None else num_images.tolist()
         images = _select_padded(pixel_values, counts, "pixel_values")
         ones = [1] * images.shape[0]
-        return self._encode(images, ones, ones, vision_batch_size, progress_callback, **kwargs)
+        return self._encode(images, ones, ones, vision_batch_size, progress_callback, return_frame_features, **kwargs)
 
     def get_placeholder_mask(
         self,
@@ -864,7 +871,10 @@ class StormModel(StormPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         image_features = video_features = None
-        vision_settings = dict(vision_batch_size=vision_batch_size, progress_callback=progress_callback)
+        # the language model needs the compressed tokens only: the vision features of all frames are not kept
+        vision_settings = dict(
+            vision_batch_size=vision_batch_size, progress_callback=progress_callback, return_frame_features=False
+        )
         if pixel_values is not None:
             encoded = self.get_image_features(pixel_values, num_images, **vision_settings)
             inputs_embeds, image_features = self._merge(input_ids, inputs_embeds, self.config.image_token_id, encoded)
@@ -922,6 +932,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         temporal_sampling_stride: torch.LongTensor | int | None = None,
         vision_batch_size: int | None = None,
         progress_callback: ProgressCallback | None = None,
+        return_frame_features: bool = True,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """See `StormModel.get_video_features`."""
@@ -931,6 +942,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             temporal_sampling_stride,
             vision_batch_size,
             progress_callback,
+            return_frame_features,
             **kwargs,
         )
 
@@ -941,10 +953,13 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         num_images: torch.LongTensor | None = None,
         vision_batch_size: int | None = None,
         progress_callback: ProgressCallback | None = None,
+        return_frame_features: bool = True,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """See `StormModel.get_image_features`."""
-        return self.model.get_image_features(pixel_values, num_images, vision_batch_size, progress_callback, **kwargs)
+        return self.model.get_image_features(
+            pixel_values, num_images, vision_batch_size, progress_callback, return_frame_features, **kwargs
+        )
 
     @can_return_tuple
     def forward(
