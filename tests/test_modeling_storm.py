@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import pytest
 import torch
@@ -508,6 +509,14 @@ def test_inference_projects_each_vision_micro_batch_and_equals_the_all_at_once_p
     core.temporal_projector.linear.register_forward_hook(
         lambda module, args, output: projected_frames.append(args[0].shape[0])
     )
+    # the tower's output of each micro-batch, and how many of them are still alive when the Mamba layers run
+    tower_outputs, alive_at_mamba = [], []
+    core.vision_tower.register_forward_hook(
+        lambda module, args, output: tower_outputs.append(weakref.ref(output.last_hidden_state))
+    )
+    core.temporal_projector.layers[0].register_forward_pre_hook(
+        lambda module, args: alive_at_mamba.append(sum(ref() is not None for ref in tower_outputs))
+    )
     with torch.no_grad():
         frames = torch.cat([pixels[0, :7], pixels[1, :5]])
         features = core.get_frame_features(frames, vision_batch_size=12)  # all 12 frames in one tower call
@@ -521,6 +530,7 @@ def test_inference_projects_each_vision_micro_batch_and_equals_the_all_at_once_p
             assert [video.shape for video in pooled] == [video.shape for video in expected]
             assert all(torch.equal(*pair) for pair in zip(pooled, expected)), batch_size
             assert projected_frames == [min(batch_size, 12 - start) for start in range(0, 12, batch_size)]
+            assert alive_at_mamba[-1] == 0  # no vision features kept
         projected_frames.clear()
         core.get_video_features(pixels, counts, vision_batch_size=5)  # returns the features: projected at once
         assert projected_frames == [12]

@@ -567,13 +567,18 @@ def _join_frames(chunks: Iterable[torch.Tensor], num_frames: int) -> torch.Tenso
     return joined
 
 
-def _join_records(outputs: list[ModelOutput]) -> dict[str, tuple[torch.Tensor, ...] | None]:
+RECORDED_VISION_OUTPUTS = ("hidden_states", "attentions")
+VisionRecords = dict[str, tuple[torch.Tensor, ...] | None]
+"""One vision-tower call's per-layer outputs by name (`RECORDED_VISION_OUTPUTS`), None where not requested."""
+
+
+def _join_records(records: list[VisionRecords]) -> VisionRecords:
     """Per-layer `hidden_states` and `attentions` recorded on consecutive frame micro-batches, joined over the frames
     (None where not recorded)."""
-    joined = dict.fromkeys(("hidden_states", "attentions"))
+    joined = dict.fromkeys(RECORDED_VISION_OUTPUTS)
     for key in joined:
-        if outputs[0].get(key) is not None:
-            joined[key] = tuple(torch.cat(layer) for layer in zip(*(output[key] for output in outputs)))
+        if records[0][key] is not None:
+            joined[key] = tuple(torch.cat(layer) for layer in zip(*(record[key] for record in records)))
     return joined
 
 
@@ -619,14 +624,14 @@ class StormModel(StormPreTrainedModel):
         progress_callback: ProgressCallback | None,
         project_frames: bool = False,
         **kwargs,
-    ) -> tuple[torch.Tensor, list[ModelOutput]]:
+    ) -> tuple[torch.Tensor, list[VisionRecords]]:
         """The vision tower on `frames` `(num_frames, 3, height, width)`, `vision_batch_size` frames per call (see
         `encode_frames`).
 
         Returns the feature layer's output of all frames `(num_frames, num_patches, vision_hidden_size)`, or with
         `project_frames` the projector's pixel-shuffle and Linear applied to each micro-batch as soon as the tower gives
         it, `(num_frames, grid_height/r, grid_width/r, hidden_size)` (then the features of all frames never exist at
-        once); and each micro-batch's output without `last_hidden_state` (hidden states, attentions if requested).
+        once); and each micro-batch's hidden states and attentions (None unless requested).
         """
         batch_size = self.config.vision_batch_size if vision_batch_size is None else vision_batch_size
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -639,8 +644,9 @@ class StormModel(StormPreTrainedModel):
         def micro_batches():
             for start in range(0, num_frames, batch_size):
                 output = self.vision_tower(frames[start : start + batch_size], return_dict=True, **kwargs)
-                features, output.last_hidden_state = output.last_hidden_state, None
-                records.append(output)
+                records.append({key: output.get(key) for key in RECORDED_VISION_OUTPUTS})  # not the features
+                features = output.last_hidden_state
+                del output
                 if project_frames:
                     features = self.temporal_projector.project_frames(self._patch_grid(features, frames))
                 yield features
