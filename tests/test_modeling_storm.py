@@ -505,10 +505,20 @@ def test_inference_projects_each_vision_micro_batch_and_equals_the_all_at_once_p
     core = model.model
     inputs = video_inputs(model.config, [[7], [3, 2]])
     pixels, counts = inputs["pixel_values_videos"], inputs["video_num_frames"]
-    projected_frames = []
-    core.temporal_projector.linear.register_forward_hook(
-        lambda module, args, output: projected_frames.append(args[0].shape[0])
-    )
+    sizes, project_frames = [], core.temporal_projector.project_frames
+
+    def counted_project_frames(features):  # keeps no reference to the features
+        sizes.append(features.shape[0])
+        return project_frames(features)
+
+    def frames_per_projection() -> list[int]:
+        """Frames of each call of the projector's pixel-shuffle + Linear since the last check."""
+        calls = sizes.copy()
+        sizes.clear()
+        return calls
+
+    core.temporal_projector.project_frames = counted_project_frames
+
     # the tower's output of each micro-batch, and how many of them are still alive when the Mamba layers run
     tower_outputs, alive_at_mamba = [], []
     core.vision_tower.register_forward_hook(
@@ -522,24 +532,21 @@ def test_inference_projects_each_vision_micro_batch_and_equals_the_all_at_once_p
         features = core.get_frame_features(frames, vision_batch_size=12)  # all 12 frames in one tower call
         projected, _ = core.temporal_projector(features, [7, 3, 2])
         expected = [core.token_compressor(video) for video in projected]
+        frames_per_projection()
         for batch_size in (1, 4, 5, 12, 16):  # 5 does not divide 12 frames
-            projected_frames.clear()
             pooled = core.get_video_features(
                 pixels, counts, vision_batch_size=batch_size, return_frame_features=False
             ).pooler_output
             assert [video.shape for video in pooled] == [video.shape for video in expected]
             assert all(torch.equal(*pair) for pair in zip(pooled, expected)), batch_size
-            assert projected_frames == [min(batch_size, 12 - start) for start in range(0, 12, batch_size)]
+            assert frames_per_projection() == [min(batch_size, 12 - start) for start in range(0, 12, batch_size)]
             assert alive_at_mamba[-1] == 0  # no vision features kept
-        projected_frames.clear()
         core.get_video_features(pixels, counts, vision_batch_size=5)  # returns the features: projected at once
-        assert projected_frames == [12]
-        projected_frames.clear()
+        assert frames_per_projection() == [12]
         model(**inputs, vision_batch_size=5)  # forward (and so generate) keeps no features
-        assert projected_frames == [5, 5, 2]
-    projected_frames.clear()
+        assert frames_per_projection() == [5, 5, 2]
     pooled = core.get_video_features(pixels, counts, vision_batch_size=5, return_frame_features=False).pooler_output
-    assert projected_frames == [12]
+    assert frames_per_projection() == [12]
     torch.testing.assert_close(pooled, tuple(expected), rtol=0, atol=0)
 
 
