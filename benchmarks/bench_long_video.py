@@ -8,8 +8,10 @@ space), in two arms measured in the same run:
   all-at-once   the path before issue 9: the FULL SigLIP tower (12 layers + post-layernorm) run on all frames in one
                 call with `output_hidden_states`, so every layer's hidden states of every frame live together, then
                 `hidden_states[-2]` -> the projector -> the compressor
-  micro-batched `StormModel.get_video_features` as it is now: the tower built only up to the feature layer, run
-                `config.vision_batch_size` frames at a time, then the projector -> the compressor
+  micro-batched `StormModel.get_video_features(..., return_frame_features=False)` as `forward` calls it now: the
+                tower built only up to the feature layer, run `config.vision_batch_size` frames at a time, each
+                micro-batch's features taken at once through the projector's pixel-shuffle and Linear (only
+                projector-width tokens are kept for all frames), then the Mamba layers -> the compressor
 
 Both arms use the same weights (the micro-batched tower is the all-at-once tower's first 11 layers) and must give the
 same compressed tokens. Each (arm, frames) runs in a fresh subprocess; the two arms of a frame count run side by side.
@@ -118,7 +120,7 @@ def encode_all_at_once(model, full_tower, pixels):
 
 
 def encode_micro_batched(model, pixels):
-    return model.get_video_features(pixels[None]).pooler_output[0]
+    return model.get_video_features(pixels[None], return_frame_features=False).pooler_output[0]
 
 
 def run_worker(args):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import pytest
 import torch
@@ -421,6 +422,12 @@ def test_trust_remote_code_loading_without_storm_hf(tmp_path):
     assert "REMOTE-OK" in result.stdout, result.stderr[-3000:]
 
 
+def _left_padded(pixels: torch.Tensor) -> torch.Tensor:
+    """3 frames then 3 zero frames -> 9 zero frames then the 3 frames: more padding than frames, so the entry after
+    the counted frames is still a zero (only the last entry shows the left padding)."""
+    return torch.cat([torch.zeros_like(pixels), pixels.roll(3, dims=1)], dim=1)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -428,6 +435,7 @@ def test_trust_remote_code_loading_without_storm_hf(tmp_path):
         (lambda inputs: inputs.update(temporal_sampling_stride=torch.tensor([0])), "temporal_sampling_stride"),
         (lambda inputs: inputs.update(video_num_frames=torch.tensor([[9]])), "exceed"),
         (lambda inputs: inputs.update(pixel_values_videos=inputs["pixel_values_videos"].roll(1, dims=1)), "at the END"),
+        (lambda inputs: inputs.update(pixel_values_videos=_left_padded(inputs["pixel_values_videos"])), "at the END"),
     ],
 )
 def test_malformed_visual_inputs_raise_clear_errors(change, message):
@@ -457,13 +465,18 @@ def test_mamba_ssm_kernels_and_pytorch_scan_agree_on_the_same_checkpoint():
 # ---------------------------------------------------------------- bounded vision encoding
 
 
-def test_vision_tower_is_built_only_up_to_the_feature_layer_and_the_config_keeps_the_whole_tower():
+@pytest.mark.parametrize("vision_use_head", [False, True])
+def test_vision_tower_is_built_only_up_to_the_feature_layer_and_the_config_keeps_the_whole_tower(vision_use_head):
     config = StormConfig()  # the paper's 7B: SigLIP-so400m, 27 layers, features of layer -2
+    config.vision_config.vision_use_head = vision_use_head  # a SigLIP checkpoint's config may have the pooling head
     with torch.device("meta"):
         model = StormModel(config)
+    assert model.vision_tower.config is config.vision_config  # the tower follows later edits of the config
     assert len(model.vision_tower.encoder.layers) == config.num_vision_layers_used == 26
     assert isinstance(model.vision_tower.post_layernorm, torch.nn.Identity)
+    assert not hasattr(model.vision_tower, "head") and not model.vision_tower.use_head
     assert not any("post_layernorm" in name or ".head." in name for name in model.state_dict())
+    assert config.vision_config.num_hidden_layers == 27 and config.vision_config.vision_use_head == vision_use_head
     assert StormConfig.from_dict(config.to_dict()).vision_config.num_hidden_layers == 27
 
 
@@ -497,6 +510,60 @@ def test_micro_batched_vision_features_equal_all_at_once_exactly(grad):
             assert torch.equal(features, all_at_once), batch_size
             expected_calls = [(min(end, 7), 7) for end in range(batch_size, 7 + batch_size, batch_size)]
             assert calls == expected_calls
+
+
+def test_inference_projects_each_vision_micro_batch_and_equals_the_all_at_once_path_exactly():
+    """Without the vision features (`return_frame_features=False`, what forward uses), at inference each vision
+    micro-batch goes through pixel-shuffle and Linear as soon as the tower gives it (only projector-width tokens are
+    kept for all frames); the compressed tokens equal those of all frames' features projected in one call, exactly in
+    float32. With gradients, and when the features are returned, they are projected in one call, as in training."""
+    model = tiny_model(vision_config={**tiny_config().vision_config.to_dict(), "num_hidden_layers": 3})
+    core = model.model
+    inputs = video_inputs(model.config, [[7], [3, 2]])
+    pixels, counts = inputs["pixel_values_videos"], inputs["video_num_frames"]
+    sizes, project_frames = [], core.temporal_projector.project_frames
+
+    def counted_project_frames(features):  # keeps no reference to the features
+        sizes.append(features.shape[0])
+        return project_frames(features)
+
+    def frames_per_projection() -> list[int]:
+        """Frames of each call of the projector's pixel-shuffle + Linear since the last check."""
+        calls = sizes.copy()
+        sizes.clear()
+        return calls
+
+    core.temporal_projector.project_frames = counted_project_frames
+
+    # the tower's output of each micro-batch, and how many of them are still alive when the Mamba layers run
+    tower_outputs, alive_at_mamba = [], []
+    core.vision_tower.register_forward_hook(
+        lambda module, args, output: tower_outputs.append(weakref.ref(output.last_hidden_state))
+    )
+    core.temporal_projector.layers[0].register_forward_pre_hook(
+        lambda module, args: alive_at_mamba.append(sum(ref() is not None for ref in tower_outputs))
+    )
+    with torch.no_grad():
+        frames = torch.cat([pixels[0, :7], pixels[1, :5]])
+        features = core.get_frame_features(frames, vision_batch_size=12)  # all 12 frames in one tower call
+        projected, _ = core.temporal_projector(features, [7, 3, 2])
+        expected = [core.token_compressor(video) for video in projected]
+        frames_per_projection()
+        for batch_size in (1, 4, 5, 12, 16):  # 5 does not divide 12 frames
+            pooled = core.get_video_features(
+                pixels, counts, vision_batch_size=batch_size, return_frame_features=False
+            ).pooler_output
+            assert [video.shape for video in pooled] == [video.shape for video in expected]
+            assert all(torch.equal(*pair) for pair in zip(pooled, expected)), batch_size
+            assert frames_per_projection() == [min(batch_size, 12 - start) for start in range(0, 12, batch_size)]
+            assert alive_at_mamba[-1] == 0  # no vision features kept
+        core.get_video_features(pixels, counts, vision_batch_size=5)  # returns the features: projected at once
+        assert frames_per_projection() == [12]
+        model(**inputs, vision_batch_size=5)  # forward (and so generate) keeps no features
+        assert frames_per_projection() == [5, 5, 2]
+    pooled = core.get_video_features(pixels, counts, vision_batch_size=5, return_frame_features=False).pooler_output
+    assert frames_per_projection() == [12]
+    torch.testing.assert_close(pooled, tuple(expected))  # the training path (its scan may round differently)
 
 
 def test_vision_batch_size_reaches_the_tower_from_forward_and_generate_and_changes_nothing():
@@ -542,6 +609,11 @@ def test_get_features_follow_transformers_output_conventions():
             assert torch.equal(as_tuple[0], output.last_hidden_state)
             images = owner.get_image_features(pixels[:, :2], return_dict=True)
             assert images.last_hidden_state.shape[0] == 4 and len(images.pooler_output) == 4
+            # without the vision features (what forward uses): the same tokens, the features are not returned
+            lean = owner.get_video_features(pixels, counts, return_frame_features=False, vision_batch_size=2)
+            assert lean.last_hidden_state is None
+            assert all(torch.equal(*pair) for pair in zip(lean.pooler_output, output.pooler_output))
+            assert owner.get_image_features(pixels[:, :2], return_frame_features=False).last_hidden_state is None
 
 
 @pytest.mark.parametrize("kind", ["video", "image"])

@@ -1,8 +1,7 @@
 """PyTorch STORM: SigLIP frames -> pixel-shuffle -> Linear -> bidirectional Mamba -> token compression -> Qwen2."""
 
-import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -17,7 +16,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, is_torchdynamo_compiling
+from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, torch_compilable_check
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_storm import StormConfig
@@ -397,19 +396,37 @@ class StormTemporalProjector(nn.Module):
         )
         self.layers = nn.ModuleList([StormMambaLayer(config) for _ in range(config.mamba_num_layers)])
 
+    def project_frames(self, frame_features: torch.Tensor) -> torch.Tensor:
+        """pixel-shuffle -> Linear, each frame on its own (so frames can be projected in micro-batches):
+        `(total_frames, grid_height, grid_width, vision_hidden_size)` -> `(total_frames, grid_height/r, grid_width/r,
+        hidden_size)`. Without a gradient, frame by frame into one preallocated output, so the pixel-shuffled copy of
+        the features (as large as they are) never exists whole."""
+        if _needs_grad(frame_features, self.linear) or frame_features.shape[0] == 0:
+            return self.linear(self.pixel_shuffle(frame_features))
+        tokens = None
+        for index, frame in enumerate(frame_features.split(1)):
+            merged = self.linear(self.pixel_shuffle(frame))
+            if tokens is None:
+                tokens = merged.new_empty(frame_features.shape[0], *merged.shape[1:])
+            tokens[index] = merged[0]
+        return tokens
+
     def forward(
         self,
-        frame_features: torch.Tensor,
+        frame_features: torch.Tensor | None,
         num_frames: list[int],
         states: list[StormMambaState] | None = None,
+        frame_tokens: torch.Tensor | None = None,
     ) -> tuple[tuple[torch.Tensor, ...], list[StormMambaState | None]]:
         """
         frame_features: `(total_frames, grid_height, grid_width, vision_hidden_size)`, the frames of all videos in
-        order; num_frames: frames of each video. `states`: per-layer states of a previous call (causal projector,
-        streaming).
+        order; or None with `frame_tokens`, the same frames already through `project_frames`. num_frames: frames of
+        each video. `states`: per-layer states of a previous call (causal projector, streaming).
         Returns one `(num_frames_i, grid_height/r, grid_width/r, hidden_size)` tensor per video and per-layer states.
         """
-        tokens = self._merge_windows(frame_features)
+        if (frame_features is None) == (frame_tokens is None):
+            raise ValueError("Pass exactly one of `frame_features` or `frame_tokens` (projected frame features).")
+        tokens = self.project_frames(frame_features) if frame_tokens is None else frame_tokens
         _, height, width, hidden_size = tokens.shape
         # Equal lengths need no padding: a plain flip is then cheaper than the per-sequence gather.
         lengths = (
@@ -434,20 +451,6 @@ class StormTemporalProjector(nn.Module):
             for sequence, n in zip(hidden_states, num_frames)
         )
         return videos, new_states
-
-    def _merge_windows(self, frame_features: torch.Tensor) -> torch.Tensor:
-        """pixel-shuffle -> Linear: `(total_frames, grid_height, grid_width, vision_hidden_size)` ->
-        `(total_frames, grid_height/r, grid_width/r, hidden_size)`. Without a gradient, frame by frame into one
-        preallocated output, so the pixel-shuffled copy of the features (as large as they are) never exists whole."""
-        if _needs_grad(frame_features, self.linear) or frame_features.shape[0] == 0:
-            return self.linear(self.pixel_shuffle(frame_features))
-        tokens = None
-        for index, frame in enumerate(frame_features.split(1)):
-            merged = self.linear(self.pixel_shuffle(frame))
-            if tokens is None:
-                tokens = merged.new_empty(frame_features.shape[0], *merged.shape[1:])
-            tokens[index] = merged[0]
-        return tokens
 
 
 def temporal_pool(tokens: torch.Tensor, pool_size: int) -> torch.Tensor:
@@ -513,6 +516,19 @@ class StormPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True  # decode steps (no pixels) compile with fullgraph=True: see the tests
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False: transformers initialises STORM's missing weights as it does its own models'.
+
+        transformers counts every class outside its package as custom code and then, not knowing whether its
+        `_init_weights` overwrites loaded weights, skips each module whose own parameters are all loaded. That also
+        skips modules without parameters of their own, whose `_init_weights` initialises their children (SigLIP's
+        attention and MLP): weights `from_pretrained` creates (missing keys) would get the generic Linear init instead
+        of SigLIP's. STORM's `_init_weights` writes only through `transformers.initialization`, which leaves loaded
+        weights alone, so the guard is not needed.
+        """
+        return False
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -549,54 +565,87 @@ def _check_visual_shape(name: str, pixels: torch.Tensor, expected: str):
         )
 
 
-def _select_padded(padded: torch.Tensor, counts: torch.Tensor, name: str) -> torch.Tensor:
+def _select_padded(padded: torch.Tensor, counts: list[int], name: str) -> torch.Tensor:
     """Rows `[b, :counts[b]]` of a batch-major padded tensor, concatenated: `(batch, max, ...)` -> `(sum(counts), ...)`.
 
-    Without padding (every count is `max`, e.g. one video) the result is a view: the frames are not copied.
+    Without padding (every count is `max`, e.g. one video) the result is a view: the frames are not copied. The checks
+    read the counts and, of each padded sample, only the first and the last padding entry (zeros after the counted
+    frames; a batch padded on the left or shifted has frames there): no pass over the padding.
     """
     max_count = padded.shape[1]
-    if bool((counts > max_count).any()):
-        raise ValueError(
-            f"The per-sample counts {counts.tolist()} exceed the {max_count} entries per sample of `{name}`."
-        )
-    counts = counts.tolist()
-    # only the padding region of each sample is read (views, no copy of the pixels)
-    if any(bool(sample[count:].any()) for sample, count in zip(padded, counts)):
-        raise ValueError(
-            f"`{name}` has non-zero entries after the counted ones: its padding must be zeros at the END of each "
-            "sample. A batch padded on the left (e.g. by a pipeline whose tokenizer pads left) would pair text with "
-            "the wrong frames; use StormProcessor or the `video-text-to-text` pipeline, which pad on the right."
-        )
+    torch_compilable_check(
+        all(0 <= count <= max_count for count in counts),
+        lambda: (
+            f"The per-sample counts {counts} are negative or exceed the {max_count} entries per sample of `{name}`."
+        ),
+    )
     if all(count == max_count for count in counts):
         return padded.flatten(0, 1)
+    padding_edges = torch.stack(
+        [padded[b, index] for b, count in enumerate(counts) if count < max_count for index in (count, -1)]
+    )
+    torch_compilable_check(
+        ~padding_edges.any(),
+        f"`{name}` has non-zero entries after the counted ones: its padding must be zeros at the END of each "
+        "sample. A batch padded on the left (e.g. by a pipeline whose tokenizer pads left) would pair text with "
+        "the wrong frames; use StormProcessor or the `video-text-to-text` pipeline, which pad on the right.",
+    )
     return torch.cat([sample[:count] for sample, count in zip(padded, counts)])
 
 
 def build_vision_encoder(config: StormConfig) -> PreTrainedModel:
-    """The vision tower truncated after `config.vision_feature_layer`: its last layer is the feature layer.
+    """The vision tower of `config.vision_config` (that very object: settings changed on it later, such as the
+    attention implementation, reach the tower), cut after `config.vision_feature_layer`.
 
-    The layers after it, SigLIP's `post_layernorm` (a no-op here) and its pooling head are not built, so the tower's
-    `last_hidden_state` is the feature layer's output and every parameter of the tower gets a gradient.
-    `config.vision_config` is left describing the whole tower.
+    The encoder layers after the feature layer are removed, SigLIP's `post_layernorm` becomes an identity and its
+    pooling head is removed, so the tower's `last_hidden_state` is the feature layer's output and every parameter of
+    the tower gets a gradient. `config.vision_config` keeps describing the whole tower (`num_hidden_layers`), as the
+    checkpoints of the full SigLIP do; loading one reports the removed parts' keys.
     """
-    vision_config = copy.deepcopy(config.vision_config)
-    vision_config.num_hidden_layers = config.num_vision_layers_used
-    vision_config.vision_use_head = False
-    tower = AutoModel.from_config(vision_config)
+    tower = AutoModel.from_config(config.vision_config)
     if not hasattr(tower, "post_layernorm"):
         raise ValueError(
             f"STORM's vision tower must be a SigLIP vision model (`siglip_vision_model`), got a "
-            f"'{vision_config.model_type}' model without `post_layernorm`."
+            f"'{config.vision_config.model_type}' model without `post_layernorm`."
         )
+    del tower.encoder.layers[config.num_vision_layers_used :]
     tower.post_layernorm = nn.Identity()
+    if tower.use_head:
+        del tower.head
+        tower.use_head = False
     return tower
 
 
-def _concatenate_records(outputs: list[ModelOutput], key: str) -> tuple[torch.Tensor, ...] | None:
-    """Per-layer `hidden_states` or `attentions` recorded on consecutive frame micro-batches, joined over the frames."""
-    if outputs[0].get(key) is None:
-        return None
-    return tuple(torch.cat(layer) for layer in zip(*(output[key] for output in outputs)))
+def _join_frames(chunks: Iterable[torch.Tensor], num_frames: int) -> torch.Tensor:
+    """Per-micro-batch tensors `(frames_i, ...)` joined over the frames: `(num_frames, ...)`.
+
+    Without autograd each chunk is written into one buffer as it arrives, so no list of chunks lives next to their
+    concatenation; with autograd (which keeps every chunk for the backward anyway) they are concatenated.
+    """
+    if torch.is_grad_enabled():
+        return torch.cat(list(chunks))
+    joined, start = None, 0
+    for chunk in chunks:
+        if joined is None:
+            joined = chunk.new_empty(num_frames, *chunk.shape[1:])
+        joined[start : start + chunk.shape[0]] = chunk
+        start += chunk.shape[0]
+    return joined
+
+
+RECORDED_VISION_OUTPUTS = ("hidden_states", "attentions")
+VisionRecords = dict[str, tuple[torch.Tensor, ...] | None]
+"""One vision-tower call's per-layer outputs by name (`RECORDED_VISION_OUTPUTS`), None where not requested."""
+
+
+def _join_records(records: list[VisionRecords]) -> VisionRecords:
+    """Per-layer `hidden_states` and `attentions` recorded on consecutive frame micro-batches, joined over the frames
+    (None where not recorded)."""
+    joined = dict.fromkeys(RECORDED_VISION_OUTPUTS)
+    for key in joined:
+        if records[0][key] is not None:
+            joined[key] = tuple(torch.cat(layer) for layer in zip(*(record[key] for record in records)))
+    return joined
 
 
 class StormModel(StormPreTrainedModel):
@@ -631,32 +680,46 @@ class StormModel(StormPreTrainedModel):
         to running all frames at once; with `output_hidden_states` / `output_attentions` (in `kwargs`), the built
         layers' hidden states and attentions over all frames.
         """
+        features, records = self._encode_in_micro_batches(frames, vision_batch_size, progress_callback, **kwargs)
+        return BaseModelOutputWithPooling(last_hidden_state=features, **_join_records(records))
+
+    def _encode_in_micro_batches(
+        self,
+        frames: torch.Tensor,
+        vision_batch_size: int | None,
+        progress_callback: ProgressCallback | None,
+        project_frames: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, list[VisionRecords]]:
+        """The vision tower on `frames` `(num_frames, 3, height, width)`, `vision_batch_size` frames per call (see
+        `encode_frames`).
+
+        Returns the feature layer's output of all frames `(num_frames, num_patches, vision_hidden_size)`, or with
+        `project_frames` the projector's pixel-shuffle and Linear applied to each micro-batch as soon as the tower gives
+        it, `(num_frames, grid_height/r, grid_width/r, hidden_size)` (then the features of all frames never exist at
+        once); and each micro-batch's hidden states and attentions (None unless requested).
+        """
         batch_size = self.config.vision_batch_size if vision_batch_size is None else vision_batch_size
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(
                 f"`vision_batch_size` must be a positive integer (frames per vision call), got {batch_size!r}."
             )
         num_frames = frames.shape[0]
-        outputs, features = [], None
-        for start in range(0, num_frames, batch_size):
-            output = self.vision_tower(frames[start : start + batch_size], return_dict=True, **kwargs)
-            if torch.is_grad_enabled():
-                outputs.append(output)  # autograd keeps each micro-batch's output anyway: concatenated below
-            else:  # written into one buffer: no list of chunks next to their concatenation
-                if features is None:
-                    features = output.last_hidden_state.new_empty(num_frames, *output.last_hidden_state.shape[1:])
-                features[start : start + batch_size] = output.last_hidden_state
-                output.last_hidden_state = None
-                outputs.append(output)
-            if progress_callback is not None:
-                progress_callback(min(start + batch_size, num_frames), num_frames)
-        if features is None:
-            features = torch.cat([output.last_hidden_state for output in outputs])
-        return BaseModelOutputWithPooling(
-            last_hidden_state=features,
-            hidden_states=_concatenate_records(outputs, "hidden_states"),
-            attentions=_concatenate_records(outputs, "attentions"),
-        )
+        records = []
+
+        def micro_batches():
+            for start in range(0, num_frames, batch_size):
+                output = self.vision_tower(frames[start : start + batch_size], return_dict=True, **kwargs)
+                records.append({key: output.get(key) for key in RECORDED_VISION_OUTPUTS})  # not the features
+                features = output.last_hidden_state
+                del output
+                if project_frames:
+                    features = self.temporal_projector.project_frames(self._patch_grid(features, frames))
+                yield features
+                if progress_callback is not None:
+                    progress_callback(min(start + batch_size, num_frames), num_frames)
+
+        return _join_frames(micro_batches(), num_frames), records
 
     def get_frame_features(
         self,
@@ -681,17 +744,28 @@ class StormModel(StormPreTrainedModel):
         strides: list[int],
         vision_batch_size: int | None,
         progress_callback: ProgressCallback | None,
+        return_frame_features: bool,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Encodes, projects and compresses videos whose frames are concatenated in `frames` `(total_frames, 3, H, W)`:
-        the vision output (see `encode_frames`) with the compressed tokens of each video as `pooler_output`."""
+        the vision output (see `get_video_features`) with the compressed tokens of each video as `pooler_output`."""
         if self.training and any(stride > 1 for stride in strides):
             raise ValueError(
                 f"Temporal sampling (stride {max(strides)}) is a test-time operation: call `model.eval()` or send "
                 "`temporal_sampling_stride=1` while training."
             )
-        vision_output = self.encode_frames(frames, vision_batch_size, progress_callback, **kwargs)
-        projected, _ = self.temporal_projector(self._patch_grid(vision_output.last_hidden_state, frames), num_frames)
+        if return_frame_features or torch.is_grad_enabled():  # (autograd keeps every frame's features anyway)
+            vision_output = self.encode_frames(frames, vision_batch_size, progress_callback, **kwargs)
+            grid = self._patch_grid(vision_output.last_hidden_state, frames)
+            projected, _ = self.temporal_projector(grid, num_frames)
+            if not return_frame_features:
+                vision_output.last_hidden_state = None
+        else:  # inference: only projector-width tokens are kept for all frames
+            tokens, records = self._encode_in_micro_batches(
+                frames, vision_batch_size, progress_callback, project_frames=True, **kwargs
+            )
+            vision_output = BaseModelOutputWithPooling(**_join_records(records))
+            projected, _ = self.temporal_projector(None, num_frames, frame_tokens=tokens)
         vision_output.pooler_output = tuple(
             self.token_compressor(video, stride) for video, stride in zip(projected, strides)
         )
@@ -705,6 +779,7 @@ class StormModel(StormPreTrainedModel):
         temporal_sampling_stride: torch.LongTensor | int | None = None,
         vision_batch_size: int | None = None,
         progress_callback: ProgressCallback | None = None,
+        return_frame_features: bool = True,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
@@ -720,6 +795,11 @@ class StormModel(StormPreTrainedModel):
             Frames per vision-tower call (default `config.vision_batch_size`); any value gives the same features.
         progress_callback (`Callable[[int, int], None]`, *optional*):
             Called as `progress_callback(done_frames, total_frames)` after each vision micro-batch.
+        return_frame_features (`bool`, defaults to `True`):
+            Return the vision features as `last_hidden_state`. `False` (what `forward` and `generate` use): it is None,
+            and at inference (no gradient) each vision micro-batch goes through the projector's pixel-shuffle and
+            Linear as soon as the tower gives it, so only projector-width tokens are kept for all frames, never the
+            features of all frames (a long video's largest tensor); the tokens are the same.
 
         Returns `last_hidden_state`: the vision encoder's feature-layer output `(total_frames, num_patches,
         vision_hidden_size)` of all videos' frames (and `hidden_states` / `attentions` when requested), and
@@ -730,23 +810,24 @@ class StormModel(StormPreTrainedModel):
             "pixel_values_videos", pixel_values_videos, "(batch_size, max_total_frames, 3, height, width)"
         )
         batch_size, max_frames = pixel_values_videos.shape[:2]
-        if video_num_frames is None:
-            video_num_frames = torch.full((batch_size, 1), max_frames, dtype=torch.long)
-        video_num_frames = video_num_frames.to(pixel_values_videos.device)
+        # the counts and strides shape everything below: read once to the host, all checks then use them
+        frames_per_video = [[max_frames]] * batch_size if video_num_frames is None else video_num_frames.tolist()
         if temporal_sampling_stride is None:
             temporal_sampling_stride = self.config.temporal_sampling_stride
-        strides = torch.as_tensor(temporal_sampling_stride, device=video_num_frames.device)
-        if strides.numel() not in (1, batch_size) or bool((strides < 1).any()):
-            raise ValueError(
-                "`temporal_sampling_stride` must be one integer >= 1 or one per sample "
-                f"({batch_size}), got {strides.tolist()}."
-            )
-        strides = strides.reshape(-1).expand(batch_size)
-        frames = _select_padded(pixel_values_videos, video_num_frames.sum(dim=1), "pixel_values_videos")
-        video_mask = video_num_frames > 0
-        num_frames = video_num_frames[video_mask].tolist()
-        strides = strides[:, None].expand_as(video_num_frames)[video_mask].tolist()
-        return self._encode(frames, num_frames, strides, vision_batch_size, progress_callback, **kwargs)
+        strides = torch.as_tensor(temporal_sampling_stride).reshape(-1).tolist()
+        torch_compilable_check(
+            len(strides) in (1, batch_size) and all(stride >= 1 for stride in strides),
+            lambda: (
+                f"`temporal_sampling_stride` must be one integer >= 1 or one per sample ({batch_size}), got {strides}."
+            ),
+        )
+        strides = strides * batch_size if len(strides) == 1 else strides
+        frames = _select_padded(pixel_values_videos, [sum(row) for row in frames_per_video], "pixel_values_videos")
+        num_frames = [count for row in frames_per_video for count in row if count > 0]
+        strides = [stride for row, stride in zip(frames_per_video, strides) for count in row if count > 0]
+        return self._encode(
+            frames, num_frames, strides, vision_batch_size, progress_callback, return_frame_features, **kwargs
+        )
 
     @can_return_tuple
     def get_image_features(
@@ -755,6 +836,7 @@ class StormModel(StormPreTrainedModel):
         num_images: torch.LongTensor | None = None,
         vision_batch_size: int | None = None,
         progress_callback: ProgressCallback | None = None,
+        return_frame_features: bool = True,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
@@ -762,7 +844,7 @@ class StormModel(StormPreTrainedModel):
             Each sample's images, zero-padded at the end. An image is scanned as a one-frame video.
         num_images (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Images in each sample. None: all `max_images_per_sample`.
-        vision_batch_size, progress_callback:
+        vision_batch_size, progress_callback, return_frame_features:
             As in `get_video_features` (images count as frames).
 
         Returns `last_hidden_state`: the vision encoder's feature-layer output `(num_images, num_patches,
@@ -771,11 +853,10 @@ class StormModel(StormPreTrainedModel):
         """
         _check_visual_shape("pixel_values", pixel_values, "(batch_size, max_images_per_sample, 3, height, width)")
         batch_size, max_images = pixel_values.shape[:2]
-        if num_images is None:
-            num_images = torch.full((batch_size,), max_images, dtype=torch.long)
-        images = _select_padded(pixel_values, num_images.to(pixel_values.device), "pixel_values")
+        counts = [max_images] * batch_size if num_images is None else num_images.tolist()
+        images = _select_padded(pixel_values, counts, "pixel_values")
         ones = [1] * images.shape[0]
-        return self._encode(images, ones, ones, vision_batch_size, progress_callback, **kwargs)
+        return self._encode(images, ones, ones, vision_batch_size, progress_callback, return_frame_features, **kwargs)
 
     def get_placeholder_mask(
         self,
@@ -793,14 +874,16 @@ class StormModel(StormPreTrainedModel):
             mask = (inputs_embeds == placeholder).all(-1)
         else:
             mask = input_ids == token_id
-        num_placeholders = int(mask.sum())
-        if num_placeholders != features.shape[0]:
-            kind = "video" if token_id == self.config.video_token_id else "image"
-            raise ValueError(
-                f"The prompt has {num_placeholders} {kind} placeholder tokens (id {token_id}) but the {kind} inputs "
+        kind = "video" if token_id == self.config.video_token_id else "image"
+
+        def message():
+            return (
+                f"The prompt has {int(mask.sum())} {kind} placeholder tokens (id {token_id}) but the {kind} inputs "
                 f"produce {features.shape[0]} tokens. Build inputs with StormProcessor, which expands placeholders "
-                f"with the same frame counts, pooling and `temporal_sampling_stride` the model uses."
+                "with the same frame counts, pooling and `temporal_sampling_stride` the model uses."
             )
+
+        torch_compilable_check(mask.sum() == features.shape[0], message)
         return mask.unsqueeze(-1).to(inputs_embeds.device)
 
     def _merge(self, input_ids, inputs_embeds, token_id, encoded: BaseModelOutputWithPooling):
@@ -820,14 +903,15 @@ class StormModel(StormPreTrainedModel):
             ("image", self.config.image_token_id, pixel_values, "pixel_values"),
             ("video", self.config.video_token_id, pixel_values_videos, "pixel_values_videos"),
         ):
-            if pixels is None and bool((input_ids == token_id).any()):
-                raise ValueError(
-                    f"The prompt has {int((input_ids == token_id).sum())} {kind} placeholder tokens "
-                    f"(id {token_id}) but "
-                    f"no `{name}`: the {kind} inputs are missing. Build the inputs with StormProcessor from the "
-                    f"{kind}s (its `{name}` must reach the model, e.g. keep it through your data collator), or remove "
-                    "the placeholders from a text-only prompt."
+            if pixels is None:
+                placeholders = input_ids == token_id
+                message = (
+                    f"The prompt has {{}} {kind} placeholder tokens (id {token_id}) but no `{name}`: the {kind} "
+                    f"inputs are missing. Build the inputs with StormProcessor from the {kind}s (its `{name}` must "
+                    "reach the model, e.g. keep it through your data collator), or remove the placeholders from a "
+                    "text-only prompt."
                 )
+                torch_compilable_check(~placeholders.any(), lambda: message.format(int(placeholders.sum())))
 
     @can_return_tuple
     def forward(
@@ -859,7 +943,10 @@ class StormModel(StormPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         image_features = video_features = None
-        vision_settings = dict(vision_batch_size=vision_batch_size, progress_callback=progress_callback)
+        # the language model needs the compressed tokens only: the vision features of all frames are not kept
+        vision_settings = dict(
+            vision_batch_size=vision_batch_size, progress_callback=progress_callback, return_frame_features=False
+        )
         if pixel_values is not None:
             encoded = self.get_image_features(pixel_values, num_images, **vision_settings)
             inputs_embeds, image_features = self._merge(input_ids, inputs_embeds, self.config.image_token_id, encoded)
@@ -917,6 +1004,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         temporal_sampling_stride: torch.LongTensor | int | None = None,
         vision_batch_size: int | None = None,
         progress_callback: ProgressCallback | None = None,
+        return_frame_features: bool = True,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """See `StormModel.get_video_features`."""
@@ -926,6 +1014,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             temporal_sampling_stride,
             vision_batch_size,
             progress_callback,
+            return_frame_features,
             **kwargs,
         )
 
@@ -936,10 +1025,13 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         num_images: torch.LongTensor | None = None,
         vision_batch_size: int | None = None,
         progress_callback: ProgressCallback | None = None,
+        return_frame_features: bool = True,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """See `StormModel.get_image_features`."""
-        return self.model.get_image_features(pixel_values, num_images, vision_batch_size, progress_callback, **kwargs)
+        return self.model.get_image_features(
+            pixel_values, num_images, vision_batch_size, progress_callback, return_frame_features, **kwargs
+        )
 
     @can_return_tuple
     def forward(
