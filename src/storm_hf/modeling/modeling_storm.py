@@ -13,7 +13,11 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
+)
 from transformers.modeling_utils import PreTrainedModel
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, torch_compilable_check
@@ -41,8 +45,12 @@ class StormModelOutputWithPast(BaseModelOutputWithPast):
     video_hidden_states: torch.FloatTensor | None = None
 
 
+# transformers 5.24 renames the cache argument and output field `past_key_values` to `cache`.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 @dataclass
-class StormCausalLMOutputWithPast(ModelOutput):
+class StormCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
         Next-token prediction loss.
@@ -54,11 +62,6 @@ class StormCausalLMOutputWithPast(ModelOutput):
         Compressed video tokens that replaced the video placeholders.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor] | None = None
-    attentions: tuple[torch.FloatTensor] | None = None
     image_hidden_states: torch.FloatTensor | None = None
     video_hidden_states: torch.FloatTensor | None = None
 
@@ -509,7 +512,7 @@ class StormPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     # blocks FSDP / device maps must keep whole: vision encoder layers, Mamba layers, decoder layers
     _no_split_modules = ["SiglipEncoderLayer", "StormMambaLayer", "Qwen2DecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -938,6 +941,7 @@ class StormModel(StormPreTrainedModel):
         """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        past_key_values = kwargs.pop("cache", past_key_values)
         self._check_placeholders_have_inputs(input_ids, pixel_values, pixel_values_videos, past_key_values)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -960,14 +964,14 @@ class StormModel(StormPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **{CACHE_NAME: past_key_values},
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
         return StormModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
@@ -1070,7 +1074,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             temporal_sampling_stride=temporal_sampling_stride,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=kwargs.pop("cache", past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             vision_batch_size=vision_batch_size,
@@ -1090,7 +1094,7 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         return StormCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
