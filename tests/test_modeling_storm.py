@@ -616,6 +616,38 @@ def test_get_features_follow_transformers_output_conventions():
             assert owner.get_image_features(pixels[:, :2], return_frame_features=False).last_hidden_state is None
 
 
+def test_forward_returns_the_vision_outputs_it_used():
+    """`video_outputs` / `image_outputs` (transformers' multimodal output fields): what `get_video_features` gives for
+    the same pixels (tokens, and the vision tower's per-layer states only when asked for), None without that input."""
+    model = tiny_model(vision_config={**tiny_config().vision_config.to_dict(), "num_hidden_layers": 3})
+    model.set_attn_implementation("eager")
+    inputs = video_inputs(model.config, [[3], [2]])
+    with torch.no_grad():
+        reference = model.get_video_features(
+            inputs["pixel_values_videos"], inputs["video_num_frames"], output_hidden_states=True, output_attentions=True
+        )
+        plain = model(**inputs)
+        asked = model(**inputs, output_hidden_states=True, output_attentions=True)
+    assert plain.image_outputs is None and asked.image_outputs is None
+    for output in (plain, asked):
+        videos = output.video_outputs
+        assert videos.last_hidden_state is None  # the vision features of all frames are not kept
+        assert all(torch.equal(*pair) for pair in zip(videos.pooler_output, reference.pooler_output, strict=True))
+        assert torch.equal(output.video_hidden_states, torch.cat(videos.pooler_output))
+    assert plain.video_outputs.hidden_states is None and plain.video_outputs.attentions is None
+    for name in ("hidden_states", "attentions"):
+        ours, expected = getattr(asked.video_outputs, name), getattr(reference, name)
+        assert len(ours) == len(expected) > 0
+        assert all(torch.equal(*pair) for pair in zip(ours, expected))
+    images = torch.randn(2, 1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    input_ids = torch.tensor([[5] + [model.config.image_token_id] * video_tokens(model.config, 1) + [6]] * 2)
+    with torch.no_grad():
+        output = model(input_ids=input_ids, pixel_values=images)
+        expected = model.get_image_features(images).pooler_output
+    assert output.video_outputs is None and len(output.image_outputs.pooler_output) == 2
+    assert all(torch.equal(*pair) for pair in zip(output.image_outputs.pooler_output, expected, strict=True))
+
+
 @pytest.mark.parametrize("kind", ["video", "image"])
 def test_placeholders_without_pixels_raise_at_prefill_only(kind):
     model = tiny_model()

@@ -39,10 +39,18 @@ class StormModelOutputWithPast(BaseModelOutputWithPast):
         Compressed image tokens that replaced the image placeholders.
     video_hidden_states (`torch.FloatTensor` of shape `(num_video_tokens, hidden_size)`, *optional*):
         Compressed video tokens that replaced the video placeholders.
+    image_outputs (`BaseModelOutputWithPooling`, *optional*):
+        `get_image_features`' output for the images of this call: `pooler_output` (one tensor of compressed tokens
+        per image) and, when asked for, the vision encoder's `hidden_states` / `attentions`; `last_hidden_state` is
+        None (the features of all frames are not kept). None without images.
+    video_outputs (`BaseModelOutputWithPooling`, *optional*):
+        The same for the videos, from `get_video_features`.
     """
 
     image_hidden_states: torch.FloatTensor | None = None
     video_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+    video_outputs: BaseModelOutputWithPooling | None = None
 
 
 # transformers 5.24 renames the cache argument and output field `past_key_values` to `cache`.
@@ -60,10 +68,18 @@ class StormCausalLMOutputWithPast(CausalLMOutputWithPast):
         Compressed image tokens that replaced the image placeholders.
     video_hidden_states (`torch.FloatTensor` of shape `(num_video_tokens, hidden_size)`, *optional*):
         Compressed video tokens that replaced the video placeholders.
+    image_outputs (`BaseModelOutputWithPooling`, *optional*):
+        `get_image_features`' output for the images of this call: `pooler_output` (one tensor of compressed tokens
+        per image) and, when asked for, the vision encoder's `hidden_states` / `attentions`; `last_hidden_state` is
+        None (the features of all frames are not kept). None without images.
+    video_outputs (`BaseModelOutputWithPooling`, *optional*):
+        The same for the videos, from `get_video_features`.
     """
 
     image_hidden_states: torch.FloatTensor | None = None
     video_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+    video_outputs: BaseModelOutputWithPooling | None = None
 
 
 @dataclass
@@ -643,11 +659,13 @@ VisionRecords = dict[str, tuple[torch.Tensor, ...] | None]
 
 def _join_records(records: list[VisionRecords]) -> VisionRecords:
     """Per-layer `hidden_states` and `attentions` recorded on consecutive frame micro-batches, joined over the frames
-    (None where not recorded)."""
+    (None where not recorded, also for single layers left out by a layer selection)."""
     joined = dict.fromkeys(RECORDED_VISION_OUTPUTS)
     for key in joined:
         if records[0][key] is not None:
-            joined[key] = tuple(torch.cat(layer) for layer in zip(*(record[key] for record in records)))
+            joined[key] = tuple(
+                None if layer[0] is None else torch.cat(layer) for layer in zip(*(record[key] for record in records))
+            )
     return joined
 
 
@@ -946,20 +964,26 @@ class StormModel(StormPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_features = video_features = None
+        image_features = video_features = image_outputs = video_outputs = None
         # the language model needs the compressed tokens only: the vision features of all frames are not kept
         vision_settings = dict(
-            vision_batch_size=vision_batch_size, progress_callback=progress_callback, return_frame_features=False
+            vision_batch_size=vision_batch_size,
+            progress_callback=progress_callback,
+            return_frame_features=False,
+            **{name: kwargs[name] for name in ("output_hidden_states", "output_attentions") if name in kwargs},
         )
         if pixel_values is not None:
-            encoded = self.get_image_features(pixel_values, num_images, **vision_settings)
-            inputs_embeds, image_features = self._merge(input_ids, inputs_embeds, self.config.image_token_id, encoded)
+            image_outputs = self.get_image_features(pixel_values, num_images, **vision_settings)
+            inputs_embeds, image_features = self._merge(
+                input_ids, inputs_embeds, self.config.image_token_id, image_outputs
+            )
         if pixel_values_videos is not None:
-            encoded = self.get_video_features(
+            video_outputs = self.get_video_features(
                 pixel_values_videos, video_num_frames, temporal_sampling_stride, **vision_settings
             )
-            inputs_embeds, video_features = self._merge(input_ids, inputs_embeds, self.config.video_token_id, encoded)
-        encoded = None  # the vision features are not needed by the language model
+            inputs_embeds, video_features = self._merge(
+                input_ids, inputs_embeds, self.config.video_token_id, video_outputs
+            )
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -976,6 +1000,8 @@ class StormModel(StormPreTrainedModel):
             attentions=outputs.attentions,
             image_hidden_states=image_features,
             video_hidden_states=video_features,
+            image_outputs=image_outputs,
+            video_outputs=video_outputs,
         )
 
 
@@ -1099,6 +1125,8 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
             video_hidden_states=outputs.video_hidden_states,
+            image_outputs=outputs.image_outputs,
+            video_outputs=outputs.video_outputs,
         )
 
 
