@@ -71,7 +71,7 @@ ARMS = {
 SIZES = {
     # steps x batch samples of num_train training clips; num_test test clips per question type
     "full": dict(num_train=4000, num_test=200, steps=1500, batch_size=16, seeds=(0, 1, 2), distinct_draws=2000),
-    "reduced": dict(num_train=800, num_test=50, steps=200, batch_size=8, seeds=(0, 1, 2), distinct_draws=200),
+    "reduced": dict(num_train=800, num_test=50, steps=400, batch_size=8, seeds=(0, 1, 2), distinct_draws=200),
     "smoke": dict(num_train=16, num_test=4, steps=2, batch_size=4, seeds=(0, 1, 2), distinct_draws=5),  # runs, no more
 }
 PREFILL_BATCH = 16
@@ -244,7 +244,8 @@ def run_one(arm_name: str, seed: int, settings: dict, data: str, demo_checkpoint
 
         save_demo_checkpoint(model, processor, demo_checkpoint, ClipHashes.of(train.rows))
         record = dict(result, test_overlap_checked=check_overlap(data, settings), settings=content_setting(settings))
-        record["command"] = f"python benchmarks/bench_temporal_task.py --size {settings['size']} --demo-checkpoint DIR"
+        option = "--causal-demo-checkpoint" if arm_name.startswith("causal") else "--demo-checkpoint"
+        record["command"] = f"python benchmarks/bench_temporal_task.py --size {settings['size']} {option} DIR"
         (Path(demo_checkpoint) / "task_results.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{arm_name} seed {seed}: {json.dumps(result['evaluations'])}", flush=True)
     return result
@@ -407,6 +408,11 @@ def main(argv=None):
         type=Path,
         help="also save the storm_tpool model of the first seed here, with its training hashes (the demo checkpoint)",
     )
+    parser.add_argument(
+        "--causal-demo-checkpoint",
+        type=Path,
+        help="also save the causal_storm_tpool model of the first seed here (the streaming demo checkpoint)",
+    )
     args = parser.parse_args(argv)
     settings = dict(SIZES[args.size], size=args.size, jobs=args.jobs)
     started, load_before = time.time(), os.getloadavg()
@@ -418,16 +424,17 @@ def main(argv=None):
     jobs = [(arm, seed) for arm in args.arms for seed in settings["seeds"]]
     done = lambda arm, seed: data / "runs" / f"{arm}_seed{seed}.json"  # noqa: E731
     (data / "runs").mkdir(exist_ok=True)
-    todo = [job for job in jobs if not done(*job).is_file()]
+    first_seed = settings["seeds"][0]
+    demo_checkpoints = {
+        ("storm_tpool", first_seed): args.demo_checkpoint,
+        ("causal_storm_tpool", first_seed): args.causal_demo_checkpoint,
+    }
+    # the runs that save a demo checkpoint first (so that it exists early), then the others in order
+    todo = sorted((job for job in jobs if not done(*job).is_file()), key=lambda job: not demo_checkpoints.get(job))
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        demo_job = ("storm_tpool", settings["seeds"][0])
         futures = {
             job: pool.submit(
-                run_one,
-                *job,
-                settings,
-                str(data),
-                str(args.demo_checkpoint) if args.demo_checkpoint and job == demo_job else None,
+                run_one, *job, settings, str(data), demo_checkpoints.get(job) and str(demo_checkpoints[job])
             )
             for job in todo
         }
