@@ -228,9 +228,8 @@ def scene_return(rng: np.random.Generator, num_frames: int, size: int) -> Scene:
     the return often fall inside the last pooling window of 4 frames."""
     background = _background(rng, size)
     item = _random_object(rng, str(rng.choice(list(COLOURS))), size)
-    home = _random_position(rng, size)
-    while True:
-        away = _random_position(rng, size)
+    while True:  # both places drawn again: from a central home no place may be far enough for a large shape
+        home, away = _random_position(rng, size), _random_position(rng, size)
         if max(abs(away[0] - home[0]), abs(away[1] - home[1])) > 2 * item.half_size:
             break
     states = np.stack([_with(background, (item, *home)), _with(background, (item, *away))])
