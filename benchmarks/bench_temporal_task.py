@@ -70,15 +70,27 @@ ARMS = {
 }
 SIZES = {
     # steps x batch samples of num_train training clips; num_test test clips per question type
-    "full": dict(num_train=4000, num_test=200, steps=1500, batch_size=16, seeds=(0, 1, 2), distinct_draws=2000),
-    "reduced": dict(num_train=800, num_test=50, steps=400, batch_size=8, seeds=(0, 1, 2), distinct_draws=200),
-    "smoke": dict(num_train=16, num_test=4, steps=2, batch_size=4, seeds=(0, 1, 2), distinct_draws=5),  # runs, no more
+    "full": dict(
+        num_train=2000,
+        num_test=200,
+        first_stage_steps=300,
+        steps=700,
+        batch_size=8,
+        seeds=(0, 1, 2),
+        distinct_draws=2000,
+    ),
+    "reduced": dict(
+        num_train=800, num_test=50, first_stage_steps=150, steps=250, batch_size=8, seeds=(0, 1, 2), distinct_draws=200
+    ),
+    "smoke": dict(
+        num_train=16, num_test=4, first_stage_steps=1, steps=2, batch_size=4, seeds=(0, 1, 2), distinct_draws=5
+    ),  # runs, no more
 }
 PREFILL_BATCH = 16
 
 
 def content_setting(settings: dict) -> dict:
-    return {key: settings[key] for key in ("num_train", "num_test", "steps", "batch_size")} | {
+    return {key: settings[key] for key in ("num_train", "num_test", "first_stage_steps", "steps", "batch_size")} | {
         "seeds": list(settings["seeds"]),
         "learning_rate": LEARNING_RATE,
     }
@@ -214,6 +226,7 @@ def run_one(arm_name: str, seed: int, settings: dict, data: str, demo_checkpoint
         train,
         output_dir=data / "trainer" / f"{arm_name}_seed{seed}",
         max_steps=settings["steps"],
+        first_stage_steps=settings["first_stage_steps"],
         batch_size=settings["batch_size"],
         learning_rate=LEARNING_RATE,
         language_model_learning_rate=None,
@@ -353,9 +366,10 @@ def write_report(out: Path, results, data_report, overlap, settings, environment
     lines = [
         "# Synthetic long videos: a small replica of the paper's Table 2",
         "",
-        f"Configuration **{settings['size']}**: {settings['num_train']} training clips per seed, {settings['steps']} "
-        f"steps of {settings['batch_size']} clips, seeds {list(settings['seeds'])}, {settings['num_test']} test clips "
-        "per question type (one test set for every arm and seed). 32-frame 32x32 px clips, one visual token per frame "
+        f"Configuration **{settings['size']}**: {settings['num_train']} training clips per seed, "
+        f"{settings['first_stage_steps']} steps of {settings['batch_size']} `direction` clips (first stage), then "
+        f"{settings['steps']} steps of {settings['batch_size']} clips of every question type, seeds "
+        f"{list(settings['seeds'])}, {settings['num_test']} test clips per question type (one test set for every arm and seed). 32-frame 32x32 px clips, one visual token per frame "
         "before compression. Accuracy: greedy exact match, mean ± standard deviation over the seeds (per-seed values "
         "in the .json). Prefill: median of 5 forward passes over a batch of 16 prompts on 1 CPU thread, median over "
         "the seeds (a shared machine: indicative only).",
