@@ -369,10 +369,11 @@ def write_report(out: Path, results, data_report, overlap, settings, environment
         f"Configuration **{settings['size']}**: {settings['num_train']} training clips per seed, "
         f"{settings['first_stage_steps']} steps of {settings['batch_size']} `direction` clips (first stage), then "
         f"{settings['steps']} steps of {settings['batch_size']} clips of every question type, seeds "
-        f"{list(settings['seeds'])}, {settings['num_test']} test clips per question type (one test set for every arm and seed). 32-frame 32x32 px clips, one visual token per frame "
-        "before compression. Accuracy: greedy exact match, mean ± standard deviation over the seeds (per-seed values "
-        "in the .json). Prefill: median of 5 forward passes over a batch of 16 prompts on 1 CPU thread, median over "
-        "the seeds (a shared machine: indicative only).",
+        f"{list(settings['seeds'])}, {settings['num_test']} test clips per question type (one test set for every arm "
+        "and seed). 32-frame 32x32 px clips, one visual token per frame before compression. Accuracy: greedy exact "
+        "match, mean ± standard deviation over the seeds (per-seed values in the .json). Prefill: median of 5 "
+        "forward passes over a batch of 16 prompts on 1 CPU thread, median over the seeds (a shared machine: "
+        "indicative only).",
         "",
         *markdown_table(table),
         "",
