@@ -80,7 +80,7 @@ SIZES = {
         distinct_draws=2000,
     ),
     "reduced": dict(
-        num_train=800, num_test=50, first_stage_steps=150, steps=250, batch_size=8, seeds=(0, 1, 2), distinct_draws=200
+        num_train=800, num_test=50, first_stage_steps=300, steps=100, batch_size=8, seeds=(0, 1, 2), distinct_draws=200
     ),
     "smoke": dict(
         num_train=16, num_test=4, first_stage_steps=1, steps=2, batch_size=4, seeds=(0, 1, 2), distinct_draws=5
