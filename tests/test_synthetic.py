@@ -189,3 +189,17 @@ def test_evaluate_counts_exact_matches_per_question_type():
         }
     )
     assert 0 < scores["return"] < 1  # a mix of answers: the arithmetic is tested, not a constant
+
+
+def test_first_stage_rows_are_those_of_its_question_types():
+    from storm_hf.synthetic.train import _rows_of_types
+
+    rows = list(draw_clips(8, np.random.default_rng(3)))
+    selected = _rows_of_types(rows, ("direction", "first"))
+    assert [row["clip_hash"] for row in selected] == [
+        row["clip_hash"] for row in rows if row["question_type"] in ("direction", "first")
+    ]
+    dataset = datasets.Dataset.from_dict({"question_type": [row["question_type"] for row in rows]})
+    assert _rows_of_types(dataset, ("count",))["question_type"] == ["count", "count"]
+    with pytest.raises(ValueError, match="No training rows of the first-stage question types"):
+        _rows_of_types(rows[:1], ("direction",))
