@@ -20,8 +20,8 @@ against the training clips of every seed: none equals a training clip up to nois
 results report, per question type, the candidates rejected and the overlap left (0), and how many distinct clips and
 scenes the task's scene space gave in a separate sample of draws.
 
-    python benchmarks/bench_temporal_task.py --size full      # the full benchmark, ~1.5-2 h on an idle 2-core machine
-    python benchmarks/bench_temporal_task.py --size reduced   # fewer steps and clips, all arms and 3 seeds
+    python benchmarks/bench_temporal_task.py --size full      # 2000 clips/seed, 300 + 700 steps: estimated 45-90 min
+    python benchmarks/bench_temporal_task.py --size reduced   # 800 clips/seed, 300 + 100 steps: 18 min at load 4-6
 
 writes benchmarks/results/temporal_task.md, .json and .png (accuracy vs visual tokens per arm). Each (arm, seed) run
 is one process with one torch thread (`--jobs` at a time); finished runs are kept in `--data` and reused by a rerun
