@@ -20,8 +20,8 @@ against the training clips of every seed: none equals a training clip up to nois
 results report, per question type, the candidates rejected and the overlap left (0), and how many distinct clips and
 scenes the task's scene space gave in a separate sample of draws.
 
-    python benchmarks/bench_temporal_task.py --size full      # the full benchmark, ~1.5-2 h on an idle 2-core machine
-    python benchmarks/bench_temporal_task.py --size reduced   # fewer steps and clips, all arms and 3 seeds
+    python benchmarks/bench_temporal_task.py --size full      # 2000 clips/seed, 300 + 700 steps: estimated 45-90 min
+    python benchmarks/bench_temporal_task.py --size reduced   # 800 clips/seed, 300 + 100 steps: 18 min at load 4-6
 
 writes benchmarks/results/temporal_task.md, .json and .png (accuracy vs visual tokens per arm). Each (arm, seed) run
 is one process with one torch thread (`--jobs` at a time); finished runs are kept in `--data` and reused by a rerun
@@ -70,15 +70,27 @@ ARMS = {
 }
 SIZES = {
     # steps x batch samples of num_train training clips; num_test test clips per question type
-    "full": dict(num_train=4000, num_test=200, steps=1500, batch_size=16, seeds=(0, 1, 2), distinct_draws=2000),
-    "reduced": dict(num_train=800, num_test=50, steps=200, batch_size=8, seeds=(0, 1, 2), distinct_draws=200),
-    "smoke": dict(num_train=16, num_test=4, steps=2, batch_size=4, seeds=(0, 1, 2), distinct_draws=5),  # runs, no more
+    "full": dict(
+        num_train=2000,
+        num_test=200,
+        first_stage_steps=300,
+        steps=700,
+        batch_size=8,
+        seeds=(0, 1, 2),
+        distinct_draws=2000,
+    ),
+    "reduced": dict(
+        num_train=800, num_test=50, first_stage_steps=300, steps=100, batch_size=8, seeds=(0, 1, 2), distinct_draws=200
+    ),
+    "smoke": dict(
+        num_train=16, num_test=4, first_stage_steps=1, steps=2, batch_size=4, seeds=(0, 1, 2), distinct_draws=5
+    ),  # runs, no more
 }
 PREFILL_BATCH = 16
 
 
 def content_setting(settings: dict) -> dict:
-    return {key: settings[key] for key in ("num_train", "num_test", "steps", "batch_size")} | {
+    return {key: settings[key] for key in ("num_train", "num_test", "first_stage_steps", "steps", "batch_size")} | {
         "seeds": list(settings["seeds"]),
         "learning_rate": LEARNING_RATE,
     }
@@ -214,6 +226,7 @@ def run_one(arm_name: str, seed: int, settings: dict, data: str, demo_checkpoint
         train,
         output_dir=data / "trainer" / f"{arm_name}_seed{seed}",
         max_steps=settings["steps"],
+        first_stage_steps=settings["first_stage_steps"],
         batch_size=settings["batch_size"],
         learning_rate=LEARNING_RATE,
         language_model_learning_rate=None,
@@ -244,7 +257,8 @@ def run_one(arm_name: str, seed: int, settings: dict, data: str, demo_checkpoint
 
         save_demo_checkpoint(model, processor, demo_checkpoint, ClipHashes.of(train.rows))
         record = dict(result, test_overlap_checked=check_overlap(data, settings), settings=content_setting(settings))
-        record["command"] = f"python benchmarks/bench_temporal_task.py --size {settings['size']} --demo-checkpoint DIR"
+        option = "--causal-demo-checkpoint" if arm_name.startswith("causal") else "--demo-checkpoint"
+        record["command"] = f"python benchmarks/bench_temporal_task.py --size {settings['size']} {option} DIR"
         (Path(demo_checkpoint) / "task_results.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{arm_name} seed {seed}: {json.dumps(result['evaluations'])}", flush=True)
     return result
@@ -352,12 +366,14 @@ def write_report(out: Path, results, data_report, overlap, settings, environment
     lines = [
         "# Synthetic long videos: a small replica of the paper's Table 2",
         "",
-        f"Configuration **{settings['size']}**: {settings['num_train']} training clips per seed, {settings['steps']} "
-        f"steps of {settings['batch_size']} clips, seeds {list(settings['seeds'])}, {settings['num_test']} test clips "
-        "per question type (one test set for every arm and seed). 32-frame 32x32 px clips, one visual token per frame "
-        "before compression. Accuracy: greedy exact match, mean ± standard deviation over the seeds (per-seed values "
-        "in the .json). Prefill: median of 5 forward passes over a batch of 16 prompts on 1 CPU thread, median over "
-        "the seeds (a shared machine: indicative only).",
+        f"Configuration **{settings['size']}**: {settings['num_train']} training clips per seed, "
+        f"{settings['first_stage_steps']} steps of {settings['batch_size']} `direction` clips (first stage), then "
+        f"{settings['steps']} steps of {settings['batch_size']} clips of every question type, seeds "
+        f"{list(settings['seeds'])}, {settings['num_test']} test clips per question type (one test set for every arm "
+        "and seed). 32-frame 32x32 px clips, one visual token per frame before compression. Accuracy: greedy exact "
+        "match, mean ± standard deviation over the seeds (per-seed values in the .json). Prefill: median of 5 "
+        "forward passes over a batch of 16 prompts on 1 CPU thread, median over the seeds (a shared machine: "
+        "indicative only).",
         "",
         *markdown_table(table),
         "",
@@ -407,6 +423,11 @@ def main(argv=None):
         type=Path,
         help="also save the storm_tpool model of the first seed here, with its training hashes (the demo checkpoint)",
     )
+    parser.add_argument(
+        "--causal-demo-checkpoint",
+        type=Path,
+        help="also save the causal_storm_tpool model of the first seed here (the streaming demo checkpoint)",
+    )
     args = parser.parse_args(argv)
     settings = dict(SIZES[args.size], size=args.size, jobs=args.jobs)
     started, load_before = time.time(), os.getloadavg()
@@ -418,16 +439,17 @@ def main(argv=None):
     jobs = [(arm, seed) for arm in args.arms for seed in settings["seeds"]]
     done = lambda arm, seed: data / "runs" / f"{arm}_seed{seed}.json"  # noqa: E731
     (data / "runs").mkdir(exist_ok=True)
-    todo = [job for job in jobs if not done(*job).is_file()]
+    first_seed = settings["seeds"][0]
+    demo_checkpoints = {
+        ("storm_tpool", first_seed): args.demo_checkpoint,
+        ("causal_storm_tpool", first_seed): args.causal_demo_checkpoint,
+    }
+    # the runs that save a demo checkpoint first (so that it exists early), then the others in order
+    todo = sorted((job for job in jobs if not done(*job).is_file()), key=lambda job: not demo_checkpoints.get(job))
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        demo_job = ("storm_tpool", settings["seeds"][0])
         futures = {
             job: pool.submit(
-                run_one,
-                *job,
-                settings,
-                str(data),
-                str(args.demo_checkpoint) if args.demo_checkpoint and job == demo_job else None,
+                run_one, *job, settings, str(data), demo_checkpoints.get(job) and str(demo_checkpoints[job])
             )
             for job in todo
         }

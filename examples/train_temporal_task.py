@@ -45,7 +45,10 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, required=True, help="directory for the trained model and processor")
     parser.add_argument("--num-train", type=int, default=800)
     parser.add_argument("--num-test", type=int, default=200, help="size of the unseen test set")
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument(
+        "--first-stage-steps", type=int, default=300, help="steps on the direction question alone, before --steps"
+    )
+    parser.add_argument("--steps", type=int, default=100, help="steps on every question type")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3, help="vision tower and projector")
     parser.add_argument("--llm-lr", type=float, default=None, help="LLM and LM head (default: --lr)")
@@ -76,6 +79,7 @@ def main(argv=None):
             train,
             output_dir=scratch,
             max_steps=args.steps,
+            first_stage_steps=args.first_stage_steps,
             batch_size=args.batch_size,
             learning_rate=args.lr,
             language_model_learning_rate=args.llm_lr,
@@ -97,6 +101,7 @@ def main(argv=None):
         },
         "training": {
             "num_train": args.num_train,
+            "first_stage_steps": args.first_stage_steps,
             "steps": args.steps,
             "batch_size": args.batch_size,
             "learning_rate": args.lr,

@@ -3,8 +3,8 @@
 lmms-eval lives in `.venv-lmms` (`bash scripts/install_lmms_eval.sh`; CI creates it), apart from the main environment.
 The shipped demo checkpoint answers freshly rendered clips of the synthetic task through `python -m lmms_eval`, batched
 4 at a time; its answers must equal this environment's own `generate`, one clip at a time, and the accuracy lmms-eval
-reports must be the one those answers give. (No accuracy threshold: the demo model retrained on the long-clip task
-answers at the question priors; see README "The mechanism on synthetic long videos".)
+reports must be the one those answers give. (No accuracy threshold here: `tests/test_task_checkpoints.py` checks the
+checkpoint's accuracy on unseen clips.)
 """
 
 import json

@@ -187,3 +187,17 @@ def test_evaluate_scores_a_hand_counted_case_exactly():
     # first: 1 of 2, count: 0 of 2, return: 1 of 1, direction: 1 of 1; all (every type is order-dependent): 3 of 6
     assert scores == {"first": 0.5, "count": 0.0, "return": 1.0, "direction": 1.0, "order_dependent": 0.5, "all": 0.5}
     assert model.batch_sizes == [4, 2]
+
+
+def test_first_stage_rows_are_those_of_its_question_types():
+    from storm_hf.synthetic.train import _rows_of_types
+
+    rows = list(draw_clips(8, np.random.default_rng(3)))
+    selected = _rows_of_types(rows, ("direction", "first"))
+    assert [row["clip_hash"] for row in selected] == [
+        row["clip_hash"] for row in rows if row["question_type"] in ("direction", "first")
+    ]
+    dataset = datasets.Dataset.from_dict({"question_type": [row["question_type"] for row in rows]})
+    assert _rows_of_types(dataset, ("count",))["question_type"] == ["count", "count"]
+    with pytest.raises(ValueError, match="No training rows of the first-stage question types"):
+        _rows_of_types(rows[:1], ("direction",))

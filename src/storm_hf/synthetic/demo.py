@@ -30,6 +30,9 @@ from .render import BAG_OF_FRAMES_CHANCE, QUESTION_TYPES, write_video
 
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "demo_checkpoint"
+# The same task model trained with the causal projector (`mamba_bidirectional=False`): the one that streams
+# (`storm_hf.streaming.StormStreamingSession`); `storm-hf demo --checkpoint` runs the demo with it.
+BUNDLED_CAUSAL_CHECKPOINT = Path(__file__).parent / "demo_checkpoint_causal"
 TRAIN_HASHES = "train_hashes.json"
 
 
@@ -218,5 +221,6 @@ def run_demo(
                 bag_of_frames_chance=chance,
                 eval_overlap=overlap,
                 eval_candidates_rejected=rejected,
+                eval_clips=[{key: row[key] for key in ("question_type", "clip_hash", "bag_hash")} for row in rows],
             )
     return results

@@ -1,6 +1,6 @@
 """Rendering of the synthetic temporal task: scenes, their answer variants, and content hashes.
 
-A scene is drawn once: a background (a gradient between two random colours, horizontal or vertical), 0-2 static grey
+A scene is drawn once: a background (a gradient between two random colours, horizontal or vertical), 0-1 static grey
 distractor shapes, the coloured shape(s) the question is about (shape, size, colour jitter and position random), and
 Gaussian pixel noise of a random strength. It is stored as a few clean *states* (frames without noise) and the
 *canonical* sequence of states, one per frame, with the noise of every frame. Each answer is a *variant*: a
@@ -30,8 +30,13 @@ DOWNSAMPLE_RATIO = 4  # pixel-shuffle of the 4x4 patches: one visual token per f
 COLOURS = {"red": (225, 40, 40), "green": (40, 200, 60), "blue": (50, 100, 240), "yellow": (235, 215, 40)}
 COLOUR_JITTER = 20  # per channel, so that no two scenes share an exact shade
 SHAPES = ("square", "circle", "diamond")
-MAX_DISTRACTORS = 2
-MAX_NOISE_STD = 8.0
+# Rendering difficulty: with shapes of half-side 2-4 px on gradients of 0-140 under bright distractors and noise up to
+# 8 (the first rendering), no question type was learned in short runs; these settings keep every kind of variety and
+# make the shapes stand out (benchmarks/results/temporal_task_diagnosis.md).
+BACKGROUND_MAX = 70  # background gradients run between two random colours with channels in [0, BACKGROUND_MAX)
+MAX_DISTRACTORS = 1
+DISTRACTOR_GREY = (90, 150)  # the grey level range of the static distractors
+MAX_NOISE_STD = 4.0
 MAX_EVENT_FRAMES = 3  # brief events: flashes and excursions last 1-3 frames
 
 QUESTIONS = {
@@ -121,7 +126,7 @@ class _Object:
 
 def _half_sizes(size: int) -> tuple[int, int]:
     """The range [low, high) of the half-side of the task's shapes in a `size`-pixel frame."""
-    return max(2, size // 16), size // 7 + 1
+    return size // 10, size // 5 + 1
 
 
 def _random_object(rng: np.random.Generator, colour_name: str, size: int) -> _Object:
@@ -136,13 +141,14 @@ def _random_position(rng: np.random.Generator, size: int) -> tuple[int, int]:
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A gradient between two random dark-to-mid colours, horizontal or vertical, with 0-2 static grey distractors."""
-    start, end = rng.integers(0, 140, size=(2, 3))
+    """A gradient between two random dark colours, horizontal or vertical, with 0-`MAX_DISTRACTORS` static grey
+    distractors."""
+    start, end = rng.integers(0, BACKGROUND_MAX, size=(2, 3))
     ramp = np.linspace(0.0, 1.0, size)[:, None]
     line = np.round(start + (end - start) * ramp).astype(np.uint8)  # (size, 3)
     frame = np.repeat(line[None], size, axis=0) if rng.random() < 0.5 else np.repeat(line[:, None], size, axis=1)
     for _ in range(int(rng.integers(0, MAX_DISTRACTORS + 1))):
-        grey = np.full(3, rng.integers(150, 256), dtype=np.uint8)
+        grey = np.full(3, rng.integers(*DISTRACTOR_GREY), dtype=np.uint8)
         draw_shape(frame, str(rng.choice(SHAPES)), grey, *_random_position(rng, size), _half_sizes(size)[0] - 1)
     return np.ascontiguousarray(frame)
 
@@ -222,9 +228,8 @@ def scene_return(rng: np.random.Generator, num_frames: int, size: int) -> Scene:
     the return often fall inside the last pooling window of 4 frames."""
     background = _background(rng, size)
     item = _random_object(rng, str(rng.choice(list(COLOURS))), size)
-    home = _random_position(rng, size)
-    while True:
-        away = _random_position(rng, size)
+    while True:  # both places drawn again: from a central home no place may be far enough for a large shape
+        home, away = _random_position(rng, size), _random_position(rng, size)
         if max(abs(away[0] - home[0]), abs(away[1] - home[1])) > 2 * item.half_size:
             break
     states = np.stack([_with(background, (item, *home)), _with(background, (item, *away))])

@@ -7,6 +7,7 @@ from .render import COLOURS, DOWNSAMPLE_RATIO, IMAGE_SIZE, NUM_FRAMES, PATCH_SIZ
 # The Qwen2-VL special tokens: ChatML's and the vision placeholders the STORM chat template writes.
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *VISION_SPECIAL_TOKENS)
 SYSTEM_PROMPT = "You are a helpful assistant."
+LANGUAGE_MODEL_WIDTH = 128
 
 
 def byte_level_vocab() -> dict[str, int]:
@@ -109,6 +110,11 @@ def temporal_task_config(
     (a 4x4 grid), a 4x4 pixel-shuffle (one 1024-wide token per frame), Linear -> `mamba_num_layers` bidirectional
     Mamba layers 128 wide, temporal pooling k=4, a 2-layer 128-wide Qwen2 over the task tokenizer's vocabulary.
 
+    The language model (and the projector's Linear, which the model initialises with the LLM's setting) starts at
+    `initializer_range = hidden_size**-0.5` (0.088), not Qwen2's 0.02, which is sized for 3584-wide layers: at 0.02
+    the 128-wide LLM's attention logits start ~16x too small to be learned, and every order question sat at its answer
+    prior for hundreds of steps (`benchmarks/results/temporal_task_diagnosis.md`).
+
     `mamba_num_layers=0` gives the same model without a temporal encoder (pixel-shuffle -> Linear -> pooling).
     Keyword arguments override `StormConfig` fields.
     """
@@ -129,8 +135,8 @@ def temporal_task_config(
         text_config=dict(
             model_type="qwen2",
             vocab_size=len(tokenizer),
-            hidden_size=128,
-            intermediate_size=256,
+            hidden_size=LANGUAGE_MODEL_WIDTH,
+            intermediate_size=2 * LANGUAGE_MODEL_WIDTH,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
@@ -138,6 +144,7 @@ def temporal_task_config(
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=None,
             eos_token_id=tokenizer.eos_token_id,
+            initializer_range=LANGUAGE_MODEL_WIDTH**-0.5,
         ),
         image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
