@@ -76,26 +76,20 @@ def build_task_processor(
     downsample_ratio: int = DOWNSAMPLE_RATIO,
     temporal_pool_size: int = 4,
 ):
-    """A `StormProcessor` matching `temporal_task_config`: the task tokenizer, `size`x`size` frames, `num_frames`
-    frames sampled per video. Saves and loads like any processor (`save_pretrained`, `AutoProcessor`)."""
-    from transformers import SiglipImageProcessor
-
-    from ..processing import StormProcessor, StormVideoProcessor
+    """A `StormProcessor` matching `temporal_task_config` (built by `conversion.build_processor` from it): the task
+    tokenizer, `size`x`size` frames, `num_frames` frames sampled per video. Saves and loads like any processor
+    (`save_pretrained`, `AutoProcessor`)."""
+    from ..conversion.processor import build_processor
 
     tokenizer = tokenizer if tokenizer is not None else build_task_tokenizer()
-    resize = {"height": size, "width": size}
-    return StormProcessor(
-        image_processor=SiglipImageProcessor(size=resize),
-        tokenizer=tokenizer,
-        video_processor=StormVideoProcessor(
-            size=resize,
-            num_frames=num_frames,
-            patch_size=patch_size,
-            downsample_ratio=downsample_ratio,
-            temporal_pool_size=temporal_pool_size,
-            spatial_pool_size=1,
-        ),
+    config = temporal_task_config(
+        tokenizer,
+        size=size,
+        patch_size=patch_size,
+        downsample_ratio=downsample_ratio,
+        temporal_pool_size=temporal_pool_size,
     )
+    return build_processor(tokenizer, config, num_frames=num_frames)
 
 
 def temporal_task_config(
