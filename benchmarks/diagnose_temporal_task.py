@@ -57,14 +57,24 @@ def use_first_rendering() -> None:
     render._half_sizes = lambda size: (max(2, size // 16), size // 7 + 1)
 
 
-def run_one(rendering: str, initializer_range: float | None, seed: int, num_train: int, num_test: int) -> dict:
-    """Trains and scores STORM + T.Pool on the `direction` clips of `rendering`."""
+def run_one(
+    rendering: str,
+    initializer_range: float | None,
+    seed: int,
+    num_train: int,
+    num_test: int,
+    question_type: str = "direction",
+    steps: int = STEPS,
+    mamba_num_layers: int = 2,
+) -> dict:
+    """Trains and scores STORM + T.Pool (`mamba_num_layers=0`: Linear + T.Pool) on the `question_type` clips of
+    `rendering` alone."""
     import torch
 
     torch.set_num_threads(1)
     if rendering == "first":
         use_first_rendering()
-    question_type, steps, batch = "direction", STEPS, BATCH_SIZE
+    batch = BATCH_SIZE
     from storm_hf import StormForConditionalGeneration
     from storm_hf.synthetic import (
         ClipHashes,
@@ -83,7 +93,7 @@ def run_one(rendering: str, initializer_range: float | None, seed: int, num_trai
     test, _ = unseen_clips(num_test, np.random.default_rng([seed, 1]), seen, question_types=types)
     tokenizer = build_task_tokenizer()
     processor = build_task_processor(tokenizer)
-    config = temporal_task_config(tokenizer)
+    config = temporal_task_config(tokenizer, mamba_num_layers=mamba_num_layers)
     if initializer_range is not None:
         config.text_config.initializer_range = initializer_range
     torch.manual_seed(seed)
@@ -93,7 +103,7 @@ def run_one(rendering: str, initializer_range: float | None, seed: int, num_trai
         model,
         processor,
         train,
-        f"/tmp/storm_diagnosis/{rendering}_{initializer_range}_{seed}",
+        f"/tmp/storm_diagnosis/{rendering}_{initializer_range}_{seed}_{question_type}_{mamba_num_layers}",
         max_steps=steps,
         batch_size=batch,
         seed=seed,
@@ -104,6 +114,8 @@ def run_one(rendering: str, initializer_range: float | None, seed: int, num_trai
     accuracy = evaluate_temporal_task(model, processor, test)[question_type]
     return {
         "rendering": rendering,
+        "question_type": question_type,
+        "mamba_num_layers": mamba_num_layers,
         "initializer_range": config.text_config.initializer_range,
         "seed": seed,
         "steps": steps,

@@ -1,0 +1,128 @@
+"""Are the brief-event questions of the temporal task learnable at all, and is their answer in the visual tokens?
+
+`bench_temporal_task.py` (reduced) trains 300 steps on `direction`, then 100 on every type: every arm learns
+`direction` and none learns `first`, `count` or `return`. This script separates the two possible causes for each
+brief-event question: (1) linear probes on the 8 visual tokens of randomly initialised models (Linear + T.Pool and
+STORM + T.Pool), on the tokens concatenated and on their mean: is the answer there before training; (2) STORM + T.Pool
+and Linear + T.Pool trained on that question alone, from scratch, `--steps` steps of 8 with the task's recipe
+(`temporal_task_config`, learning rate 1e-3, cosine), greedy exact match on `--test` clips checked unseen by hash.
+
+    python benchmarks/diagnose_brief_events.py   # 6 probes and 6 runs, 2 at a time, ~15 min on an idle 2-core machine
+
+writes benchmarks/results/brief_events_diagnosis.md and .json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_temporal_task import git_commit
+from diagnose_temporal_task import BATCH_SIZE, probe_at_init, run_one
+
+
+RESULTS = Path(__file__).parent / "results"
+QUESTION_TYPES = ("first", "count", "return")
+PRIOR_BOUND = {"first": 50.0, "count": 33.3, "return": 50.0}  # the best a bag of frames can do (README)
+PROJECTORS = {2: "STORM (2 Mamba layers) + T.Pool", 0: "Linear + T.Pool"}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=int, default=800, help="training clips per question type")
+    parser.add_argument("--test", type=int, default=64, help="test clips, checked unseen by hash")
+    parser.add_argument("--steps", type=int, default=600, help="training steps of 8 clips per run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--probe-clips", type=int, default=600, help="clips of each probe at initialisation")
+    parser.add_argument("--out", type=Path, default=RESULTS / "brief_events_diagnosis.md")
+    args = parser.parse_args(argv)
+    started, load_before = time.time(), os.getloadavg()
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        probes = {
+            (question, layers): pool.submit(probe_at_init, layers, args.probe_clips, question)
+            for question in QUESTION_TYPES
+            for layers in PROJECTORS
+        }
+        runs = {
+            (question, layers): pool.submit(
+                run_one, "task", None, args.seed, args.train, args.test, question, args.steps, layers
+            )
+            for question in QUESTION_TYPES
+            for layers in PROJECTORS
+        }
+        probes = {key: future.result() for key, future in probes.items()}
+        runs = {key: future.result() for key, future in runs.items()}
+    environment = {
+        "command": "python benchmarks/diagnose_brief_events.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "commit": git_commit(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "load_before": [round(x, 1) for x in load_before],
+        "load_after": [round(x, 1) for x in os.getloadavg()],
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_minutes": round((time.time() - started) / 60, 1),
+    }
+    lines = [
+        "# Temporal task: are the brief-event questions learnable, and is their answer in the visual tokens?",
+        "",
+        (
+            f"Each question alone: {args.train} training clips, {args.steps} steps of {BATCH_SIZE} clips from scratch "
+            f"(the task's recipe: `temporal_task_config`, learning rate 1e-3, cosine), seed {args.seed}, greedy exact "
+            f"match on {args.test} test clips checked unseen by hash (overlap in the .json). Probes: logistic "
+            f"regression on the 8 visual tokens of a randomly initialised model, {args.probe_clips} clips, held-out "
+            "half; the bag-of-frames bound is the best any answer can do without the frames' order."
+        ),
+        "",
+        "| question | projector | probe at init: 8 tokens concatenated | probe at init: their mean | trained: "
+        "accuracy | bag-of-frames bound | train loss (run average) | train CPU s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (question, layers), run in runs.items():
+        probe = probes[(question, layers)]
+        lines.append(
+            f"| {question} | {PROJECTORS[layers]} | {100 * probe['concatenated']:.1f} | {100 * probe['mean']:.1f} | "
+            f"{100 * run['accuracy']:.1f} | {PRIOR_BOUND[question]} | {run['train_loss_run_average']} | "
+            f"{run['train_cpu_seconds']} |"
+        )
+    lines += [
+        "",
+        f"Command: `{environment['command']}`  ",
+        f"Commit: {environment['commit']}  ",
+        (
+            f"Machine: {environment['machine']}; load average {environment['load_before']} before, "
+            f"{environment['load_after']} after  "
+        ),
+        (
+            f"Date: {environment['date']}; wall time {environment['wall_minutes']} min, {args.jobs} runs at a time, "
+            "1 torch thread each"
+        ),
+        "",
+    ]
+    args.out.write_text("\n".join(lines))
+    args.out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "environment": environment,
+                "runs": list(runs.values()),
+                "probes_at_init": [
+                    {"question_type": question, "mamba_num_layers": layers, **accuracy}
+                    for (question, layers), accuracy in probes.items()
+                ],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
