@@ -15,18 +15,15 @@ writes benchmarks/results/brief_events_diagnosis.md and .json.
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_temporal_task import git_commit
-from diagnose_temporal_task import BATCH_SIZE, probe_at_init, run_one
+from diagnose_temporal_task import BATCH_SIZE, environment_lines, probe_at_init, run_environment, run_one
 
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,15 +58,7 @@ def main(argv=None):
         }
         probes = {key: future.result() for key, future in probes.items()}
         runs = {key: future.result() for key, future in runs.items()}
-    environment = {
-        "command": "python benchmarks/diagnose_brief_events.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "commit": git_commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
-        "load_before": [round(x, 1) for x in load_before],
-        "load_after": [round(x, 1) for x in os.getloadavg()],
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "wall_minutes": round((time.time() - started) / 60, 1),
-    }
+    environment = run_environment("diagnose_brief_events.py", argv, started, load_before)
     lines = [
         "# Temporal task: are the brief-event questions learnable, and is their answer in the visual tokens?",
         "",
@@ -94,17 +83,7 @@ def main(argv=None):
         )
     lines += [
         "",
-        f"Command: `{environment['command']}`  ",
-        f"Commit: {environment['commit']}  ",
-        (
-            f"Machine: {environment['machine']}; load average {environment['load_before']} before, "
-            f"{environment['load_after']} after  "
-        ),
-        (
-            f"Date: {environment['date']}; wall time {environment['wall_minutes']} min, {args.jobs} runs at a time, "
-            "1 torch thread each"
-        ),
-        "",
+        *environment_lines(environment, args.jobs),
     ]
     args.out.write_text("\n".join(lines))
     args.out.with_suffix(".json").write_text(

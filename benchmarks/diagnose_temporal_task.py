@@ -173,6 +173,37 @@ def probe_at_init(mamba_num_layers: int, num_clips: int, question_type: str, see
     return accuracies
 
 
+def run_environment(script: str, argv: list[str] | None, started: float, load_before: tuple[float, ...]) -> dict:
+    """What a diagnosis results file records of its run: command, commit, machine, load before/after, date, wall
+    time (`started`: `time.time()` at the start)."""
+    return {
+        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv),
+        "commit": git_commit(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "load_before": [round(x, 1) for x in load_before],
+        "load_after": [round(x, 1) for x in os.getloadavg()],
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_minutes": round((time.time() - started) / 60, 1),
+    }
+
+
+def environment_lines(environment: dict, jobs: int, machine_note: str = "") -> list[str]:
+    """The results file's closing lines: the run's `environment` (see `run_environment`)."""
+    return [
+        f"Command: `{environment['command']}`  ",
+        f"Commit: {environment['commit']}  ",
+        (
+            f"Machine: {environment['machine']}; load average {environment['load_before']} before, "
+            f"{environment['load_after']} after{machine_note}  "
+        ),
+        (
+            f"Date: {environment['date']}; wall time {environment['wall_minutes']} min, {jobs} runs at a time, "
+            "1 torch thread each"
+        ),
+        "",
+    ]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=int, default=800, help="training clips")
@@ -187,15 +218,7 @@ def main(argv=None):
         probes = {layers: future.result() for layers, future in probes.items()}
         futures = [pool.submit(run_one, *run, args.train, args.test) for run in RUNS]
         results = [future.result() for future in futures]
-    environment = {
-        "command": "python benchmarks/diagnose_temporal_task.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "commit": git_commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
-        "load_before": [round(x, 1) for x in load_before],
-        "load_after": [round(x, 1) for x in os.getloadavg()],
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "wall_minutes": round((time.time() - started) / 60, 1),
-    }
+    environment = run_environment("diagnose_temporal_task.py", argv, started, load_before)
     lines = [
         "# Temporal task: why STORM + T.Pool did not learn in a short run, and what the recipe changed",
         "",
@@ -233,17 +256,7 @@ def main(argv=None):
             for layers, accuracy in probes.items()
         ),
         "",
-        f"Command: `{environment['command']}`  ",
-        f"Commit: {environment['commit']}  ",
-        (
-            f"Machine: {environment['machine']}; load average {environment['load_before']} before, "
-            f"{environment['load_after']} after (a machine shared by several jobs)  "
-        ),
-        (
-            f"Date: {environment['date']}; wall time {environment['wall_minutes']} min, {args.jobs} runs at a time, "
-            "1 torch thread each"
-        ),
-        "",
+        *environment_lines(environment, args.jobs, machine_note=" (a machine shared by several jobs)"),
     ]
     args.out.write_text("\n".join(lines))
     args.out.with_suffix(".json").write_text(
