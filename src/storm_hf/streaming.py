@@ -39,6 +39,7 @@ import PIL.Image
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from .modeling.modeling_storm import CACHE_NAME
 from .processing.video_decoding import VideoDecodingError
 
 
@@ -242,7 +243,7 @@ class StormStreamingSession:
 
     def _prefill(self, embeddings: torch.Tensor) -> None:
         """Appends `(1, length, hidden_size)` embeddings to the KV cache (positions follow the cache)."""
-        self.model.model.language_model(inputs_embeds=embeddings, past_key_values=self.cache, use_cache=True)
+        self.model.model.language_model(inputs_embeds=embeddings, use_cache=True, **{CACHE_NAME: self.cache})
 
     # ------------------------------------------------------------------ questions
 
@@ -295,7 +296,7 @@ class StormStreamingSession:
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                past_key_values=self.cache,
+                **{CACHE_NAME: self.cache},
                 **generate_kwargs,
             )
             return output, len(ids)
