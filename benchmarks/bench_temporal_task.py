@@ -24,11 +24,12 @@ scenes the task's scene space gave in a separate sample of draws.
     python benchmarks/bench_temporal_task.py --size reduced   # 800 clips/seed, 300 + 100 steps: 18 min at load 4-6
 
 writes benchmarks/results/temporal_task.md, .json and .png (accuracy vs visual tokens per arm). Each (arm, seed) run
-is one process with one torch thread (`--jobs` at a time); finished runs are kept in `--data` and reused by a rerun
-with the same settings.
+is one process with one torch thread (`--jobs` at a time); clips and finished runs are kept in `--data`, in a folder
+named after a hash of the settings and the rendering, and reused by a rerun only when both are unchanged.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -127,16 +128,31 @@ class StoredClips:
         return dict(row, frames=frames, messages=self.make_messages(frames, row["question"], row["answer"]))
 
 
+def rendering_fingerprint() -> str:
+    """sha256 of the clip hashes of one scene per question type drawn from a fixed seed: changes with any change of
+    the rendering (shapes, sizes, colours, noise, timing)."""
+    from storm_hf.synthetic import QUESTION_TYPES, sample_scene
+
+    rng = np.random.default_rng([30_000, 3])
+    scenes = [sample_scene(question_type, rng) for question_type in QUESTION_TYPES]
+    return hashlib.sha256("".join(scene.clip_hash(0) for scene in scenes).encode()).hexdigest()
+
+
+def data_folder(root: Path, settings: dict) -> Path:
+    """Where the clips and finished runs of `settings` are kept: `root/{size}-{key}`, the key a hash of the content
+    settings and the rendering, so that a rerun reuses clips and runs only if both are unchanged."""
+    content = json.dumps(content_setting(settings), sort_keys=True) + rendering_fingerprint()
+    return root / f"{settings['size']}-{hashlib.sha256(content.encode()).hexdigest()[:12]}"
+
+
 def prepare_data(data: Path, settings: dict) -> dict:
-    """Renders the training clips of every seed and the test set (unseen by all of them); returns the data report."""
+    """Renders the training clips of every seed and the test set (unseen by all of them) into `data` (a
+    `data_folder`), or reads them back from an earlier run; returns the data report."""
     from storm_hf.synthetic import QUESTION_TYPES, ClipHashes, distinct_clip_counts, draw_clips, unseen_clips
 
     report_file = data / "data_report.json"
     if report_file.is_file():
-        report = json.loads(report_file.read_text())
-        wanted = content_setting(settings)
-        if all(report["settings"][key] == wanted[key] for key in ("num_train", "num_test", "seeds")):
-            return report
+        return json.loads(report_file.read_text())
     seen = ClipHashes()
     for seed in settings["seeds"]:
         rows = list(draw_clips(settings["num_train"], np.random.default_rng([seed, 0])))
@@ -147,6 +163,7 @@ def prepare_data(data: Path, settings: dict) -> dict:
     _store(data / "test", test)
     report = dict(
         settings=content_setting(settings),
+        rendering_fingerprint=rendering_fingerprint(),
         test_candidates_rejected=rejected,
         distinct_in_draws=distinct_clip_counts(settings["distinct_draws"], np.random.default_rng([20_000, 2])),
     )
@@ -431,7 +448,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     settings = dict(SIZES[args.size], size=args.size, jobs=args.jobs)
     started, load_before = time.time(), os.getloadavg()
-    data = args.data / args.size
+    data = data_folder(args.data, settings)
     data.mkdir(parents=True, exist_ok=True)
     data_report = prepare_data(data, settings)
     overlap = check_overlap(data, settings)

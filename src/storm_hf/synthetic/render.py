@@ -125,14 +125,24 @@ class _Object:
 
 
 def _half_sizes(size: int) -> tuple[int, int]:
-    """The range [low, high) of the half-side of the task's shapes in a `size`-pixel frame."""
+    """The range [low, high) of the half-side of the task's moving shapes in a `size`-pixel frame (3-6 px at 32)."""
     return size // 10, size // 5 + 1
 
 
-def _random_object(rng: np.random.Generator, colour_name: str, size: int) -> _Object:
+def _flash_half_sizes(size: int) -> tuple[int, int]:
+    """The range [low, high) of the half-side of the flashing shapes (`first`, `count`): 7-10 px at 32, so that a
+    one-frame flash covers a sixth to a third of its frame. With the moving shapes' 3-6 px, neither STORM nor Linear
+    learned `first` in 600 steps on that question alone (benchmarks/results/brief_events_diagnosis.md)."""
+    return size // 4 - 1, size // 3 + 1
+
+
+def _random_object(
+    rng: np.random.Generator, colour_name: str, size: int, half_sizes: tuple[int, int] | None = None
+) -> _Object:
+    """A shape of `colour_name` (jittered) with a half-side drawn from `half_sizes` (default `_half_sizes(size)`)."""
     jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3)
     colour = np.clip(np.asarray(COLOURS[colour_name]) + jitter, 0, 255).astype(np.uint8)
-    return _Object(str(rng.choice(SHAPES)), colour, int(rng.integers(*_half_sizes(size))))
+    return _Object(str(rng.choice(SHAPES)), colour, int(rng.integers(*(half_sizes or _half_sizes(size)))))
 
 
 def _random_position(rng: np.random.Generator, size: int) -> tuple[int, int]:
@@ -194,7 +204,9 @@ def scene_first(rng: np.random.Generator, num_frames: int, size: int) -> Scene:
     Variant 0 plays the clip forwards (A flashes first), variant 1 backwards (B first)."""
     names = [str(name) for name in rng.choice(list(COLOURS), size=2, replace=False)]
     background = _background(rng, size)
-    objects = [(_random_object(rng, name, size), *_random_position(rng, size)) for name in names]
+    objects = [
+        (_random_object(rng, name, size, _flash_half_sizes(size)), *_random_position(rng, size)) for name in names
+    ]
     states = np.stack([background] + [_with(background, placed) for placed in objects])
     lengths = [int(n) for n in rng.integers(1, MAX_EVENT_FRAMES + 1, size=2)]
     starts = _run_starts(rng, lengths, num_frames)
@@ -209,7 +221,8 @@ def scene_count(rng: np.random.Generator, num_frames: int, size: int) -> Scene:
     """The shape appears in 3 frames (each with its own noise), grouped into `c` runs for the variant with answer `c`:
     one run of 3, runs of 2 and 1 (either order), or three single frames, at random times at least 1 frame apart."""
     background = _background(rng, size)
-    placed = (_random_object(rng, str(rng.choice(list(COLOURS))), size), *_random_position(rng, size))
+    colour = str(rng.choice(list(COLOURS)))
+    placed = (_random_object(rng, colour, size, _flash_half_sizes(size)), *_random_position(rng, size))
     states = np.stack([background, _with(background, placed)])
     flashes = 3
     canonical = np.array([0] * (num_frames - flashes) + [1] * flashes)
@@ -297,14 +310,16 @@ def render_sample(
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> None:
-    """Encodes `frames` `(num_frames, H, W, 3)` uint8 as near-lossless H.264 (every frame a keyframe) with PyAV."""
+    """Encodes `frames` `(num_frames, H, W, 3)` uint8 as H.264 with PyAV, every frame a keyframe, lossless in YUV 4:4:4:
+    decoded frames differ from `frames` only by the RGB <-> YUV rounding (at most 2 levels measured). At the former
+    CRF 4, the edges of the large flashing shapes came back up to 24 levels off."""
     import av
 
     with av.open(os.fspath(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv444p"  # no chroma subsampling: small coloured shapes keep their colour at the edges
-        stream.options = {"crf": "4", "g": "1"}
+        stream.options = {"crf": "0", "g": "1"}
         stream.time_base = fractions.Fraction(1, fps)
         for array in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
