@@ -20,7 +20,7 @@ against the training clips of every seed: none equals a training clip up to nois
 results report, per question type, the candidates rejected and the overlap left (0), and how many distinct clips and
 scenes the task's scene space gave in a separate sample of draws.
 
-    python benchmarks/bench_temporal_task.py --size full      # 2000 clips/seed, 300 + 700 steps: estimated 45-90 min
+    python benchmarks/bench_temporal_task.py --size full      # 4000 clips/seed, 300 + 2700 steps: estimated 70 min
     python benchmarks/bench_temporal_task.py --size reduced   # 800 clips/seed, 300 + 100 steps: 18 min at load 4-6
 
 writes benchmarks/results/temporal_task.md, .json and .png (accuracy vs visual tokens per arm). Each (arm, seed) run
@@ -72,10 +72,10 @@ ARMS = {
 SIZES = {
     # steps x batch samples of num_train training clips; num_test test clips per question type
     "full": dict(
-        num_train=2000,
+        num_train=4000,
         num_test=200,
         first_stage_steps=300,
-        steps=700,
+        steps=2700,
         batch_size=8,
         seeds=(0, 1, 2),
         distinct_draws=2000,
@@ -447,7 +447,11 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     settings = dict(SIZES[args.size], size=args.size, jobs=args.jobs)
-    started, load_before = time.time(), os.getloadavg()
+    started, load_before, commit = (
+        time.time(),
+        os.getloadavg(),
+        git_commit(),
+    )  # the code that runs, not the code at the end
     data = data_folder(args.data, settings)
     data.mkdir(parents=True, exist_ok=True)
     data_report = prepare_data(data, settings)
@@ -476,7 +480,7 @@ def main(argv=None):
 
     environment = dict(
         command="python benchmarks/bench_temporal_task.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        commit=git_commit(),
+        commit=commit,
         machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         load_before=[round(x, 1) for x in load_before],
         load_after=[round(x, 1) for x in os.getloadavg()],
