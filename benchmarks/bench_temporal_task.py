@@ -20,7 +20,7 @@ against the training clips of every seed: none equals a training clip up to nois
 results report, per question type, the candidates rejected and the overlap left (0), and how many distinct clips and
 scenes the task's scene space gave in a separate sample of draws.
 
-    python benchmarks/bench_temporal_task.py --size full      # 4000 clips/seed, 300 + 2700 steps: estimated 70 min
+    python benchmarks/bench_temporal_task.py --size full      # 4000 clips/seed, 600 + 2400 steps: estimated 75 min
     python benchmarks/bench_temporal_task.py --size reduced   # 800 clips/seed, 300 + 100 steps: 18 min at load 4-6
 
 writes benchmarks/results/temporal_task.md, .json and .png (accuracy vs visual tokens per arm). Each (arm, seed) run
@@ -74,8 +74,8 @@ SIZES = {
     "full": dict(
         num_train=4000,
         num_test=200,
-        first_stage_steps=300,
-        steps=2700,
+        first_stage_steps=600,
+        steps=2400,
         batch_size=8,
         seeds=(0, 1, 2),
         distinct_draws=2000,

@@ -43,12 +43,12 @@ from storm_hf.synthetic.demo import save_demo_checkpoint
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="directory for the trained model and processor")
-    parser.add_argument("--num-train", type=int, default=800)
+    parser.add_argument("--num-train", type=int, default=4000)
     parser.add_argument("--num-test", type=int, default=200, help="size of the unseen test set")
     parser.add_argument(
-        "--first-stage-steps", type=int, default=300, help="steps on the direction question alone, before --steps"
+        "--first-stage-steps", type=int, default=600, help="steps on the direction question alone, before --steps"
     )
-    parser.add_argument("--steps", type=int, default=100, help="steps on every question type")
+    parser.add_argument("--steps", type=int, default=2400, help="steps on every question type")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3, help="vision tower and projector")
     parser.add_argument("--llm-lr", type=float, default=None, help="LLM and LM head (default: --lr)")
