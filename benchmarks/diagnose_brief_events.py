@@ -1,13 +1,13 @@
 """Are the brief-event questions of the temporal task learnable at all, and is their answer in the visual tokens?
 
-`bench_temporal_task.py` (reduced) trains 300 steps on `direction`, then 100 on every type: every arm learns
-`direction` and none learns `first`, `count` or `return`. This script separates the two possible causes for each
-brief-event question: (1) linear probes on the 8 visual tokens of randomly initialised models (Linear + T.Pool and
-STORM + T.Pool), on the tokens concatenated and on their mean: is the answer there before training; (2) STORM + T.Pool
-and Linear + T.Pool trained on that question alone, from scratch, `--steps` steps of 8 with the task's recipe
-(`temporal_task_config`, learning rate 1e-3, cosine), greedy exact match on `--test` clips checked unseen by hash.
+In `bench_temporal_task.py` every arm learns `direction` in its first stage; the brief-event questions are learned
+(or not) in the all-type second stage. This script looks at each brief-event question on its own, two ways:
+(1) linear probes on the 8 visual tokens of randomly initialised models (Linear + T.Pool and STORM + T.Pool), on the
+tokens concatenated and on their mean: is the answer there before training; (2) STORM + T.Pool and Linear + T.Pool
+trained on that question alone, from scratch, `--steps` steps of 8 with the task's recipe (`temporal_task_config`,
+learning rate 1e-3, cosine), greedy exact match on `--test` clips checked unseen by hash.
 
-    python benchmarks/diagnose_brief_events.py   # 6 probes and 6 runs, 2 at a time, ~15 min on an idle 2-core machine
+    python benchmarks/diagnose_brief_events.py   # 6 probes and 6 runs, 2 at a time, ~6 min on an idle 2-core machine
 
 writes benchmarks/results/brief_events_diagnosis.md and .json.
 """
