@@ -8,6 +8,8 @@ trained on that question alone, from scratch, `--steps` steps of 8 with the task
 learning rate 1e-3, cosine), greedy exact match on `--test` clips checked unseen by hash.
 
     python benchmarks/diagnose_brief_events.py   # 6 probes and 6 runs, 2 at a time, ~6 min on an idle 2-core machine
+    python benchmarks/diagnose_brief_events.py --rendering small_flashes \
+        --out benchmarks/results/brief_events_diagnosis_small_flashes.md   # flashing shapes of half-side 3-6 px
 
 writes benchmarks/results/brief_events_diagnosis.md and .json.
 """
@@ -30,6 +32,10 @@ RESULTS = Path(__file__).parent / "results"
 QUESTION_TYPES = ("first", "count", "return")
 PRIOR_BOUND = {"first": 50.0, "count": 33.3, "return": 50.0}  # the best a bag of frames can do (README)
 PROJECTORS = {2: "STORM (2 Mamba layers) + T.Pool", 0: "Linear + T.Pool"}
+RENDERINGS = {  # the renderings of diagnose_temporal_task.RENDERINGS this script runs on
+    "task": "the task's rendering (flashing shapes of half-side 7-10 px)",
+    "small_flashes": "the rendering before the flashing shapes were enlarged (half-side 3-6 px, as the moving shapes)",
+}
 
 
 def main(argv=None):
@@ -40,18 +46,19 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--probe-clips", type=int, default=600, help="clips of each probe at initialisation")
+    parser.add_argument("--rendering", choices=list(RENDERINGS), default="task")
     parser.add_argument("--out", type=Path, default=RESULTS / "brief_events_diagnosis.md")
     args = parser.parse_args(argv)
     started, load_before = time.time(), os.getloadavg()
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         probes = {
-            (question, layers): pool.submit(probe_at_init, layers, args.probe_clips, question)
+            (question, layers): pool.submit(probe_at_init, layers, args.probe_clips, question, 0, args.rendering)
             for question in QUESTION_TYPES
             for layers in PROJECTORS
         }
         runs = {
             (question, layers): pool.submit(
-                run_one, "task", None, args.seed, args.train, args.test, question, args.steps, layers
+                run_one, args.rendering, None, args.seed, args.train, args.test, question, args.steps, layers
             )
             for question in QUESTION_TYPES
             for layers in PROJECTORS
@@ -63,7 +70,8 @@ def main(argv=None):
         "# Temporal task: are the brief-event questions learnable, and is their answer in the visual tokens?",
         "",
         (
-            f"Each question alone: {args.train} training clips, {args.steps} steps of {BATCH_SIZE} clips from scratch "
+            f"Rendering: {RENDERINGS[args.rendering]}. Each question alone: {args.train} training clips, "
+            f"{args.steps} steps of {BATCH_SIZE} clips from scratch "
             f"(the task's recipe: `temporal_task_config`, learning rate 1e-3, cosine), seed {args.seed}, greedy exact "
             f"match on {args.test} test clips checked unseen by hash (overlap in the .json). Probes: logistic "
             f"regression on the 8 visual tokens of a randomly initialised model, {args.probe_clips} clips, held-out "

@@ -55,6 +55,18 @@ def use_first_rendering() -> None:
     render.DISTRACTOR_GREY = (150, 256)
     render.MAX_NOISE_STD = 8.0
     render._half_sizes = lambda size: (max(2, size // 16), size // 7 + 1)
+    render._flash_half_sizes = render._half_sizes
+
+
+def use_small_flashes() -> None:
+    """The rendering before the flashing shapes (`first`, `count`) were enlarged: half-side 3-6 px, the size of the
+    moving ones. Draws the same clips as the task did then (the same random draws, other half-sides)."""
+    from storm_hf.synthetic import render
+
+    render._flash_half_sizes = render._half_sizes
+
+
+RENDERINGS = {"task": lambda: None, "first": use_first_rendering, "small_flashes": use_small_flashes}
 
 
 def run_one(
@@ -72,8 +84,7 @@ def run_one(
     import torch
 
     torch.set_num_threads(1)
-    if rendering == "first":
-        use_first_rendering()
+    RENDERINGS[rendering]()
     batch = BATCH_SIZE
     from storm_hf import StormForConditionalGeneration
     from storm_hf.synthetic import (
@@ -129,13 +140,17 @@ def run_one(
     }
 
 
-def probe_at_init(mamba_num_layers: int, num_clips: int, question_type: str, seed: int = 0) -> dict[str, float]:
+def probe_at_init(
+    mamba_num_layers: int, num_clips: int, question_type: str, seed: int = 0, rendering: str = "task"
+) -> dict[str, float]:
     """Held-out accuracy of a logistic regression on the visual tokens of a randomly initialised model (what the LLM
-    receives): on the concatenated 8 tokens (a readout that knows each token's position) and on their mean (the
-    position-blind readout an LLM with near-uniform attention computes at first). Trained on half the clips."""
+    receives) for clips of `rendering`: on the concatenated 8 tokens (a readout that knows each token's position) and
+    on their mean (the position-blind readout an LLM with near-uniform attention computes at first). Trained on half
+    the clips."""
     import torch
 
     torch.set_num_threads(1)
+    RENDERINGS[rendering]()
     from storm_hf import StormForConditionalGeneration
     from storm_hf.synthetic import build_task_processor, build_task_tokenizer, draw_clips, temporal_task_config
 
