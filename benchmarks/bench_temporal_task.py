@@ -20,8 +20,8 @@ against the training clips of every seed: none equals a training clip up to nois
 results report, per question type, the candidates rejected and the overlap left (0), and how many distinct clips and
 scenes the task's scene space gave in a separate sample of draws.
 
-    python benchmarks/bench_temporal_task.py --size full      # 4000 clips/seed, 600 + 2400 steps: estimated 75 min
-    python benchmarks/bench_temporal_task.py --size reduced   # 800 clips/seed, 300 + 100 steps: 18 min at load 4-6
+    python benchmarks/bench_temporal_task.py --size full      # 4000 clips/seed, 600 + 2400 steps: 52 min at load 1-3
+    python benchmarks/bench_temporal_task.py --size reduced   # 800 clips/seed, 300 + 100 steps: a quick look
 
 writes benchmarks/results/temporal_task.md, .json and .png (accuracy vs visual tokens per arm). Each (arm, seed) run
 is one process with one torch thread (`--jobs` at a time); clips and finished runs are kept in `--data`, in a folder
@@ -447,11 +447,8 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     settings = dict(SIZES[args.size], size=args.size, jobs=args.jobs)
-    started, load_before, commit = (
-        time.time(),
-        os.getloadavg(),
-        git_commit(),
-    )  # the code that runs, not the code at the end
+    started, load_before = time.time(), os.getloadavg()
+    commit = git_commit()  # the code that runs, not the code at the end of the run
     data = data_folder(args.data, settings)
     data.mkdir(parents=True, exist_ok=True)
     data_report = prepare_data(data, settings)

@@ -32,7 +32,7 @@ RESULTS = Path(__file__).parent / "results"
 QUESTION_TYPES = ("first", "count", "return")
 PRIOR_BOUND = {"first": 50.0, "count": 33.3, "return": 50.0}  # the best a bag of frames can do (README)
 PROJECTORS = {2: "STORM (2 Mamba layers) + T.Pool", 0: "Linear + T.Pool"}
-RENDERINGS = {  # the renderings of diagnose_temporal_task.RENDERINGS this script runs on
+RENDERING_DESCRIPTIONS = {  # the renderings of diagnose_temporal_task.RENDERINGS this script runs on
     "task": "the task's rendering (flashing shapes of half-side 7-10 px)",
     "small_flashes": "the rendering before the flashing shapes were enlarged (half-side 3-6 px, as the moving shapes)",
 }
@@ -46,7 +46,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--probe-clips", type=int, default=600, help="clips of each probe at initialisation")
-    parser.add_argument("--rendering", choices=list(RENDERINGS), default="task")
+    parser.add_argument("--rendering", choices=list(RENDERING_DESCRIPTIONS), default="task")
     parser.add_argument("--out", type=Path, default=RESULTS / "brief_events_diagnosis.md")
     args = parser.parse_args(argv)
     started, load_before = time.time(), os.getloadavg()
@@ -70,7 +70,7 @@ def main(argv=None):
         "# Temporal task: are the brief-event questions learnable, and is their answer in the visual tokens?",
         "",
         (
-            f"Rendering: {RENDERINGS[args.rendering]}. Each question alone: {args.train} training clips, "
+            f"Rendering: {RENDERING_DESCRIPTIONS[args.rendering]}. Each question alone: {args.train} training clips, "
             f"{args.steps} steps of {BATCH_SIZE} clips from scratch "
             f"(the task's recipe: `temporal_task_config`, learning rate 1e-3, cosine), seed {args.seed}, greedy exact "
             f"match on {args.test} test clips checked unseen by hash (overlap in the .json). Probes: logistic "

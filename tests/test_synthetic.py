@@ -145,7 +145,8 @@ def test_generate_and_load_the_dataset(tmp_path):
     assert frames.shape == (NUM_FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3) and metadata.total_num_frames == NUM_FRAMES
     rendered = next(draw_clips(1, np.random.default_rng([1, 0])))
     assert rendered["clip_hash"] == row["clip_hash"] and rendered["answer"] == row["answer"]
-    assert np.abs(frames.astype(int) - rendered["frames"].astype(int)).max() <= 3  # lossless H.264: only RGB <-> YUV rounds
+    # lossless H.264: only the RGB <-> YUV conversion rounds
+    assert np.abs(frames.astype(int) - rendered["frames"].astype(int)).max() <= 3
 
     moved = tmp_path / "moved"
     (tmp_path / "task").rename(moved)

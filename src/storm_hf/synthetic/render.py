@@ -132,7 +132,8 @@ def _half_sizes(size: int) -> tuple[int, int]:
 def _flash_half_sizes(size: int) -> tuple[int, int]:
     """The range [low, high) of the half-side of the flashing shapes (`first`, `count`): 7-10 px at 32, so that a
     one-frame flash covers a sixth to a third of its frame. With the moving shapes' 3-6 px, neither STORM nor Linear
-    learned `first` in 600 steps on that question alone (benchmarks/results/brief_events_diagnosis.md)."""
+    learned `first` in 600 steps on that question alone (benchmarks/results/brief_events_diagnosis_small_flashes.md;
+    at 7-10 px: brief_events_diagnosis.md)."""
     return size // 4 - 1, size // 3 + 1
 
 
