@@ -138,14 +138,15 @@ def rendering_fingerprint() -> str:
     return hashlib.sha256("".join(scene.clip_hash(0) for scene in scenes).encode()).hexdigest()
 
 
-def data_folder(root: Path, settings: dict) -> Path:
+def data_folder(root: Path, settings: dict, fingerprint: str) -> Path:
     """Where the clips and finished runs of `settings` are kept: `root/{size}-{key}`, the key a hash of the content
-    settings and the rendering, so that a rerun reuses clips and runs only if both are unchanged."""
-    content = json.dumps(content_setting(settings), sort_keys=True) + rendering_fingerprint()
+    settings and the rendering (its `rendering_fingerprint`), so that a rerun reuses clips and runs only if both are
+    unchanged."""
+    content = json.dumps(content_setting(settings), sort_keys=True) + fingerprint
     return root / f"{settings['size']}-{hashlib.sha256(content.encode()).hexdigest()[:12]}"
 
 
-def prepare_data(data: Path, settings: dict) -> dict:
+def prepare_data(data: Path, settings: dict, fingerprint: str) -> dict:
     """Renders the training clips of every seed and the test set (unseen by all of them) into `data` (a
     `data_folder`), or reads them back from an earlier run; returns the data report."""
     from storm_hf.synthetic import QUESTION_TYPES, ClipHashes, distinct_clip_counts, draw_clips, unseen_clips
@@ -163,7 +164,7 @@ def prepare_data(data: Path, settings: dict) -> dict:
     _store(data / "test", test)
     report = dict(
         settings=content_setting(settings),
-        rendering_fingerprint=rendering_fingerprint(),
+        rendering_fingerprint=fingerprint,
         test_candidates_rejected=rejected,
         distinct_in_draws=distinct_clip_counts(settings["distinct_draws"], np.random.default_rng([20_000, 2])),
     )
@@ -449,9 +450,10 @@ def main(argv=None):
     settings = dict(SIZES[args.size], size=args.size, jobs=args.jobs)
     started, load_before = time.time(), os.getloadavg()
     commit = git_commit()  # the code that runs, not the code at the end of the run
-    data = data_folder(args.data, settings)
+    fingerprint = rendering_fingerprint()
+    data = data_folder(args.data, settings, fingerprint)
     data.mkdir(parents=True, exist_ok=True)
-    data_report = prepare_data(data, settings)
+    data_report = prepare_data(data, settings, fingerprint)
     overlap = check_overlap(data, settings)
 
     jobs = [(arm, seed) for arm in args.arms for seed in settings["seeds"]]
