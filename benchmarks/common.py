@@ -42,13 +42,13 @@ PATCH_SIZE = 16  # the SigLIP-base-like tower's patch
 
 
 def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
 def code_state() -> dict:
     """The commit of the working tree and the tracked files that differ from it (benchmarks measure the tree as is)."""
     changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
-    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(changed), "uncommitted_files": changed}
+    return {"commit": _git("rev-parse", "HEAD").strip(), "dirty": bool(changed), "uncommitted_files": changed}
 
 
 def machine() -> dict:
@@ -121,6 +121,12 @@ def provenance_lines(provenance: dict) -> list[str]:
         f" with uncommitted changes to {', '.join(provenance['uncommitted_files'])}" if provenance["dirty"] else ""
     )
     gpu = f", GPU {machine_['gpu']}" if machine_["gpu"] else ""
+    busiest = max(provenance["load_before"][0], provenance["load_after"][0])
+    shared = (
+        f" (above {machine_['cpu_count']}: the cores were shared with other jobs and wall times are inflated)"
+        if busiest > machine_["cpu_count"]
+        else ""
+    )
     return [
         f"Command: `{provenance['command']}`  ",
         f"Commit: {commit}  ",
@@ -128,8 +134,7 @@ def provenance_lines(provenance: dict) -> list[str]:
         (
             f"Machine: {machine_['cpu']} ({machine_['architecture']}), {machine_['cpu_count']} cores, "
             f"{machine_['torch_threads']} torch threads{gpu}, {machine_['os']}; load average (1/5/15 min) "
-            f"{provenance['load_before']} before, {provenance['load_after']} after (above {machine_['cpu_count']}: "
-            "the cores were shared with other jobs and wall times are inflated)  "
+            f"{provenance['load_before']} before, {provenance['load_after']} after{shared}  "
         ),
         "Versions: " + ", ".join(f"{name} {value}" for name, value in versions_.items() if value) + "  ",
     ]
@@ -269,4 +274,3 @@ def write_video(
             container.mux(packet)
     partial.replace(path)
     return path
-
