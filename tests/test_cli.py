@@ -208,27 +208,6 @@ def test_generate_progress_bars_count_every_frame(capsys, checkpoint):
     assert status == 0 and "decoding frames" not in err and "encoding frames" not in err, err
 
 
-def test_old_cli_module_warns_and_runs_the_same_command(capsys):
-    import importlib
-
-    import storm_hf.commands
-
-    sys.modules.pop("storm_hf.cli", None)
-    with pytest.warns(DeprecationWarning, match="storm_hf.commands"):
-        module = importlib.import_module("storm_hf.cli")
-    assert module.main is storm_hf.commands.main
-    assert (
-        module.positive_int is storm_hf.commands.common.positive_int and module.run_info is storm_hf.commands.info.run
-    )
-    old = subprocess.run([sys.executable, "-m", "storm_hf.cli", "--help"], capture_output=True, text=True, timeout=120)
-    new = subprocess.run(
-        [sys.executable, "-m", "storm_hf.commands", "--help"], capture_output=True, text=True, timeout=120
-    )
-    assert old.returncode == new.returncode == 0 and old.stdout == new.stdout and old.stdout.startswith("usage:")
-    assert "DeprecationWarning" in old.stderr and "storm_hf.commands" in old.stderr, old.stderr
-    assert "DeprecationWarning" not in new.stderr, new.stderr
-
-
 def test_compose_convert_and_push_commands(capsys, tmp_path, hub):
     siglip_source("siglip", tmp_path / "vision")
     qwen_source("qwen2_vl-legacy", tmp_path / "language")
@@ -374,16 +353,6 @@ def test_the_bundled_demo_evaluates_on_clips_it_checked_unseen():
     assert all(counts["clips"] == counts["scenes"] == 0 for counts in results["eval_overlap"].values())
     pool = StormForConditionalGeneration.config_class.from_pretrained(BUNDLED_CHECKPOINT).temporal_pool_size
     assert results["tokens_uncompressed"] == results["tokens"] * pool
-
-
-def test_storm_hf_demo_alias_warns():
-    import importlib
-    import sys as system
-
-    system.modules.pop("storm_hf.demo", None)
-    with pytest.warns(DeprecationWarning, match="storm_hf.synthetic.demo"):
-        module = importlib.import_module("storm_hf.demo")
-    assert module.run_demo is storm_hf.synthetic.demo.run_demo
 
 
 def test_storm_hf_demo_console_script(tmp_path):

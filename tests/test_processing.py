@@ -327,70 +327,20 @@ def test_video_as_frame_paths_and_as_datasets_lists_equals_the_array(processor, 
         processor(videos=(frames.astype(int) * 2).tolist(), **settings)
 
 
-# ---------------------------------------------------------------- conventions and old checkpoints
+# ---------------------------------------------------------------- conventions
 
 
 def test_per_call_settings_are_video_processor_kwargs_only(processor):
     import inspect
     import warnings
 
-    from storm_hf.processing import StormVideoProcessorKwargs, video_processing_storm
+    from storm_hf.processing import StormVideoProcessorKwargs
 
     assert "temporal_sampling_stride" not in inspect.signature(StormProcessor.__init__).parameters
     assert {"temporal_sampling_stride", "max_visual_tokens"} <= set(StormVideoProcessorKwargs.__annotations__)
-    with pytest.warns(DeprecationWarning, match="StormVideoProcessorKwargs"):
-        assert video_processing_storm.StormVideosKwargs is StormVideoProcessorKwargs
-    with pytest.warns(DeprecationWarning, match="settings of the video processor"):
-        legacy = StormProcessor(processor.image_processor, processor.tokenizer, StormVideoProcessor(), patch_size=16)
-    assert legacy.video_processor.patch_size == 16 and "patch_size" not in legacy.to_dict()
-    with pytest.warns(DeprecationWarning, match="video_processor.patch_size"):
-        assert legacy.patch_size == 16
-    with pytest.warns(DeprecationWarning, match="token_grid"):
-        assert processor.num_tokens(8, 56, 56, 2) == tokens_per_video(8, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         processor(text="<|video_pad|>", videos=make_frames(8), temporal_sampling_stride=2)
-
-
-def test_old_processor_config_loads_and_counts_like_the_model(tmp_path):
-    """A processor_config.json of the layout before the processor counted through its video processor (token-grid
-    settings and the stride at the top level) loads, and counts placeholders as the model produces tokens."""
-    import shutil
-
-    from transformers import AutoProcessor
-
-    from storm_hf import StormForConditionalGeneration
-    from storm_hf.processing.video_processing_storm import TOKEN_GRID_SETTINGS
-    from storm_hf.synthetic.demo import BUNDLED_CHECKPOINT
-
-    checkpoint = shutil.copytree(BUNDLED_CHECKPOINT, tmp_path / "old_layout")
-    saved = json.loads((checkpoint / "processor_config.json").read_text())
-    for name in (*TOKEN_GRID_SETTINGS, "temporal_sampling_stride"):
-        value = saved["video_processor"].pop(name, None)
-        saved[name] = saved.get(name, value)
-    (checkpoint / "processor_config.json").write_text(json.dumps(saved))
-
-    model = StormForConditionalGeneration.from_pretrained(checkpoint).eval()
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    video_processor = processor.video_processor
-    config = model.config
-    assert (video_processor.patch_size, video_processor.downsample_ratio, video_processor.temporal_pool_size) == (
-        config.vision_config.patch_size,
-        config.downsample_ratio,
-        config.temporal_pool_size,
-    )
-    for stride in (1, 2):
-        inputs = processor(
-            text="<|video_pad|>",
-            videos=make_frames(8, 64, 64),
-            num_frames=8,
-            temporal_sampling_stride=stride,
-            return_tensors="pt",
-        )
-        features = model.get_video_features(
-            inputs["pixel_values_videos"], inputs["video_num_frames"], inputs["temporal_sampling_stride"]
-        )
-        assert features.pooler_output[0].shape[0] == int((inputs["input_ids"] == processor.video_token_id).sum())
 
 
 def test_num_multimodal_tokens_match_the_processor(processor):

@@ -15,7 +15,6 @@ PACKAGE = ROOT / "src" / "storm_hf"
 # Dependencies point one way: a module may import storm_hf modules of its own layer or below. `registration` and the
 # package `__init__` sit on top: they tie the layers together for transformers.
 LAYERS = {
-    "storm_hf.deprecation": 0,
     "storm_hf.modeling": 0,
     "storm_hf.processing": 1,
     "storm_hf.accounting": 2,
@@ -26,9 +25,7 @@ LAYERS = {
     "storm_hf.streaming": 2,
     "storm_hf.synthetic": 2,
     "storm_hf.training": 2,
-    "storm_hf.cli": 3,
     "storm_hf.commands": 3,
-    "storm_hf.demo": 3,
     "storm_hf.registration": 4,
     "storm_hf": 4,
 }
@@ -162,26 +159,6 @@ print(" ".join(f"{type(obj).__module__}.{type(obj).__name__}" for obj in loaded)
         "storm_hf.processing.video_processing_storm.StormVideoProcessor",
         "storm_hf.pipelines.VideoTextToTextPipeline",
     ]
-
-
-@pytest.mark.parametrize(
-    "module, name",
-    [
-        ("storm_hf.processing", "register_processing"),
-        ("storm_hf.pipelines", "register_pipelines"),
-        ("storm_hf.conversion.processor", "ensure_processing_registered"),
-    ],
-)
-def test_the_old_registration_functions_warn_and_leave_registration_as_it_is(module, name):
-    from transformers.pipelines import PIPELINE_REGISTRY
-
-    from storm_hf import StormProcessor
-    from storm_hf.pipelines import VideoTextToTextPipeline
-
-    with pytest.warns(DeprecationWarning, match=f"`{name}\\(\\)` is deprecated and does nothing"):
-        getattr(importlib.import_module(module), name)()
-    assert PIPELINE_REGISTRY.supported_tasks["video-text-to-text"]["impl"] is VideoTextToTextPipeline
-    assert StormProcessor._auto_class == "AutoProcessor"
 
 
 def test_ci_tests_the_lowest_and_the_newest_release_the_requirement_allows():

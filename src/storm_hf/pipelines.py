@@ -3,7 +3,6 @@
 import torch
 from transformers.pipelines.image_text_to_text import ImageTextToTextPipeline
 
-from .deprecation import registration_no_op
 from .processing.video_processing_storm import make_list_of_videos
 
 
@@ -97,6 +96,3 @@ def _pad_rows(rows: list[torch.Tensor | None]) -> torch.Tensor:
         if row is not None:
             padded[index, : row.shape[1]] = row[0]
     return padded
-
-
-register_pipelines = registration_no_op("register_pipelines")

@@ -2,7 +2,6 @@
 
 from transformers import SiglipImageProcessor
 
-from ..deprecation import registration_no_op
 from ..processing import StormProcessor, StormVideoProcessor
 from ..processing.processing_storm import VISION_SPECIAL_TOKENS
 from .checkpoint_io import ConversionError
@@ -25,9 +24,6 @@ def add_vision_tokens(tokenizer, vocab_size: int) -> list[str]:
             "the tokenizer that belongs to this language model."
         )
     return added
-
-
-ensure_processing_registered = registration_no_op("ensure_processing_registered")
 
 
 def build_processor(tokenizer, config, num_frames: int = 32) -> StormProcessor:

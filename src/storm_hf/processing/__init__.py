@@ -4,16 +4,41 @@ The modules here are shipped with checkpoints as remote code, so they import eac
 imports only; this `__init__` is not shipped.
 """
 
-from ..deprecation import registration_no_op
 from .processing_storm import StormProcessor
 from .token_budget import FramePlan, frames_within_budget, num_visual_tokens, visual_token_grid
-from .video_decoding import StormVideoMetadata, VideoDecodingError, read_video
+from .video_decoding import StormVideoMetadata, VideoDecodingError, iter_video_frames, read_video
+from .video_intake import (
+    ByteBudgetError,
+    DeadlineExceededError,
+    FormatRefusedError,
+    FrameCountBudgetError,
+    FramePixelBudgetError,
+    ImageNotVideoError,
+    MissingTimestampsError,
+    NotARegularFileError,
+    PrivateAddressError,
+    TooManyRedirectsError,
+    VideoBudgetError,
+    VideoIntakePolicy,
+    VideoSourceRefusedError,
+)
 from .video_processing_storm import StormVideoProcessor, StormVideoProcessorKwargs
 
 
-register_processing = registration_no_op("register_processing")
-
 __all__ = [
+    "ByteBudgetError",
+    "DeadlineExceededError",
+    "FormatRefusedError",
+    "FrameCountBudgetError",
+    "FramePixelBudgetError",
+    "ImageNotVideoError",
+    "MissingTimestampsError",
+    "NotARegularFileError",
+    "PrivateAddressError",
+    "TooManyRedirectsError",
+    "VideoBudgetError",
+    "VideoIntakePolicy",
+    "VideoSourceRefusedError",
     "FramePlan",
     "StormProcessor",
     "StormVideoMetadata",
@@ -21,8 +46,8 @@ __all__ = [
     "StormVideoProcessorKwargs",
     "VideoDecodingError",
     "frames_within_budget",
+    "iter_video_frames",
     "num_visual_tokens",
     "read_video",
-    "register_processing",
     "visual_token_grid",
 ]

@@ -2,13 +2,12 @@
 
 import itertools
 import math
-import warnings
 
 import torch
 from transformers.image_utils import make_flat_list_of_images
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin
 
-from .video_processing_storm import TOKEN_GRID_SETTINGS, StormVideoProcessorKwargs, make_list_of_videos, pad_videos
+from .video_processing_storm import StormVideoProcessorKwargs, make_list_of_videos, pad_videos
 
 
 # Qwen2-VL's vision tokens, which the chat template below writes: each placeholder is wrapped in start/end tokens.
@@ -54,11 +53,6 @@ class StormProcessorKwargs(ProcessingKwargs, total=False):
     videos_kwargs: StormVideoProcessorKwargs
 
 
-# Settings older processors carried themselves (processor_config.json of storm_hf <= 0.x); they live in the video
-# processor now. `temporal_sampling_stride` is the video processor's default stride.
-VIDEO_PROCESSOR_SETTINGS = (*TOKEN_GRID_SETTINGS, "temporal_sampling_stride")
-
-
 class StormProcessor(ProcessorMixin):
     r"""
     Processor of STORM: a Qwen2 tokenizer, a [`StormVideoProcessor`] and a SigLIP image processor.
@@ -102,30 +96,9 @@ class StormProcessor(ProcessorMixin):
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
         if self.image_token_id == tokenizer.unk_token_id or self.video_token_id == tokenizer.unk_token_id:
             raise ValueError(f"The tokenizer must have the special tokens {self.image_token} and {self.video_token}.")
-        legacy = {name: kwargs.pop(name) for name in VIDEO_PROCESSOR_SETTINGS if name in kwargs}
-        if legacy:
-            warnings.warn(
-                f"Passing {sorted(legacy)} to StormProcessor is deprecated: they are settings of the video processor "
-                f"(`StormVideoProcessor({', '.join(f'{name}=...' for name in legacy)})`).",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            for name, value in legacy.items():
-                setattr(video_processor, name, value)
         super().__init__(
             image_processor, tokenizer, video_processor, chat_template=chat_template or CHAT_TEMPLATE, **kwargs
         )
-
-    @classmethod
-    def from_args_and_dict(cls, args, processor_dict: dict, **kwargs):
-        """Load, moving the settings an older `processor_config.json` keeps at the top level to the video processor
-        (unless passed to `from_pretrained`, which already gave them to the video processor)."""
-        legacy = {name: processor_dict[name] for name in VIDEO_PROCESSOR_SETTINGS if name in processor_dict}
-        legacy = {name: value for name, value in legacy.items() if name not in kwargs}
-        video_processor = args[cls.get_attributes().index("video_processor")]
-        for name, value in legacy.items():
-            setattr(video_processor, name, value)
-        return super().from_args_and_dict(args, processor_dict, **kwargs)
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """Load images given as paths or URLs, and group `images` and `videos` (flat in placeholder order over the
@@ -215,16 +188,6 @@ class StormProcessor(ProcessorMixin):
             ]
         return MultiModalData(**data)
 
-    def num_tokens(self, num_frames: int, height: int, width: int, temporal_sampling_stride: int = 1) -> int:
-        """Deprecated: LLM tokens of a video of `num_frames` frames (an image is 1 frame) of `height`x`width` processed
-        pixels; the product of `video_processor.token_grid`."""
-        warnings.warn(
-            "`StormProcessor.num_tokens` is deprecated; use `processor.video_processor.token_grid` (its product).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self._count(num_frames, height, width, temporal_sampling_stride)
-
     def _count(self, num_frames: int, height: int, width: int, temporal_sampling_stride: int = 1) -> int:
         return math.prod(self.video_processor.token_grid(num_frames, height, width, temporal_sampling_stride))
 
@@ -254,23 +217,6 @@ class StormProcessor(ProcessorMixin):
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
         """Decode generated token ids (batch, seq) to strings."""
         return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
-
-
-def _deprecated_video_processor_setting(name: str) -> property:
-    def get(self):
-        warnings.warn(
-            f"`StormProcessor.{name}` is deprecated; read `processor.video_processor.{name}`.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(self.video_processor, name)
-
-    return property(get, doc=f"Deprecated: `video_processor.{name}`.")
-
-
-for _name in VIDEO_PROCESSOR_SETTINGS:
-    setattr(StormProcessor, _name, _deprecated_video_processor_setting(_name))
-del _name
 
 
 def _split(items: list, counts: list[int]) -> list[list]:

@@ -3,7 +3,6 @@ and the LLM token grid each video becomes."""
 
 import itertools
 import os
-import warnings
 from functools import partial
 
 import numpy as np
@@ -531,14 +530,3 @@ def pad_videos(videos: list[torch.Tensor], num_videos_per_sample: list[int] | No
     if num_videos_per_sample is None:
         num_frames = num_frames[:, 0]
     return {"pixel_values_videos": pixel_values, "video_num_frames": num_frames}
-
-
-def __getattr__(name: str):
-    if name == "StormVideosKwargs":
-        warnings.warn(
-            "`StormVideosKwargs` is renamed `StormVideoProcessorKwargs`; the old name will be removed.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return StormVideoProcessorKwargs
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
