@@ -9,7 +9,7 @@ from .modeling import (
     StormModel,
     StormPreTrainedModel,
 )
-from .processing import StormProcessor, StormVideoProcessor
+from .processing import StormProcessor, StormVideoProcessor, VideoDecodingError, VideoIntakePolicy
 from .processing.token_budget import num_visual_tokens
 
 
@@ -24,5 +24,7 @@ __all__ = [
     "StormPreTrainedModel",
     "StormProcessor",
     "StormVideoProcessor",
+    "VideoDecodingError",
+    "VideoIntakePolicy",
     "num_visual_tokens",
 ]

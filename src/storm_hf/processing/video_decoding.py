@@ -1,18 +1,27 @@
-"""Read the frames a sampler asks for from a video (path, http(s) URL, bytes or file object) with PyAV.
+"""The one video decoder of STORM: read the frames a sampler asks for from a video (path, URL, bytes or file object)
+with PyAV, or yield every frame as it arrives from a live source; both under a `VideoIntakePolicy` (`video_intake`).
 
-One demux pass (no decoding) lists every frame's presentation timestamp (pts) and the keyframes, which gives the exact
-frame count (also for webm/mkv, which store none) and the real time of every frame (also for variable frame rate).
-Frames are then decoded in presentation order: to reach a sampled frame the reader seeks to the keyframe before it when
-that keyframe lies beyond what was already decoded, and otherwise reads on; frames that no later frame references and
-that were not asked for are skipped by the decoder. Every seek is verified: the first frame decoded from the sought
-keyframe on must be that keyframe at its pts, and every frame must be intact (not concealed) with a pts the index
-knows. When a seek cannot be verified (a server without range requests, MPEG-PS timestamps guessed after a seek, a
+Opening: the source is checked and resolved by the intake policy before anything is opened (http(s) videos are
+fetched into a temporary file by a bounded client); FFmpeg then opens it with its own `protocol_whitelist` and
+`format_whitelist`, which also bind the nested opens of playlists and concat scripts, so a demuxer that would open
+another resource is refused before it reads one. The stream is the one FFmpeg would pick (never a cover picture); its
+frame size is checked against the pixel budget from the header, and the decoder enforces the same budget on every
+frame. Frames are returned as displayed (the display matrix's rotation and mirroring applied) and, when the caller
+names an output size, scaled down to it inside FFmpeg's scaler so that memory follows the output size.
+
+Sampling (`read_video`): one demux pass (no decoding) lists every frame's presentation timestamp (pts) and the
+keyframes, which gives the exact frame count (also for webm/mkv, which store none) and the real time of every frame
+(also for variable frame rate). Frames are then decoded in presentation order: to reach a sampled frame the reader
+seeks to the keyframe before it when that keyframe lies beyond what was already decoded, and otherwise reads on;
+frames that no later frame references and that were not asked for are skipped by the decoder. Every seek is verified:
+the first frame decoded from the sought keyframe on must be that keyframe at its pts, and every frame must be intact
+(not concealed) with a pts the index knows. When a seek cannot be verified (MPEG-PS timestamps guessed after a seek, a
 damaged index), it is retried from earlier keyframes, then the input is opened again and decoded in order, exactly as
 a sequential decode. Files whose frames carry no usable timestamps are decoded in order and their frames are addressed
 by position.
 
-Only real video containers and elementary streams are accepted (`_VIDEO_DEMUXERS`): FFmpeg also opens text (`tty`),
-audio, images and playlists, none of which is a video.
+Streaming (`iter_video_frames`): the same opening, stream choice, budgets and frame conversion, decoding packets as
+they are demuxed.
 """
 
 import io
@@ -28,25 +37,38 @@ from typing import BinaryIO
 import numpy as np
 from transformers.video_utils import VideoMetadata
 
+from .video_intake import (
+    DEFAULT_POLICY,
+    Deadline,
+    FormatRefusedError,
+    FrameCountBudgetError,
+    FramePixelBudgetError,
+    ImageNotVideoError,
+    MissingTimestampsError,
+    VideoDecodingError,
+    VideoIntakePolicy,
+    resolve_source,
+)
+
 
 VideoSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
-DEFAULT_TIMEOUT_S = 30.0
-"""Longest wait for opening a URL or for one read from it, in seconds."""
-
-# FFmpeg demuxers of video containers and elementary video streams (names as in `container.format.name`, which lists
-# the aliases of one demuxer separated by commas).
-_VIDEO_DEMUXERS = {
-    "mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "mpegvideo", "flv", "ogg", "asf", "mxf", "nut", "ivf",
-    "obu", "h264", "hevc", "vvc", "m4v", "vc1", "rm", "dv", "gif", "yuv4mpegpipe", "mjpeg", "wtv", "avs2", "cavsvideo",
-}  # fmt: skip
+# Demuxers of raw elementary streams: no container, so FFmpeg invents frame times from an assumed 25 fps.
+_ELEMENTARY_STREAM_DEMUXERS = {"h264", "hevc", "vvc", "m4v", "mpegvideo", "cavsvideo", "avs2", "vc1", "obu", "mjpeg"}
 # Demuxers that seek by presentation timestamps (their index holds them); the others (MPEG-TS and -PS, FLV, AVI, ...)
 # seek by decoding timestamps or byte positions, so a keyframe is sought at its dts, which is at or before its pts.
 _SEEK_BY_PTS = {"mov", "matroska"}
 _SEEK_RETRIES = 2  # earlier keyframes to seek to when a seek does not land where it should
 # Codecs of still images: a one-frame stream of these is an image, not a video.
 _IMAGE_CODECS = {"png", "mjpeg", "jpeg2000", "jpegls", "bmp", "tiff", "webp", "gif", "ppm", "pgm", "pam", "qoi"}
-_URL_SCHEMES = ("http://", "https://")
+# Leading bytes of inputs FFmpeg could open but no allowed demuxer reads, for the refusal's message.
+_NON_VIDEO_SIGNATURES = (
+    (re.compile(rb"^\s*#EXTM3U"), "an HLS playlist, which opens the files it lists (demuxer 'hls')"),
+    (re.compile(rb"^\s*ffconcat version"), "an ffconcat script, which opens the files it lists (demuxer 'concat')"),
+    (re.compile(rb"^\s*(<\?xml[^>]*>\s*)?<MPD"), "a DASH manifest, which opens the files it lists (demuxer 'dash')"),
+)
+FrameSize = tuple[int, int]
+"""(height, width) of the frames a caller will resize to."""
 
 
 @dataclass
@@ -63,19 +85,18 @@ class StormVideoMetadata(VideoMetadata):
         return super().timestamps
 
 
-class VideoDecodingError(ValueError):
-    """A video could not be read; the message names the input and says what to do."""
-
-
 def is_video_source(video) -> bool:
     """Whether `video` is an encoded video (path, URL, bytes or binary file object) rather than decoded frames."""
     return isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(video, "read")
 
 
 def describe_video_source(source: VideoSource) -> str:
-    """Short name of a video source for error messages."""
+    """Short name of a video source for error messages (a long `data:` URL is cut after its media type)."""
     if isinstance(source, (str, os.PathLike)):
-        return f"'{os.fspath(source)}'"
+        text = os.fspath(source)
+        if text[:5].lower() == "data:" and len(text) > 80:
+            return f"the data: URL '{text[:40]}...' ({len(text)} characters)"
+        return f"'{text}'"
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"the {len(source)} bytes passed as a video"
     return f"the file object {getattr(source, 'name', type(source).__name__)!r}"
@@ -117,16 +138,19 @@ def read_video(
     source: VideoSource,
     sample_indices_fn: Callable[..., np.ndarray] | None = None,
     *,
-    timeout: float = DEFAULT_TIMEOUT_S,
+    policy: VideoIntakePolicy | None = None,
+    frame_size: FrameSize | None = None,
     progress_callback: DecodeProgressCallback | None = None,
 ) -> tuple[np.ndarray, StormVideoMetadata]:
     """Decode the frames of `source` chosen by `sample_indices_fn(metadata=...)` (all frames when `None`).
 
-    `source` is a path, an http(s) URL (seeks with range requests where the server allows them), bytes or a binary file
-    object positioned at the start of the video. `timeout` bounds, in seconds, opening a URL and each read from it.
-    `progress_callback(done_frames, total_frames)` is called after each distinct sampled frame is decoded, with
-    `total_frames` the number of distinct sampled frames; `done_frames` rises by one per call and ends at
-    `total_frames` (frames decoded again by the in-order fallback are not reported twice).
+    `source` is a path, an http(s), `file://` or `data:` URL, bytes, or a binary file object positioned at the start of
+    the video; `policy` (default `VideoIntakePolicy()`) decides whether it may be read and bounds the read.
+    `frame_size` (height, width): frames with more pixels than that are scaled to it by FFmpeg's scaler (bicubic)
+    while decoding; smaller ones are returned as they are. `progress_callback(done_frames, total_frames)` is called
+    after each distinct sampled frame is decoded, with `total_frames` the number of distinct sampled frames;
+    `done_frames` rises by one per call and ends at `total_frames` (frames decoded again by the in-order fallback are
+    not reported twice).
 
     Returns:
         frames: uint8 array (num_sampled_frames, height, width, 3), RGB, as displayed (the display matrix's rotation and
@@ -136,12 +160,11 @@ def read_video(
     """
     import av
 
-    video_input = _VideoInput(source, timeout)
-    name = video_input.name
-    with video_input.open() as container:
-        stream = _video_stream(container, name)
+    with _VideoInput(source, policy or DEFAULT_POLICY) as video_input, video_input.open() as container:
+        name = video_input.name
+        stream = _video_stream(container, video_input)
         try:
-            index = _FrameIndex.from_demux(container, stream, name)
+            index = _FrameIndex.from_demux(container, stream, video_input)
             if not index.by_pts:
                 index = _FrameIndex.from_decoding(video_input)
         except av.FFmpegError as error:
@@ -152,8 +175,8 @@ def read_video(
             raise _image_error(name, f"a single {stream.codec_context.name} picture")
         metadata = _metadata(stream, index)
         _check_complete(container, stream, index, metadata, name)
-        indices = _sample(sample_indices_fn, metadata, name)
-        with _FrameReader(video_input, container, stream, index, progress_callback) as reader:
+        indices = _sample(sample_indices_fn, metadata, video_input)
+        with _FrameReader(video_input, container, stream, index, frame_size, progress_callback) as reader:
             frames = reader.read(indices)
     metadata.frames_indices = indices.tolist()
     metadata.frames_timestamps = index.times(indices)
@@ -161,88 +184,218 @@ def read_video(
     return frames, metadata
 
 
+def iter_video_frames(
+    source,
+    fps: float | None = None,
+    *,
+    policy: VideoIntakePolicy | None = None,
+    frame_size: FrameSize | None = None,
+    format: str | None = None,
+    options: dict[str, str] | None = None,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Decode a video progressively and yield `(seconds, frame)` as packets arrive: the decoder of `read_video`
+    (same intake policy, stream choice, budgets, orientation and scaling), without its index pass.
+
+    source: a path, URL or bytes as for `read_video`, a live URL of a protocol the policy enables (e.g.
+    `tcp://127.0.0.1:9000?listen=1` with `VideoIntakePolicy(live_protocols={"tcp"}, deadline_s=None)`), or a binary
+    file object, which need not be seekable (e.g. the read end of a pipe another process writes an mpegts stream
+    into). Only the packets demuxed so far are decoded, so a live source yields each frame as soon as it is decoded.
+    `fps`: keep the first frame, then the first frame at or after every `1 / fps` seconds of video time (None: every
+    frame). `format` / `options`: FFmpeg's demuxer name (needed for pipes, e.g. `"mpegts"`; it must be one the policy
+    allows) and demuxer options (e.g. `{"probesize": "32"}` to start sooner). seconds: from the container's start, as
+    `read_video`'s timestamps. frame: `(height, width, 3)` uint8 RGB, as `read_video` returns it for `frame_size`.
+    """
+    import av
+
+    if fps is not None:
+        check_sampling_arguments(fps=fps)
+    policy = policy or DEFAULT_POLICY
+    with _VideoInput(source, policy, seekable=False, format=format, options=options) as video_input:
+        with video_input.open() as container:
+            stream = _video_stream(container, video_input)
+            start = (container.start_time or 0) / 1_000_000
+            next_time, decoded = None, 0
+            try:
+                for packet in _demux(container, stream, video_input):
+                    for frame in packet.decode():
+                        if frame.time is None:
+                            raise MissingTimestampsError(
+                                f"Frame {decoded} of {video_input.name} carries no timestamp; send the stream in a "
+                                "container that has them (e.g. mpegts)."
+                            )
+                        seconds = float(frame.time) - start
+                        decoded += 1
+                        if decoded > policy.max_decoded_frames and policy.deadline_s is not None:
+                            raise _frame_count_error(video_input.name, decoded, policy)
+                        if fps is not None and next_time is not None and seconds < next_time - 1e-9:
+                            continue
+                        next_time = seconds + 1 / fps if fps is not None else None
+                        yield seconds, _to_rgb(frame, frame_size)
+            except av.FFmpegError as error:
+                raise video_input.unreadable(error, decoded) from None
+            except _UnsupportedDisplayMatrix as error:
+                raise _display_matrix_error(video_input.name, error) from None
+
+
 class _VideoInput:
-    """A video source that can be opened more than once: a fallback decodes it again from its start."""
+    """A video source checked by the intake policy, that can be opened more than once (a fallback decodes it again from
+    its start); a context manager that deletes what it fetched."""
 
-    def __init__(self, source: VideoSource, timeout: float):
-        self.source, self.timeout = source, timeout
+    def __init__(
+        self,
+        source: VideoSource,
+        policy: VideoIntakePolicy,
+        *,
+        seekable: bool = True,
+        format: str | None = None,
+        options: dict[str, str] | None = None,
+    ):
+        self.source, self.policy, self.format, self.extra_options = source, policy, format, dict(options or {})
         self.name = describe_video_source(source)
-        self.is_url = isinstance(source, str) and source.lower().startswith(_URL_SCHEMES)
-        if isinstance(source, (str, os.PathLike)) and not self.is_url:
-            if os.path.isdir(source):
-                raise IsADirectoryError(f"{self.name} is a directory, not a video file; pass the path of a video file.")
-            if not os.path.isfile(source):
-                raise FileNotFoundError(
-                    f"Video file {self.name} does not exist; pass an existing path, an http(s) URL, bytes or a binary "
-                    "file object."
-                )
-        elif hasattr(source, "read"):
-            self.start = self._file_object_start(source)
+        self.start = self._file_object_start(source, seekable) if hasattr(source, "read") else None
+        if format is not None and not set(format.split(",")) & policy.allowed_demuxers:
+            raise FormatRefusedError(
+                f"The demuxer {format!r} asked for {self.name} is not one the intake policy allows "
+                f"({', '.join(sorted(policy.allowed_demuxers))})."
+            )
+        self.deadline = Deadline(policy.deadline_s, self.name)
+        self.resolved = resolve_source(source, self.name, policy, self.deadline)
 
-    def _file_object_start(self, file) -> int:
-        """Position of the video in a file object, after checking that it is open, binary and seekable."""
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.resolved.close()
+
+    def _file_object_start(self, file, seekable: bool) -> int | None:
+        """Position of the video in a file object, after checking that it is open, binary and (when the reader reads
+        it twice) seekable."""
         if getattr(file, "closed", False):
             raise VideoDecodingError(f"{self.name} is closed; pass an open file (`open(path, 'rb')`).")
         if isinstance(file, io.TextIOBase) or "b" not in getattr(file, "mode", "b"):
             raise VideoDecodingError(f"{self.name} is open in text mode; open the video with `open(path, 'rb')`.")
-        if not (hasattr(file, "seek") and getattr(file, "seekable", lambda: True)()):
+        is_seekable = hasattr(file, "seek") and getattr(file, "seekable", lambda: True)()
+        if not seekable:
+            return file.tell() if is_seekable else None
+        if not is_seekable:
             raise VideoDecodingError(
                 f"{self.name} is not seekable (a pipe or a stream); the reader reads a video twice. Pass its bytes, "
-                "a path or a URL instead."
+                "a path or a URL instead, or read it as it arrives with `iter_video_frames`."
             )
         return file.tell()
 
-    def unreadable(self, error: Exception) -> VideoDecodingError:
+    def unreadable(self, error: Exception, decoded: int | None = None) -> VideoDecodingError:
         """The error for a video that opened but whose packets could not be read or decoded."""
-        if self.is_url:
-            return VideoDecodingError(
-                f"{self.name} could not be read to the end ({error}): the download broke off, the file is corrupt, or "
-                "the server does not support range requests, which files with their index at the end need (mp4/mov "
-                "written without faststart). Download the file and pass its path, or check the URL."
-            )
-        return VideoDecodingError(f"{self.name} is corrupt or truncated ({error}); re-encode or re-download it.")
+        where = "" if decoded is None else f" after {decoded} frames"
+        return VideoDecodingError(
+            f"{self.name} is corrupt or truncated{where} ({error}), or one of its frames is larger than its header "
+            f"says and over the pixel budget (max_frame_pixels={self.policy.max_frame_pixels}); re-encode or "
+            "re-download it."
+        )
 
     def open(self):
-        """An input container of the video, checked to be a video container (not text, an image or a playlist)."""
+        """An input container of the video, opened by FFmpeg under the policy's protocol and demuxer allow-lists."""
         import av
 
-        options, timeout = {}, None
-        if isinstance(self.source, (bytes, bytearray, memoryview)):
-            file = io.BytesIO(self.source)
-        elif hasattr(self.source, "read"):
-            self.source.seek(self.start)
-            file = self.source
-        elif self.is_url:
-            # No other protocol may be opened from here (no local files); rw_timeout is in microseconds.
-            options = {
-                "protocol_whitelist": "http,https,tcp,tls",
-                "rw_timeout": str(int(self.timeout * 1e6)),
-            }
-            file, timeout = self.source, self.timeout
-        else:
-            file = "file:" + os.path.abspath(self.source)  # never an FFmpeg protocol ("concat:", "pipe:")
+        target = self.resolved.target
+        if isinstance(target, io.BytesIO) or self.start is not None:  # read again from the start of the video
+            target.seek(self.start or 0)
+        options = {**self.extra_options, **self.policy.ffmpeg_options(self.resolved.protocols)}
+        timeout = None
+        if self.resolved.is_live:  # rw_timeout is in microseconds
+            options["rw_timeout"] = str(int(self.policy.read_timeout_s * 1e6))
+            timeout = self.policy.read_timeout_s
         try:
-            container = av.open(file, mode="r", options=options, timeout=timeout, metadata_errors="replace")
+            container = av.open(
+                target, mode="r", format=self.format, options=options, timeout=timeout, metadata_errors="replace"
+            )
         except (av.FFmpegError, OSError) as error:
-            raise VideoDecodingError(
-                f"{self.name} could not be opened as a video ({error}); pass an existing, complete video "
-                f"{'URL reachable within the timeout' if self.is_url else 'file'} (e.g. mp4, webm, mkv)."
-            ) from error
+            raise self._open_error(error) from error
         demuxers = set(container.format.name.split(","))
-        if demuxers & {"image2", "image2pipe"} or container.format.name.endswith("_pipe"):
+        if demuxers & _ELEMENTARY_STREAM_DEMUXERS:
             container.close()
-            raise _image_error(self.name, f"{container.format.name} format")
-        if not demuxers & _VIDEO_DEMUXERS:
-            container.close()
-            raise VideoDecodingError(
-                f"{self.name} is not a video: FFmpeg reads it as '{container.format.name}' "
-                f"({container.format.long_name}), which is not a video container. Pass a video file (e.g. mp4, webm, "
-                "mkv, mov, avi, ts)."
+            raise MissingTimestampsError(
+                f"{self.name} is a raw {container.format.name} elementary stream: it has no container, so no frame "
+                "times (FFmpeg would invent them from an assumed 25 fps). Put it in a container at its real frame "
+                "rate, e.g. `ffmpeg -r 30 -i input.h264 -c copy output.mp4`, and pass that."
             )
         return container
 
+    def _open_error(self, error: Exception) -> VideoDecodingError:
+        """Why FFmpeg refused to open the input: a format the policy does not accept (a playlist, an image, text), or
+        not a readable video at all."""
+        head = self._head()
+        for signature, what in _NON_VIDEO_SIGNATURES:
+            if signature.match(head):
+                return FormatRefusedError(
+                    f"{self.name} could not be opened as a video: it is {what}, which the intake policy does not "
+                    "accept (`VideoIntakePolicy(allowed_demuxers=...)`). Pass the video file itself."
+                )
+        image_format = _image_format(head)
+        if image_format is not None:
+            return _image_error(self.name, f"{image_format} format")
+        if head and _is_text(head):
+            return FormatRefusedError(
+                f"{self.name} could not be opened as a video: it is a text file. Pass a video file (e.g. mp4, webm, "
+                "mkv, mov, avi, ts)."
+            )
+        return VideoDecodingError(
+            f"{self.name} could not be opened as a video ({error}); pass an existing, complete video (e.g. mp4, webm, "
+            "mkv) in a container the intake policy accepts."
+        )
 
-def _video_stream(container, name: str):
+    def _head(self, size: int = 4096) -> bytes:
+        """The first bytes of the input (empty when they cannot be read again, e.g. from a pipe)."""
+        target = self.resolved.target
+        try:
+            if isinstance(target, str):
+                if not target.startswith("file:"):
+                    return b""
+                with open(target[len("file:") :], "rb") as file:
+                    return file.read(size)
+            if self.start is None and not isinstance(target, io.BytesIO):
+                return b""
+            target.seek(self.start or 0)
+            return target.read(size)
+        except (OSError, ValueError):
+            return b""
+
+
+def _image_format(head: bytes) -> str | None:
+    """The image format PIL recognises from the first bytes of a file, or None."""
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(io.BytesIO(head)) as image:
+            return image.format
+    except Exception:  # noqa: BLE001 - PIL raises many kinds for "not an image I know" (or a header cut short)
+        return None
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(character.isprintable() or character in "\t\r\n\f" for character in text)
+
+
+def _video_stream(container, video_input: _VideoInput):
+    """The stream `_best_video_stream` picks, checked against the pixel budget from its header; its decoder enforces
+    the same budget on every frame."""
+    stream = _best_video_stream(container, video_input.name)
+    width, height = stream.codec_context.width, stream.codec_context.height
+    max_pixels = video_input.policy.max_frame_pixels
+    if width * height > max_pixels:
+        raise FramePixelBudgetError(
+            f"{video_input.name} has {width}x{height} frames ({width * height} pixels), over the intake pixel budget "
+            f"of {max_pixels} pixels per frame; raise `VideoIntakePolicy(max_frame_pixels=...)` to decode it."
+        )
+    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(max_pixels)}
+    return stream
+
+
+def _best_video_stream(container, name: str):
     """The video stream FFmpeg would pick (av_find_best_stream), never an attached picture (cover art)."""
     from av.stream import Disposition
 
@@ -265,19 +418,21 @@ def _video_stream(container, name: str):
     return stream
 
 
-def _demux(container, stream, name: str) -> Iterator:
-    """`container.demux(stream)`, with the IndexError PyAV raises when a stream appears in the middle of a file (an
-    MPEG-TS can announce new streams anywhere) turned into a named error."""
+def _demux(container, stream, video_input: _VideoInput) -> Iterator:
+    """`container.demux(stream)` within the intake deadline (checked at every packet), with the IndexError PyAV raises
+    when a stream appears in the middle of a file (an MPEG-TS can announce new streams anywhere) turned into a named
+    error."""
     packets = container.demux(stream)
     while True:
+        video_input.deadline.check()
         try:
             packet = next(packets)
         except StopIteration:
             return
         except IndexError as error:
             raise VideoDecodingError(
-                f"{name} announces new streams in the middle of the file, which PyAV cannot follow; re-mux it (e.g. "
-                "to mp4) first."
+                f"{video_input.name} announces new streams in the middle of the file, which PyAV cannot follow; "
+                "re-mux it (e.g. to mp4) first."
             ) from error
         yield packet
 
@@ -306,11 +461,11 @@ class _FrameIndex:
         return len(self.pts)
 
     @classmethod
-    def from_demux(cls, container, stream, name: str) -> "_FrameIndex":
+    def from_demux(cls, container, stream, video_input: "_VideoInput") -> "_FrameIndex":
         """Index from one pass over the packets (no decoding)."""
         seek_by_pts = bool(set(container.format.name.split(",")) & _SEEK_BY_PTS)
         pts, keyframes = [], []
-        for packet in _demux(container, stream, name):
+        for packet in _demux(container, stream, video_input):
             if packet.size == 0 or packet.is_discard:
                 continue
             pts.append(packet.pts)
@@ -334,8 +489,8 @@ class _FrameIndex:
         input, counts the frames. Frames are then addressed by position; their times are known only when the decoder
         gave every frame a pts, in increasing order (else `time_base` is None)."""
         with video_input.open() as container:
-            stream = _video_stream(container, video_input.name)
-            pts = [frame.pts for packet in _demux(container, stream, video_input.name) for frame in packet.decode()]
+            stream = _video_stream(container, video_input)
+            pts = [frame.pts for packet in _demux(container, stream, video_input) for frame in packet.decode()]
             time_base, start_time = float(stream.time_base), (container.start_time or 0) / 1_000_000
         if None in pts or sorted(set(pts)) != pts:
             pts, time_base = list(range(len(pts))), None
@@ -359,10 +514,14 @@ class _FrameIndex:
         return [float(pts) * self.time_base - self.start_time for pts in self.pts[indices]]
 
 
-def _sample(sample_indices_fn, metadata: StormVideoMetadata, name: str) -> np.ndarray:
-    """The sampler's frame indices, checked: a non-empty list of whole numbers within the video."""
+def _sample(sample_indices_fn, metadata: StormVideoMetadata, video_input: _VideoInput) -> np.ndarray:
+    """The sampler's frame indices, checked: a non-empty list of whole numbers within the video, no more distinct
+    frames than the intake policy's `max_decoded_frames`."""
+    name = video_input.name
     if sample_indices_fn is None:
-        return np.arange(metadata.total_num_frames)
+        indices = np.arange(metadata.total_num_frames)
+        _check_frame_count(indices, video_input)
+        return indices
     try:
         indices = np.asarray(sample_indices_fn(metadata=metadata))
     except ValueError as error:  # e.g. more frames asked for than the video has
@@ -381,11 +540,26 @@ def _sample(sample_indices_fn, metadata: StormVideoMetadata, name: str) -> np.nd
             f"Frame indices {indices.tolist()} are out of range for {name}, which has {total} frames "
             f"(indices 0 to {total - 1})."
         )
+    _check_frame_count(indices, video_input)
     return indices.astype(np.int64)
 
 
-def _image_error(name: str, what: str) -> VideoDecodingError:
-    return VideoDecodingError(
+def _check_frame_count(indices: np.ndarray, video_input: _VideoInput) -> None:
+    count = len(np.unique(indices))
+    if count > video_input.policy.max_decoded_frames:
+        raise _frame_count_error(video_input.name, count, video_input.policy)
+
+
+def _frame_count_error(name: str, count: int, policy: VideoIntakePolicy) -> FrameCountBudgetError:
+    return FrameCountBudgetError(
+        f"Reading {name} would decode {count} frames, over the intake budget of {policy.max_decoded_frames} frames "
+        "per video; sample fewer (`num_frames`, a lower `fps`, `max_frames`) or raise "
+        "`VideoIntakePolicy(max_decoded_frames=...)`."
+    )
+
+
+def _image_error(name: str, what: str) -> ImageNotVideoError:
+    return ImageNotVideoError(
         f"{name} is an image ({what}), not a video; pass it as an image (`images=` or a "
         '`{"type": "image"}` chat entry) instead.'
     )
@@ -447,9 +621,11 @@ class _FrameReader:
         container,
         stream,
         index: _FrameIndex,
+        frame_size: FrameSize | None = None,
         progress_callback: DecodeProgressCallback | None = None,
     ):
         self.input, self.container, self.stream, self.index = video_input, container, stream, index
+        self.frame_size = frame_size
         self.known_pts = set(index.pts.tolist()) if index.by_pts else set()
         self.reopened = None  # the container of the in-order fallback
         self.progress_callback = progress_callback
@@ -477,10 +653,7 @@ class _FrameReader:
         except av.FFmpegError as error:
             raise self.input.unreadable(error) from error
         except _UnsupportedDisplayMatrix as error:
-            raise VideoDecodingError(
-                f"{self.input.name} has a display matrix {error} that is not a rotation by a multiple of 90 degrees "
-                "(mirrored or not); re-encode it with the transform applied."
-            ) from error
+            raise _display_matrix_error(self.input.name, error) from error
         missing = [position for position, key in enumerate(keys.tolist()) if key not in frames]
         if missing:
             raise VideoDecodingError(
@@ -498,7 +671,7 @@ class _FrameReader:
     def _keep(self, frames: dict[int, np.ndarray], key: int, frame) -> None:
         """Store `frame` as RGB under `key` and report progress when more frames are done than were reported (a
         fallback that decodes again from the start reports only the frames beyond those)."""
-        frames[key] = _to_rgb(frame)
+        frames[key] = _to_rgb(frame, self.frame_size)
         if self.progress_callback is not None and len(frames) > self.num_reported:
             self.num_reported = len(frames)
             self.progress_callback(self.num_reported, self.num_wanted)
@@ -542,7 +715,7 @@ class _FrameReader:
             seek_to = int(self.index.keyframe_seek[keyframe - earlier])
             self.container.seek(seek_to, stream=self.stream, backward=True, any_frame=False)
             self.stream.codec_context.flush_buffers()
-            decoded = _decode_from_here(self.container, self.stream, wanted, start_pts, self.known_pts, self.input.name)
+            decoded = _decode_from_here(self.container, self.stream, wanted, start_pts, self.known_pts, self.input)
             try:
                 first = next(decoded, None)
             except _SeekMissed:
@@ -556,10 +729,10 @@ class _FrameReader:
         skipped: in a damaged stream even a non-reference frame can change the decoder's state). Frames are recognised
         by pts, or by position when pts do not identify them."""
         self.reopened = self.input.open()
-        stream = _video_stream(self.reopened, self.input.name)
+        stream = _video_stream(self.reopened, self.input)
         frames: dict[int, np.ndarray] = {}
         wanted = set(wanted)
-        decoded = (frame for packet in _demux(self.reopened, stream, self.input.name) for frame in packet.decode())
+        decoded = (frame for packet in _demux(self.reopened, stream, self.input) for frame in packet.decode())
         for position, frame in enumerate(decoded):
             key = frame.pts if self.index.by_pts else position
             if key in wanted:
@@ -574,7 +747,9 @@ class _FrameReader:
         return frames
 
 
-def _decode_from_here(container, stream, wanted: set[int], start_pts: int, known_pts: set[int], name: str) -> Iterator:
+def _decode_from_here(
+    container, stream, wanted: set[int], start_pts: int, known_pts: set[int], video_input: _VideoInput
+) -> Iterator:
     """Decoded frames from `start_pts` on, after a seek to a keyframe at or before it, skipping non-reference frames
     nobody asked for.
 
@@ -586,7 +761,7 @@ def _decode_from_here(container, stream, wanted: set[int], start_pts: int, known
     """
     codec = stream.codec_context
     started = False
-    for packet in _demux(container, stream, name):
+    for packet in _demux(container, stream, video_input):
         if not started:
             if not packet.is_keyframe:
                 continue
@@ -605,39 +780,53 @@ class _UnsupportedDisplayMatrix(Exception):
     """A display matrix other than a multiple of 90 degrees, mirrored or not."""
 
 
-def _to_rgb(frame) -> np.ndarray:
-    """(height, width, 3) uint8 RGB array of a decoded frame, as displayed: its display matrix applied."""
+def _display_matrix_error(name: str, error: _UnsupportedDisplayMatrix) -> VideoDecodingError:
+    return VideoDecodingError(
+        f"{name} has a display matrix {error} that is not a rotation by a multiple of 90 degrees (mirrored or not); "
+        "re-encode it with the transform applied."
+    )
+
+
+def _to_rgb(frame, frame_size: FrameSize | None = None) -> np.ndarray:
+    """(height, width, 3) uint8 RGB array of a decoded frame, as displayed: its display matrix applied. A frame with
+    more pixels than `frame_size` (height, width, as displayed) is scaled to it by FFmpeg's scaler (bicubic)."""
     from av.sidedata.sidedata import SideDataContainer, Type
 
-    rgb = frame.to_ndarray(format="rgb24")
     # A container of its own: `frame.side_data` caches one on the frame, a reference cycle that keeps every decoded
     # frame (and the decoder's buffers) alive until the garbage collector runs.
     side_data = SideDataContainer(frame).get(Type.DISPLAYMATRIX)
-    if side_data is None:
+    transform = None if side_data is None else _display_transform(np.frombuffer(bytes(side_data), dtype="<i4"))
+    if frame_size is not None and frame.width * frame.height > frame_size[0] * frame_size[1]:
+        height, width = frame_size[::-1] if transform is not None and transform[0] else frame_size
+        rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC").to_ndarray()
+    else:
+        rgb = frame.to_ndarray(format="rgb24")
+    if transform is None:
         return rgb
-    return _apply_display_matrix(rgb, np.frombuffer(bytes(side_data), dtype="<i4").reshape(3, 3))
+    transpose, flip_x, flip_y = transform
+    if transpose:
+        rgb = rgb.transpose(1, 0, 2)
+    if flip_x:
+        rgb = rgb[:, ::-1]
+    if flip_y:
+        rgb = rgb[::-1]
+    return np.ascontiguousarray(rgb)
 
 
-def _apply_display_matrix(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """`image` (height, width, channels) transformed by an FFmpeg display matrix (3, 3) int32, 16.16 fixed point.
+def _display_transform(matrix: np.ndarray) -> tuple[bool, bool, bool]:
+    """(transpose, flip_x, flip_y), applied in that order to an image (height, width, channels), that display it as an
+    FFmpeg display matrix (9,) int32, 16.16 fixed point, says.
 
     FFmpeg maps a source pixel (x, y) (y pointing down) to x' = a x + c y, y' = b x + d y with [[a, b], [c, d]] the
     upper-left 2x2 block; only signed permutations (rotations by multiples of 90 degrees, with or without a mirror) are
     pixel-exact, anything else raises `_UnsupportedDisplayMatrix`.
     """
-    linear = matrix[:2, :2] / 65536
+    linear = matrix.reshape(3, 3)[:2, :2] / 65536
     signs = np.round(linear).astype(int)
     is_signed_permutation = np.allclose(linear, signs, atol=1e-3) and (np.abs(signs).sum(0) == 1).all()
     if not is_signed_permutation or (np.abs(signs).sum(1) != 1).any():
         raise _UnsupportedDisplayMatrix(linear.round(3).tolist())
     (a, b), (c, d) = signs
     if a == 0:  # x' comes from y: transpose first, then x' = c y and y' = b x
-        image = image.transpose(1, 0, 2)
-        flip_x, flip_y = c < 0, b < 0
-    else:
-        flip_x, flip_y = a < 0, d < 0
-    if flip_x:
-        image = image[:, ::-1]
-    if flip_y:
-        image = image[::-1]
-    return np.ascontiguousarray(image)
+        return True, c < 0, b < 0
+    return False, a < 0, d < 0

@@ -1,0 +1,444 @@
+"""Which video sources may be opened, and how much of one may be read: the intake policy, its named refusals, and the
+bounded http(s) fetcher.
+
+A video handed to STORM may come from someone else: a URL in a chat request, a file in a dataset, an upload to a
+server. `VideoIntakePolicy` decides, before anything is opened, which kinds of source are allowed (local files, http(s),
+`data:` URLs, live protocols) and which addresses a network source may reach (private, loopback, link-local and cloud
+metadata addresses are refused unless trusted), and bounds the whole read (wall-clock deadline, bytes, pixels per
+frame, decoded frames). `resolve_source` turns an allowed source into what FFmpeg opens: http(s) videos are fetched
+here, not by FFmpeg, so that every DNS answer and every redirect is checked and the connection goes to the checked
+address; they are spooled to a temporary file and decoded locally (which also reads servers without range requests).
+Every refusal is a subclass of `VideoDecodingError` naming the rule and the setting that changes it.
+"""
+
+import base64
+import binascii
+import dataclasses
+import http.client
+import ipaddress
+import os
+import re
+import socket
+import ssl
+import stat
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+
+class VideoDecodingError(ValueError):
+    """A video could not be read; the message names the input and says what to do."""
+
+
+class VideoSourceRefusedError(VideoDecodingError):
+    """The kind of source (local file, http(s), `data:`, a live or other FFmpeg protocol) is not allowed."""
+
+
+class NotARegularFileError(VideoSourceRefusedError):
+    """A local path that is not a regular file (a FIFO, a device, a socket): opening it could block or never end."""
+
+
+class PrivateAddressError(VideoSourceRefusedError):
+    """A network source resolves to (or is redirected to) an address that is not public and not trusted."""
+
+
+class TooManyRedirectsError(VideoSourceRefusedError):
+    """An http(s) source redirected more often than `max_redirects`."""
+
+
+class FormatRefusedError(VideoDecodingError):
+    """The input is not a video container the policy accepts (a playlist, a concat script, an image, text, ...)."""
+
+
+class ImageNotVideoError(FormatRefusedError):
+    """An image was given where a video was expected."""
+
+
+class MissingTimestampsError(VideoDecodingError):
+    """A raw elementary stream (e.g. `.h264`): no container, so no frame times."""
+
+
+class VideoBudgetError(VideoDecodingError):
+    """Reading the video would exceed one of the policy's budgets."""
+
+
+class DeadlineExceededError(VideoBudgetError):
+    """Reading the video took longer than `deadline_s`."""
+
+
+class ByteBudgetError(VideoBudgetError):
+    """A network or `data:` source is larger than `max_bytes`."""
+
+
+class FramePixelBudgetError(VideoBudgetError):
+    """A frame has more pixels than `max_frame_pixels` (a decompression bomb or a huge video)."""
+
+
+class FrameCountBudgetError(VideoBudgetError):
+    """More frames were asked for than `max_decoded_frames`."""
+
+
+# FFmpeg demuxers of video containers and elementary video streams (names as in `container.format.name`, which lists
+# the aliases of one demuxer separated by commas; FFmpeg's `format_whitelist` matches any of them). None opens another
+# resource: playlists (hls, dash), concat scripts, image-sequence patterns (image2), tee and device demuxers are out.
+VIDEO_DEMUXERS = frozenset({
+    "mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "mpegvideo", "flv", "ogg", "asf", "mxf", "nut", "ivf",
+    "obu", "h264", "hevc", "vvc", "m4v", "vc1", "rm", "dv", "gif", "yuv4mpegpipe", "mjpeg", "wtv", "avs2", "cavsvideo",
+})  # fmt: skip
+# Live protocols FFmpeg opens itself, and the lower protocols each needs (FFmpeg's `protocol_whitelist` names).
+LIVE_PROTOCOLS = {
+    "udp": ("udp",),
+    "tcp": ("tcp",),
+    "rtmp": ("rtmp", "tcp"),
+    "rtmps": ("rtmps", "rtmp", "tls", "tcp"),
+    "srt": ("srt",),
+}
+# Live URLs that receive rather than connect (a listening tcp/rtmp/srt socket, any udp input) reach no other host.
+_LISTEN_QUERY = {"tcp": ("listen",), "rtmp": ("listen",), "rtmps": ("listen",), "srt": ("mode",)}
+_REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+_DOWNLOAD_CHUNK = 1 << 16
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
+
+
+@dataclass(frozen=True)
+class VideoIntakePolicy:
+    """What may be opened as a video, and how much of it read. The defaults suit a server taking URLs from clients:
+    local files and public http(s) allowed, nothing that opens further resources, budgets that a 4K hour-long video
+    sampled at 1 fps fits and a decompression bomb does not.
+
+    Args:
+        allow_local_files: paths and `file://` URLs (regular files only: FIFOs, devices, sockets and directories are
+            refused before they are opened).
+        allow_http: http(s) URLs, fetched by the bounded client of this module.
+        allow_data_urls: `data:` URLs (base64 or percent-encoded), within `max_bytes`.
+        live_protocols: live protocols FFmpeg may open itself (names of `LIVE_PROTOCOLS`: udp, tcp, rtmp, rtmps,
+            srt); none by default. A live URL that connects somewhere has its host checked like an http(s) one.
+        allowed_demuxers: FFmpeg demuxers accepted (`VIDEO_DEMUXERS`). Adding `hls` or `concat` lets a playlist open
+            the files it names with the protocols the source itself uses: only for inputs you trust.
+        trusted_hosts: host names, addresses or networks (`"10.0.0.0/8"`) a network source may reach although they
+            are not public (private, loopback, link-local, cloud-metadata addresses are refused otherwise).
+        max_redirects: http(s) redirects followed; each new location is checked again.
+        read_timeout_s: longest wait for a connection or for one read from a network source, in seconds.
+        deadline_s: wall-clock limit for reading one video (fetching and decoding), checked after every network read
+            and every demuxed packet; None for no limit (live streams).
+        max_bytes: largest network or `data:` source, in bytes.
+        max_frame_pixels: largest frame (width x height, from the stream header, and enforced by the decoder).
+        max_decoded_frames: most frames one video may be decoded into.
+    """
+
+    allow_local_files: bool = True
+    allow_http: bool = True
+    allow_data_urls: bool = True
+    live_protocols: frozenset[str] = frozenset()
+    allowed_demuxers: frozenset[str] = VIDEO_DEMUXERS
+    trusted_hosts: tuple[str, ...] = ()
+    max_redirects: int = 5
+    read_timeout_s: float = 30.0
+    deadline_s: float | None = 1800.0
+    max_bytes: int = 8 * 2**30
+    max_frame_pixels: int = 4096 * 4096
+    max_decoded_frames: int = 4096
+
+    def __post_init__(self):
+        object.__setattr__(self, "live_protocols", frozenset(self.live_protocols))
+        object.__setattr__(self, "allowed_demuxers", frozenset(self.allowed_demuxers))
+        object.__setattr__(self, "trusted_hosts", tuple(self.trusted_hosts))
+        unknown = self.live_protocols - set(LIVE_PROTOCOLS)
+        if unknown:
+            raise ValueError(f"Unknown live protocols {sorted(unknown)}; choose among {sorted(LIVE_PROTOCOLS)}.")
+        for host in self.trusted_hosts:
+            if not isinstance(host, str) or not host:
+                raise ValueError(f"`trusted_hosts` holds host names or networks as strings, got {host!r}.")
+        for name in ("max_redirects", "max_bytes", "max_frame_pixels", "max_decoded_frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_redirects" else 1):
+                raise ValueError(f"`{name}` must be a {'non-negative' if name == 'max_redirects' else 'positive'} "
+                                 f"whole number, got {value!r}.")  # fmt: skip
+        for name in ("read_timeout_s", "deadline_s"):
+            value = getattr(self, name)
+            if (value is not None or name == "read_timeout_s") and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"`{name}` must be a positive number of seconds, got {value!r}.")
+
+    def replace(self, **changes) -> "VideoIntakePolicy":
+        """A copy with `changes` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def ffmpeg_options(self, protocols: tuple[str, ...]) -> dict[str, str]:
+        """`av.open` options binding the open and every nested open to `protocols` and the allowed demuxers, and the
+        stream probing's decoders to the pixel budget."""
+        return {
+            "protocol_whitelist": ",".join(protocols),
+            "format_whitelist": ",".join(sorted(self.allowed_demuxers)),
+            "max_pixels": str(self.max_frame_pixels),
+        }
+
+    def is_trusted(self, host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """Whether `address` (which `host` resolved to) may be reached: public, or trusted by name or network."""
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.is_global and not address.is_multicast:
+            return True
+        for trusted in self.trusted_hosts:
+            if trusted.lower() == host.lower():
+                return True
+            try:
+                if address in ipaddress.ip_network(trusted, strict=False):
+                    return True
+            except ValueError:  # a host name
+                continue
+        return False
+
+
+DEFAULT_POLICY = VideoIntakePolicy()
+
+
+class Deadline:
+    """The wall-clock limit of reading one video; `check()` raises `DeadlineExceededError` once it has passed."""
+
+    def __init__(self, seconds: float | None, name: str):
+        self.seconds, self.name = seconds, name
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def remaining(self) -> float | None:
+        return None if self.end is None else self.end - time.monotonic()
+
+    def check(self) -> None:
+        if self.end is not None and time.monotonic() > self.end:
+            raise DeadlineExceededError(
+                f"Reading {self.name} took longer than the intake deadline of {self.seconds:g}s; raise "
+                "`VideoIntakePolicy(deadline_s=...)` for slow sources or long videos."
+            )
+
+    def timeout(self, read_timeout: float) -> float:
+        """The timeout of the next blocking network operation: the read timeout, or less when the deadline is near."""
+        self.check()
+        remaining = self.remaining()
+        return read_timeout if remaining is None else max(0.001, min(read_timeout, remaining))
+
+
+@dataclass
+class ResolvedSource:
+    """What FFmpeg opens for a source: `target` (an FFmpeg URL or a file object) and the protocols it may use;
+    `spool` is the temporary file holding a fetched video (closed, and so deleted, by `close`)."""
+
+    target: object
+    protocols: tuple[str, ...]
+    is_live: bool = False
+    spool: object = None
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+
+def url_scheme(source: str) -> str | None:
+    """The lower-case scheme of a URL-like string (`http`, `concat`, ...), or None for a plain path."""
+    match = _SCHEME.match(source)
+    return match[1].lower() if match else None
+
+
+def resolve_source(source, name: str, policy: VideoIntakePolicy, deadline: Deadline) -> ResolvedSource:
+    """Check `source` (a path, URL, bytes or binary file object) against `policy` and make it openable: local files
+    are checked with `os.stat` before anything opens them, http(s) videos fetched into a temporary file, `data:` URLs
+    decoded. Raises a `VideoSourceRefusedError` (or a budget error) naming the rule."""
+    from io import BytesIO
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return ResolvedSource(BytesIO(source), ())
+    if hasattr(source, "read"):
+        return ResolvedSource(source, ())
+    text = os.fspath(source)
+    scheme = url_scheme(text) if isinstance(source, str) else None
+    if scheme is None:  # a path (a Windows drive letter is one character, never a scheme here)
+        return ResolvedSource(_local_file(text, name, policy), ("file",))
+    if scheme == "file":
+        parts = urllib.parse.urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise VideoSourceRefusedError(f"{name} names a file on another host ({parts.netloc!r}); pass a local path.")
+        return ResolvedSource(_local_file(urllib.request.url2pathname(parts.path), name, policy), ("file",))
+    if scheme == "data":
+        return ResolvedSource(BytesIO(_data_url_bytes(text, name, policy)), ())
+    if scheme in ("http", "https"):
+        if not policy.allow_http:
+            raise VideoSourceRefusedError(
+                f"{name} is an http(s) URL, which this intake policy does not allow (`allow_http=False`); pass the "
+                "video's bytes or a local file instead, or allow http(s)."
+            )
+        spool = fetch_http(text, name, policy, deadline)
+        return ResolvedSource("file:" + spool.name, ("file",), spool=spool)
+    if scheme in LIVE_PROTOCOLS and scheme in policy.live_protocols:
+        return ResolvedSource(_checked_live_url(text, scheme, name, policy), LIVE_PROTOCOLS[scheme], is_live=True)
+    if os.path.isfile(text) and policy.allow_local_files:  # a local file whose name merely looks like a URL
+        return ResolvedSource(_local_file(text, name, policy), ("file",))
+    if scheme in LIVE_PROTOCOLS:
+        raise VideoSourceRefusedError(
+            f"{name} is a live {scheme} URL; live protocols are opened only when enabled "
+            f"(`VideoIntakePolicy(live_protocols={{'{scheme}'}})`, or `storm-hf stream`)."
+        )
+    raise VideoSourceRefusedError(
+        f"{name} uses the protocol '{scheme}:', which is not a video source this intake policy allows (FFmpeg "
+        "protocols such as concat:, subfile:, cache:, async:, pipe: or ftp: can read other files or hosts). Pass a "
+        "local path, an http(s) URL, a data: URL, bytes or a file object."
+    )
+
+
+def _local_file(path: str, name: str, policy: VideoIntakePolicy) -> str:
+    """`file:` URL of `path` after checking, before any open, that it is an existing regular file."""
+    if not policy.allow_local_files:
+        raise VideoSourceRefusedError(
+            f"{name} is a local file, which this intake policy does not allow (`allow_local_files=False`); pass the "
+            "video's bytes or an http(s) URL."
+        )
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: the file itself is checked, opening nothing
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"Video file {name} does not exist; pass an existing path, an http(s) URL, bytes or a binary file object."
+        ) from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{name} is a directory, not a video file; pass the path of a video file.")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(
+            mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"  # fmt: skip
+        raise NotARegularFileError(
+            f"{name} is {kind}, not a regular file; reading it could block or never end. Pass a video file, or read a "
+            "live stream with `storm_hf.streaming.iter_video_frames` (a file object of the pipe)."
+        )
+    return "file:" + os.path.abspath(path)  # "file:" so that the name is never read as an FFmpeg protocol
+
+
+def _data_url_bytes(url: str, name: str, policy: VideoIntakePolicy) -> bytes:
+    if not policy.allow_data_urls:
+        raise VideoSourceRefusedError(f"{name} is a data: URL, which this intake policy does not allow.")
+    header, comma, payload = url.partition(",")
+    if not comma:
+        raise VideoDecodingError(f"{name} is not a valid data: URL (no ',' before the data).")
+    is_base64 = header.lower().endswith(";base64")
+    size = len(payload) * 3 // 4 if is_base64 else len(payload)
+    if size > policy.max_bytes:
+        raise ByteBudgetError(
+            f"{name} holds about {size} bytes, over the intake byte budget of {policy.max_bytes}; raise "
+            "`VideoIntakePolicy(max_bytes=...)` to read it."
+        )
+    if not is_base64:
+        return urllib.parse.unquote_to_bytes(payload)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise VideoDecodingError(f"{name} is not valid base64 ({error}).") from None
+
+
+def checked_address(host: str, port: int, name: str, policy: VideoIntakePolicy) -> str:
+    """The address to connect to for `host`: every address its DNS answer holds must be public or trusted."""
+    try:
+        addresses = [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        try:
+            answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            raise VideoDecodingError(f"{name}: the host {host!r} could not be resolved ({error}).") from None
+        addresses = [ipaddress.ip_address(answer[4][0].split("%")[0]) for answer in answers]
+    for address in addresses:
+        if not policy.is_trusted(host, address):
+            raise PrivateAddressError(
+                f"{name} leads to {host} ({address}), a private, loopback, link-local or otherwise non-public "
+                "address, which the intake policy refuses (it could reach internal services). If this host is "
+                f"meant to be reached, add it to `VideoIntakePolicy(trusted_hosts=('{host}',))` (or its network)."
+            )
+    return str(addresses[0])
+
+
+def _checked_live_url(url: str, scheme: str, name: str, policy: VideoIntakePolicy) -> str:
+    """A live URL, its host checked unless it only receives (udp input, a listening socket)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    listens = any(key in query for key in _LISTEN_QUERY.get(scheme, ())) and query.get("mode") != ["caller"]
+    if scheme == "udp" or listens or not parts.hostname:
+        return url
+    checked_address(parts.hostname, parts.port or 0, name, policy)
+    return url
+
+
+def fetch_http(url: str, name: str, policy: VideoIntakePolicy, deadline: Deadline):
+    """Download an http(s) URL into a temporary file (returned open; closing deletes it).
+
+    Every hop resolves its host, checks every address (`checked_address`) and connects to the checked one (no second
+    DNS lookup to rebind); redirects are followed by hand up to `max_redirects`; the whole download must end within
+    the deadline (checked after every read, so a trickling server trips it) and `max_bytes`.
+    """
+    spool = tempfile.NamedTemporaryFile(prefix="storm-video-", suffix=".download")  # noqa: SIM115 - returned open
+    try:
+        for _ in range(policy.max_redirects + 1):
+            location = _download(url, name, policy, deadline, spool)
+            if location is None:
+                spool.flush()
+                return spool
+            url = urllib.parse.urljoin(url, location)
+            if url_scheme(url) not in ("http", "https"):
+                raise VideoSourceRefusedError(f"{name} redirects to {url!r}, which is not an http(s) URL.")
+        raise TooManyRedirectsError(
+            f"{name} redirected more than {policy.max_redirects} times; raise "
+            "`VideoIntakePolicy(max_redirects=...)` or pass the final URL."
+        )
+    except BaseException:
+        spool.close()
+        raise
+
+
+def _download(url: str, name: str, policy: VideoIntakePolicy, deadline: Deadline, spool) -> str | None:
+    """One request: writes a 200 body into `spool` and returns None, or returns a redirect's location."""
+    parts = urllib.parse.urlsplit(url)
+    https = parts.scheme.lower() == "https"
+    host, port = parts.hostname or "", parts.port or (443 if https else 80)
+    address = checked_address(host, port, name, policy)
+    try:
+        sock = socket.create_connection((address, port), timeout=deadline.timeout(policy.read_timeout_s))
+        if https:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        connection = http.client.HTTPConnection(host, port)  # the connected socket is used as is
+        connection.sock = sock
+        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        connection.request("GET", target, headers={"Accept-Encoding": "identity", "User-Agent": "storm-hf"})
+        response = connection.getresponse()
+        try:
+            if response.status in _REDIRECT_STATUSES:
+                location = response.getheader("Location")
+                if not location:
+                    raise VideoDecodingError(f"{name} answered HTTP {response.status} without a Location.")
+                return location
+            if response.status != 200:
+                raise VideoDecodingError(f"{name} answered HTTP {response.status} {response.reason}; check the URL.")
+            length = response.getheader("Content-Length")
+            if length is not None and length.isdigit() and int(length) > policy.max_bytes:
+                raise _over_budget(name, policy)
+            spool.seek(0)
+            spool.truncate()
+            received = 0
+            while True:
+                sock.settimeout(deadline.timeout(policy.read_timeout_s))
+                chunk = response.read1(_DOWNLOAD_CHUNK)
+                if not chunk:
+                    return None
+                received += len(chunk)
+                if received > policy.max_bytes:
+                    raise _over_budget(name, policy)
+                spool.write(chunk)
+        finally:
+            connection.close()
+    except (TimeoutError, socket.timeout):
+        deadline.check()
+        raise VideoDecodingError(
+            f"{name} did not answer within {policy.read_timeout_s:g}s; check the URL, or raise "
+            "`VideoIntakePolicy(read_timeout_s=...)`."
+        ) from None
+    except (OSError, http.client.HTTPException) as error:
+        raise VideoDecodingError(f"{name} could not be fetched ({error}); check the URL.") from None
+
+
+def _over_budget(name: str, policy: VideoIntakePolicy) -> ByteBudgetError:
+    return ByteBudgetError(
+        f"{name} is larger than the intake byte budget of {policy.max_bytes} bytes; raise "
+        "`VideoIntakePolicy(max_bytes=...)` to read it."
+    )
