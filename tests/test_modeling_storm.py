@@ -374,7 +374,8 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads_checkpointed[name], grads[name], msg=name)
 
 
-def test_sdpa_by_default_and_bfloat16_on_cpu(tmp_path):
+def test_sdpa_by_default_and_bfloat16_loading(tmp_path):
+    """Loading in bf16 gives bf16 weights and logits; their accuracy is tested against float64 in test_precision.py."""
     model = tiny_model()
     assert model.config._attn_implementation == "sdpa"
     assert model.config.text_config._attn_implementation == "sdpa"
@@ -384,12 +385,7 @@ def test_sdpa_by_default_and_bfloat16_on_cpu(tmp_path):
     inputs = video_inputs(model.config, [[3]])
     inputs["pixel_values_videos"] = inputs["pixel_values_videos"].bfloat16()
     with torch.no_grad():
-        logits = bf16(**inputs).logits
-        reference = model(**video_inputs(model.config, [[3]])).logits
-    assert logits.dtype == torch.bfloat16
-    assert (logits.float().softmax(-1) - reference.softmax(-1)).abs().max() < 0.05
-    generated = bf16.generate(**inputs, max_new_tokens=3, do_sample=False)
-    assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
+        assert bf16(**inputs).logits.dtype == torch.bfloat16
 
 
 def test_trust_remote_code_loading_without_storm_hf(tmp_path):
