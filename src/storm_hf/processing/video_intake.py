@@ -442,3 +442,28 @@ def _over_budget(name: str, policy: VideoIntakePolicy) -> ByteBudgetError:
         f"{name} is larger than the intake byte budget of {policy.max_bytes} bytes; raise "
         "`VideoIntakePolicy(max_bytes=...)` to read it."
     )
+
+
+def read_image_frame(source, policy: VideoIntakePolicy):
+    """(height, width, 3) uint8 RGB array of one image file (a frame of a video given as a list of image paths or
+    URLs), read under `policy`: the same source rules and budgets as a video."""
+    import numpy as np
+    import PIL.Image
+
+    name = f"'{os.fspath(source)}'"
+    resolved = resolve_source(source, name, policy, Deadline(policy.deadline_s, name))
+    try:
+        if resolved.is_live:
+            raise VideoSourceRefusedError(f"{name} is a live stream, not an image file.")
+        target = resolved.target
+        with PIL.Image.open(target[len("file:") :] if isinstance(target, str) else target) as image:
+            if image.width * image.height > policy.max_frame_pixels:
+                raise FramePixelBudgetError(
+                    f"{name} is a {image.width}x{image.height} image, over the intake pixel budget of "
+                    f"{policy.max_frame_pixels} pixels per frame; raise `VideoIntakePolicy(max_frame_pixels=...)`."
+                )
+            return np.asarray(image.convert("RGB"))
+    except PIL.UnidentifiedImageError:
+        raise FormatRefusedError(f"{name} is not an image PIL can read; pass image files as the frames.") from None
+    finally:
+        resolved.close()

@@ -10,13 +10,14 @@ import PIL.Image
 import torch
 from huggingface_hub.dataclasses import validate_typed_dict
 from transformers.image_processing_utils import BatchFeature, get_size_dict
-from transformers.image_utils import PILImageResampling, SizeDict, is_valid_image, load_image
+from transformers.image_utils import PILImageResampling, SizeDict, is_valid_image
 from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_metadata
 
 from .token_budget import FramePlan, frames_within_budget, visual_token_grid
 from .video_decoding import StormVideoMetadata, check_sampling_arguments, is_video_source, read_video
+from .video_intake import DEFAULT_POLICY, ImageNotVideoError, VideoIntakePolicy, read_image_frame
 
 
 # Settings of the model the token count depends on; `build_processor` copies them from the model config.
@@ -34,6 +35,7 @@ SETTINGS_OF_THIS_PROCESSOR = (
     *TOKEN_GRID_SETTINGS,
     "video_metadata",
     "return_metadata",
+    "intake_policy",
 )
 
 
@@ -65,10 +67,12 @@ class StormVideoProcessorKwargs(VideosKwargs, total=False):
     downsample_ratio: int
     temporal_pool_size: int
     spatial_pool_size: int
+    intake_policy: VideoIntakePolicy | None
 
 
 def _image_extensions() -> set[str]:
-    return set(PIL.Image.registered_extensions())
+    """Extensions of the image formats PIL reads, less MPEG (PIL identifies `.mpg` files, which are videos)."""
+    return {extension for extension, format in PIL.Image.registered_extensions().items() if format != "MPEG"}
 
 
 def _is_frame_paths(video) -> bool:
@@ -215,12 +219,26 @@ class StormVideoProcessor(BaseVideoProcessor):
     downsample_ratio = 2
     temporal_pool_size = 4
     spatial_pool_size = 1
+    intake_policy = None
     return_tensors = "pt"
     valid_kwargs = StormVideoProcessorKwargs
     model_input_names = ["pixel_values_videos", "video_num_frames", "temporal_sampling_stride", "video_token_grid"]
 
     def __init__(self, **kwargs: Unpack[StormVideoProcessorKwargs]):
+        policy = kwargs.get("intake_policy")
+        if policy is not None and not isinstance(policy, VideoIntakePolicy):
+            raise TypeError(
+                f"`intake_policy` must be a `VideoIntakePolicy`, got {type(policy).__name__}; it is set in code, never "
+                "loaded from a saved configuration."
+            )
         super().__init__(**kwargs)
+
+    def to_dict(self) -> dict:
+        """The settings to save, without `intake_policy`: a checkpoint must not loosen the intake policy of whoever
+        loads it (set it in code: `video_processor.intake_policy = ...`, or per call)."""
+        output = super().to_dict()
+        output.pop("intake_policy", None)
+        return output
 
     def token_grid(self, num_frames: int, height: int, width: int, temporal_sampling_stride: int = 1, **settings):
         """(frames, rows, columns) of the LLM tokens of `num_frames` processed frames of `height`x`width` pixels;
@@ -350,7 +368,9 @@ class StormVideoProcessor(BaseVideoProcessor):
             ]
         decoded, sampled_metadata = [], []
         for video, video_metadata, sampler in zip(flat_videos, metadata, itertools.chain(*samplers)):
-            frames, video_metadata = self._decode_and_sample(video, video_metadata, sampler)
+            frames, video_metadata = self._decode_and_sample(
+                video, video_metadata, sampler, settings["intake_policy"] or DEFAULT_POLICY, size
+            )
             decoded.append(frames)
             sampled_metadata.append(video_metadata)
         sample_strides = [
@@ -466,21 +486,31 @@ class StormVideoProcessor(BaseVideoProcessor):
         return make_batched_metadata(videos, video_metadata)
 
     @staticmethod
-    def _decode_and_sample(video, metadata: VideoMetadata | None, sampler) -> tuple:
-        """Decode a file, or take decoded frames, keeping the frames `sampler(metadata=...)` picks (all when None).
+    def _decode_and_sample(
+        video, metadata: VideoMetadata | None, sampler, policy: VideoIntakePolicy, size: SizeDict | None
+    ) -> tuple:
+        """Decode a file under the intake `policy` (frames larger than `size` scaled to it while decoding), or take
+        decoded frames, keeping the frames `sampler(metadata=...)` picks (all when None).
 
         Returns the (num_frames, ...) frames and the metadata with `frames_indices` set.
         """
         if is_video_source(video):
-            return read_video(video, sampler)
+            frame_size = None if size is None else (size.height, size.width)
+            return read_video(video, sampler, policy=policy, frame_size=frame_size)
         if metadata is None:
             metadata = StormVideoMetadata(total_num_frames=len(video))
         metadata.total_num_frames = len(video)
+        if isinstance(video, list) and len(video) == 1:  # what a `{"type": "video"}` chat entry holding an image gives
+            name = repr(os.fspath(video[0])) if isinstance(video[0], (str, os.PathLike)) else type(video[0]).__name__
+            raise ImageNotVideoError(
+                f"An image ({name}) was given as a video (a list of one frame). Pass it as an image (`images=` or a "
+                '`{"type": "image"}` chat entry), or pass a video: a file, an array of frames, or a list of frames.'
+            )
         indices = np.arange(len(video)) if sampler is None else np.asarray(sampler(metadata=metadata))
         metadata.frames_indices = indices.tolist()
         if not isinstance(video, list):
             return video[torch.as_tensor(indices) if isinstance(video, torch.Tensor) else indices], metadata
-        frames = [_frame_to_array(video[index]) for index in indices.tolist()]
+        frames = [_frame_to_array(video[index], policy) for index in indices.tolist()]
         if len({frame.shape for frame in frames}) > 1:
             raise ValueError(
                 f"The frames of a video given as a list have different shapes {sorted({f.shape for f in frames})}; "
@@ -494,10 +524,11 @@ def _stride(stride: int | None) -> int:
     return 1 if stride is None else stride
 
 
-def _frame_to_array(frame) -> np.ndarray:
-    """A frame of a list-of-frames video as an array; paths and URLs are loaded, PIL images converted to RGB."""
+def _frame_to_array(frame, policy: VideoIntakePolicy) -> np.ndarray:
+    """A frame of a list-of-frames video as an array; paths and URLs are loaded under the intake `policy`, PIL images
+    converted to RGB."""
     if isinstance(frame, (str, os.PathLike)):
-        frame = load_image(os.fspath(frame))
+        return read_image_frame(frame, policy)
     return np.asarray(frame.convert("RGB")) if isinstance(frame, PIL.Image.Image) else np.asarray(frame)
 
 
