@@ -3,7 +3,8 @@
     accelerate launch --config_file examples/accelerate/fsdp2.yaml examples/train_storm.py \\
         --model checkpoints/storm-composed --dataset data/train.jsonl --stage alignment --output-dir out/alignment
 
-    python examples/train_storm.py --model src/storm_hf/demo_checkpoint --max-steps 20 --output-dir /tmp/storm-smoke
+    python examples/train_storm.py --model src/storm_hf/synthetic/demo_checkpoint --max-steps 20 \\
+        --output-dir /tmp/storm-smoke
 
 Nothing is downloaded: `--model` is a local STORM checkpoint with its processor (from `storm-hf compose`, `storm-hf
 convert` or an earlier stage of this script). `--dataset` is a `datasets.save_to_disk` directory or a JSON / JSON-lines

@@ -152,6 +152,28 @@ def test_placeholders_without_videos_and_videos_without_placeholders(processor):
         processor(videos=make_frames(4))
 
 
+def test_control_tokens_in_user_text_are_placeholders_unless_sanitized(processor):
+    """As in transformers' processors: a `<|video_pad|>` or `<|image_pad|>` typed in a message counts as a placeholder
+    (here one too many: the call raises), unless `apply_chat_template(..., sanitize_control_tokens=True)` marks it as
+    user text; then it is encoded as plain text and the prompt is the one without it plus that text."""
+    video = make_frames(8)
+    typed = "Is <|video_pad|> or <|image_pad|> a token?"
+    with pytest.raises(ValueError, match=r"2 <\|video_pad\|> placeholder\(s\).*sanitize_control_tokens=True"):
+        processor.apply_chat_template(video_chat(video, question=typed), tokenize=True, return_dict=True)
+    sanitized = processor.apply_chat_template(
+        video_chat(video, question=typed), tokenize=True, return_dict=True, sanitize_control_tokens=True
+    )
+    plain = processor.apply_chat_template(video_chat(video, question="Is"), tokenize=True, return_dict=True)
+    ids, plain_ids = sanitized["input_ids"][0], plain["input_ids"][0]
+    assert ids.count(processor.video_token_id) == plain_ids.count(processor.video_token_id) == tokens_per_video(4)
+    assert processor.image_token_id not in ids
+    torch.testing.assert_close(sanitized["pixel_values_videos"], plain["pixel_values_videos"])
+    # Up to the question the prompts are the same tokens; the typed tokens come back as the text that was typed.
+    start = plain_ids.index(processor.tokenizer.convert_tokens_to_ids("<|vision_end|>")) + 1
+    assert ids[:start] == plain_ids[:start]
+    assert processor.tokenizer.decode(ids[start:]).startswith(typed)
+
+
 def test_invalid_stride_raises(processor):
     with pytest.raises(ValueError, match="temporal_sampling_stride"):
         processor(text="<|video_pad|>", videos=make_frames(4), temporal_sampling_stride=0)

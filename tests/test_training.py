@@ -163,10 +163,13 @@ def test_trainer_lowers_the_loss_and_keeps_the_chat_columns(tmp_path, tokenizer,
     before = _loss(model, batch)
     args = training_arguments(tmp_path)
     assert args.remove_unused_columns  # the Trainer default, which would drop `messages`
+    given = args.to_dict()
     trainer = StormTrainer(
         model=model, args=args, train_dataset=task["train"], data_collator=StormDataCollator(processor)
     )
     assert not trainer.args.remove_unused_columns and trainer.args.label_names == ["labels"]
+    assert args.to_dict() == given  # the caller's arguments are left as they were
+    assert trainer.args.to_dict() == {**given, "remove_unused_columns": False, "label_names": ["labels"]}
     trainer.train()
     assert _loss(model, batch) < before - 1.0
 

@@ -20,7 +20,7 @@ trainer = trl.SFTTrainer(model=model, args=storm_sft_config(output_dir="out"), t
 import copy
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -233,8 +233,9 @@ class StormTrainer(Trainer):
     checkpoint, keeps weight decay off the Mamba state parameters, and can give each part its own learning rate.
 
     - `Trainer` drops the dataset columns that the model's `forward` does not take (`remove_unused_columns=True`, the
-      default), which would remove the `messages` the collator builds batches from. `StormTrainer` turns that off (and
-      logs it) and names `labels` as the label column, which `Trainer` cannot infer for a PEFT-wrapped model.
+      default), which would remove the `messages` the collator builds batches from. `StormTrainer` trains with a copy
+      of `args` that turns that off (and logs it) and names `labels` as the label column, which `Trainer` cannot infer
+      for a PEFT-wrapped model; the caller's `args` stay as they were.
     - `processing_class` defaults to the `StormDataCollator`'s processor, so that `save_model` and every checkpoint
       hold it next to the weights (a checkpoint without a processor cannot be loaded for inference). Without either,
       `StormTrainer` raises.
@@ -260,11 +261,9 @@ class StormTrainer(Trainer):
         if args is not None:
             if args.remove_unused_columns:
                 logger.info(
-                    "StormTrainer: setting `remove_unused_columns=False` to keep the chat columns for the collator."
+                    "StormTrainer: trains with `remove_unused_columns=False` to keep the chat columns for the collator."
                 )
-                args.remove_unused_columns = False
-            if args.label_names is None:
-                args.label_names = ["labels"]
+            args = replace(args, remove_unused_columns=False, label_names=args.label_names or ["labels"])
         if processing_class is None:
             processing_class = getattr(data_collator, "processor", None)
         if processing_class is None:

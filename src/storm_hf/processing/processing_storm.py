@@ -2,10 +2,11 @@
 
 import itertools
 import math
+import re
 
 import torch
 from transformers.image_utils import make_flat_list_of_images
-from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin
+from transformers.processing_utils import _UNMARKED, MultiModalData, ProcessingKwargs, ProcessorMixin
 
 from .video_processing_storm import StormVideoProcessorKwargs, make_list_of_videos, pad_videos
 
@@ -102,7 +103,11 @@ class StormProcessor(ProcessorMixin):
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """Load images given as paths or URLs, and group `images` and `videos` (flat in placeholder order over the
-        batch, or nested per sample) per sample, after checking that there is one per placeholder."""
+        batch, or nested per sample) per sample by the placeholders in each sample's text.
+
+        As in transformers' processors, a `<|video_pad|>` or `<|image_pad|>` in the text is a placeholder, unless
+        `apply_chat_template(..., sanitize_control_tokens=True)` marked it as user text: then it is encoded as plain
+        text and stands for no input."""
         if text is None:
             raise ValueError(
                 f"{type(self).__name__} needs `text` with one {self.video_token} per video and one {self.image_token} "
@@ -111,24 +116,26 @@ class StormProcessor(ProcessorMixin):
         images, text, videos, audio = super().prepare_inputs_layout(images, text, videos, audio, **kwargs)
         videos = make_list_of_videos(videos) if videos is not None else []
         images = make_flat_list_of_images(images) if images is not None else []
-        videos_per_sample = self._count_placeholders(text, self.video_token, len(videos), "video")
-        images_per_sample = self._count_placeholders(text, self.image_token, len(images), "image")
+        # `_UNMARKED`: the look-behind with which ProcessorMixin expands and checks only the unmarked placeholders.
+        videos_per_sample = [len(re.findall(_UNMARKED + re.escape(self.video_token), sample)) for sample in text]
+        images_per_sample = [len(re.findall(_UNMARKED + re.escape(self.image_token), sample)) for sample in text]
         return (_split(images, images_per_sample), text, _split(videos, videos_per_sample), audio)
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        """Nothing left to check: `prepare_inputs_layout` matched the inputs to the placeholders."""
-
-    def _count_placeholders(self, texts: list[str], token: str, num_inputs: int, kind: str) -> list[int]:
-        """Placeholders per sample; raises unless there is exactly one input per placeholder."""
-        counts = [sample.count(token) for sample in texts]
-        if sum(counts) != num_inputs:
-            raise ValueError(
-                f"The total number of {token} tokens in the prompts should be the same as the number of {kind}s "
-                f"passed: the text has {sum(counts)} {token} placeholder(s) (per sample: {counts}) but {num_inputs} "
-                f"{kind}(s) were passed. Put one {token} in the text for each {kind}, in order (`apply_chat_template` "
-                f'does this for {{"type": "{kind}"}} entries), or pass as many {kind}s as there are placeholders.'
-            )
-        return counts
+        """Raises unless the text has exactly one placeholder per video and per image. `images` and `videos` are
+        grouped per sample (`prepare_inputs_layout`); `text` comes without the control tokens marked as user text."""
+        for token, inputs, kind in ((self.video_token, videos, "video"), (self.image_token, images, "image")):
+            counts = [sample.count(token) for sample in text]
+            num_inputs = sum(len(sample) for sample in inputs)
+            if sum(counts) != num_inputs:
+                raise ValueError(
+                    f"The total number of {token} tokens in the prompts should be the same as the number of {kind}s "
+                    f"passed: the text has {sum(counts)} {token} placeholder(s) (per sample: {counts}) but "
+                    f"{num_inputs} {kind}(s) were passed. Put one {token} in the text for each {kind}, in order "
+                    f'(`apply_chat_template` does this for {{"type": "{kind}"}} entries), or pass as many {kind}s as '
+                    f"there are placeholders. A {token} that is meant as text: `apply_chat_template(..., "
+                    "sanitize_control_tokens=True)` encodes the control tokens in the messages as plain text."
+                )
 
     # `_process_videos`/`_process_images` are ProcessorMixin's hooks for calling a sub-processor; transformers has no
     # public one. Its defaults count the placeholders over the raw inputs (`make_batched_videos`); STORM counts them
@@ -220,6 +227,7 @@ class StormProcessor(ProcessorMixin):
 
 
 def _split(items: list, counts: list[int]) -> list[list]:
-    """`items` (flat, in placeholder order) as one list per sample holding `counts[i]` of them."""
-    starts = [sum(counts[:i]) for i in range(len(counts) + 1)]
-    return [items[start:end] for start, end in itertools.pairwise(starts)]
+    """`items` (flat, in placeholder order) as one list per sample holding `counts[i]` of them; the last sample also
+    holds any items beyond the placeholders, so that `validate_inputs` counts every input."""
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    return [items[start:end] for start, end in itertools.pairwise([*starts, None])]
