@@ -168,7 +168,7 @@ def self_contained_problems(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     problems = []
     for file_name, auto_classes in (
-        ("config.json", ("AutoConfig", "AutoModelForImageTextToText")),
+        ("config.json", ("AutoConfig", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")),
         ("processor_config.json", ("AutoProcessor",)),
     ):
         path = folder / file_name

@@ -27,8 +27,9 @@ def register() -> None:
 
     - `AutoConfig` ("storm"), `AutoModel`, `AutoModelForImageTextToText`, `AutoModelForMultimodalLM`, `AutoProcessor`
       and `AutoVideoProcessor` resolve STORM's classes;
-    - `save_pretrained` copies the code and writes `auto_map`, so that a checkpoint loads with `trust_remote_code=True`
-      where storm_hf is not installed;
+    - `save_pretrained` copies the code and writes `auto_map` (with both `AutoModelForImageTextToText` and
+      `AutoModelForMultimodalLM`: `StormForConditionalGeneration.save_pretrained`), so that a checkpoint loads with
+      `trust_remote_code=True`, and `transformers serve` serves it, where storm_hf is not installed;
     - `pipeline("video-text-to-text")` builds a `VideoTextToTextPipeline` (transformers has no such task).
     """
     AutoConfig.register(StormConfig.model_type, StormConfig, exist_ok=True)

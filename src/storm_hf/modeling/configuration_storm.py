@@ -6,6 +6,7 @@ from typing import Literal
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
 
 
 @strict
@@ -178,6 +179,14 @@ class StormConfig(PreTrainedConfig):
                 f"`vision_feature_layer={self.vision_feature_layer}` is outside the vision tower's {num_hidden_states} "
                 f"hidden states: use -{num_hidden_states}..{num_hidden_states - 1}."
             )
+
+
+# `transformers serve` (transformers/cli/serving/model_manager.py) loads a model with `AutoModelForMultimodalLM` only
+# when its model type is a key of this table, else as `getattr(transformers, architectures[0])`, and reads the
+# modality (which inputs a request may carry) from the class names among its values. `AutoModelForMultimodalLM.register`
+# does not fill it and transformers has no public way to, so the configuration module, which the server imports (via
+# `AutoConfig`, also as remote code without storm_hf) before it looks, adds STORM to it.
+MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES.setdefault(StormConfig.model_type, "StormForConditionalGeneration")
 
 
 __all__ = ["StormConfig"]

@@ -1017,6 +1017,20 @@ class StormForConditionalGeneration(StormPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`. A model registered for remote code (`register_for_auto_class`, which names
+        one Auto class) is mapped in the saved `auto_map` by every Auto class that loads it as remote code:
+        `AutoModelForImageTextToText` (the image-text-to-text pipeline) and `AutoModelForMultimodalLM` (`transformers
+        serve`)."""
+        if self.is_remote_code():
+            name = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+            auto_classes = ("AutoModelForImageTextToText", "AutoModelForMultimodalLM")
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                **dict.fromkeys(auto_classes, name),
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
 

@@ -54,6 +54,19 @@ class StormProcessorKwargs(ProcessingKwargs, total=False):
     videos_kwargs: StormVideoProcessorKwargs
 
 
+# How a chat call chooses a video's frames, highest precedence first (`StormProcessor.apply_chat_template`).
+CHAT_FRAME_SELECTION = ("max_visual_tokens", "fps", "num_frames")
+# The video settings a chat server passes as keyword arguments of `apply_chat_template` (a request's
+# `chat_template_kwargs`): gathered with `processor_kwargs` before the frame selection is resolved.
+CHAT_VIDEO_SETTINGS = (
+    *CHAT_FRAME_SELECTION,
+    "min_frames",
+    "max_frames",
+    "temporal_sampling_stride",
+    "do_sample_frames",
+)
+
+
 class StormProcessor(ProcessorMixin):
     r"""
     Processor of STORM: a Qwen2 tokenizer, a [`StormVideoProcessor`] and a SigLIP image processor.
@@ -100,6 +113,47 @@ class StormProcessor(ProcessorMixin):
         super().__init__(
             image_processor, tokenizer, video_processor, chat_template=chat_template or CHAT_TEMPLATE, **kwargs
         )
+
+    def apply_chat_template(
+        self, conversation, chat_template=None, load_audio_from_video=False, processor_kwargs=None, **kwargs
+    ):
+        """`ProcessorMixin.apply_chat_template`, with a chat call's frame selection read as a chat server sends it.
+
+        STORM takes no audio: `load_audio_from_video` (which `transformers serve` sets for every video) is ignored, and
+        no audio track is ever decoded.
+
+        The frame selection (keyword arguments or `processor_kwargs`; `transformers serve` passes a request's
+        `chat_template_kwargs` here) goes by precedence, highest first; a higher setting replaces a lower one given in
+        the same call, and `None` counts as not given:
+            1. `max_visual_tokens`: the token budget picks the frames and the stride (a `temporal_sampling_stride`
+               given with it fixes the stride);
+            2. `fps`: frames per second of video, within `min_frames`/`max_frames`;
+            3. `num_frames`: at most this many frames, spread uniformly; a video with fewer frames is read whole;
+            4. none of them: the video processor's defaults, its `num_frames` read as in 3.
+        So the `num_frames=32` that `transformers serve` adds to every video request gives way to a client's `fps` or
+        `max_visual_tokens`, and answers a shorter video. Every frame, unbounded, only with `do_sample_frames=False`.
+        """
+        settings = {
+            **(processor_kwargs or {}),
+            **{name: kwargs.pop(name) for name in CHAT_VIDEO_SETTINGS if name in kwargs},
+        }
+        return super().apply_chat_template(
+            conversation, chat_template, processor_kwargs=self._chat_frame_selection(settings), **kwargs
+        )
+
+    def _chat_frame_selection(self, settings: dict) -> dict:
+        """`settings` with the frame selection that wins (see `apply_chat_template`); a `num_frames` that wins becomes
+        a ceiling (`max_frames`)."""
+        given = {name: settings.pop(name, None) for name in CHAT_FRAME_SELECTION}
+        if all(value is None for value in given.values()):  # the video processor's defaults, read the same way
+            given = {name: getattr(self.video_processor, name) for name in CHAT_FRAME_SELECTION}
+        winner = next((name for name in CHAT_FRAME_SELECTION if given[name] is not None), None)
+        if winner is None:  # a video processor that keeps every frame by default
+            return {**settings, **given}
+        if winner != "num_frames":
+            return {**settings, winner: given[winner]}
+        ceiling = min(given["num_frames"], settings.get("max_frames") or given["num_frames"])
+        return {**settings, **dict.fromkeys(CHAT_FRAME_SELECTION), "max_frames": ceiling}
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """Load images given as paths or URLs, and group `images` and `videos` (flat in placeholder order over the

@@ -45,8 +45,8 @@ class StormVideoProcessorKwargs(VideosKwargs, total=False):
         Fewest frames `fps` sampling may return (the count it derives is raised to this), and the smallest `num_frames`
         accepted.
     max_frames (`int`, *optional*):
-        Most frames `fps` sampling or the token budget may pick (the count is capped to this), and the largest
-        `num_frames` accepted.
+        Most frames `fps` sampling, the token budget or sampling without `num_frames`/`fps` may pick (the count is
+        capped to this), and the largest `num_frames` accepted.
     max_visual_tokens (`int`, *optional*):
         LLM token budget of each sample's videos. Replaces `num_frames`/`fps`: the processor picks the frame count and
         the temporal-sampling stride from each video's length (see `StormVideoProcessor.plan_frames`).
@@ -286,7 +286,8 @@ class StormVideoProcessor(BaseVideoProcessor):
         max_frames: int | None = None,
         **kwargs,
     ) -> np.ndarray:
-        """Indices of the frames to keep: `num_frames` uniformly spread, or `fps` frames per second of video.
+        """Indices of the frames to keep: `num_frames` uniformly spread, or `fps` frames per second of video; with
+        neither, every frame, or `max_frames` of them uniformly spread when the video has more.
 
         With `fps`, the count is `round(duration * fps)` clamped to `[min_frames, max_frames]`; the frames are then
         spread uniformly as with `num_frames`. Asking for more frames than the video has raises.
@@ -310,8 +311,8 @@ class StormVideoProcessor(BaseVideoProcessor):
                     f"`num_frames={num_frames}` is outside [min_frames={min_frames}, max_frames={max_frames}]."
                 )
             requested = f"num_frames={num_frames}"
-        else:
-            return np.arange(total)
+        else:  # every frame, at most `max_frames` of them
+            num_frames = requested = min(total, max_frames or total)
         if num_frames > total:
             raise ValueError(
                 f"Asked for {requested} but the video has only {total} frames; ask for at most {total} frames, or pass "
