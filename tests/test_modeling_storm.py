@@ -113,8 +113,8 @@ def test_reverse_sequences_keeps_padding_in_place():
     assert torch.equal(reverse_sequences(reversed_, torch.tensor([5, 3])), x)
 
 
-def _initialised_mixer(bidirectional: bool) -> StormMambaMixer:
-    model = tiny_model(mamba_bidirectional=bidirectional)
+def _initialised_mixer(bidirectional: bool, inference_chunk_length: int | None = None) -> StormMambaMixer:
+    model = tiny_model(mamba_bidirectional=bidirectional, mamba_inference_chunk_length=inference_chunk_length)
     return model.model.temporal_projector.layers[0].mixer
 
 
@@ -184,8 +184,7 @@ def test_bidirectional_mixer_sees_the_future_and_causal_does_not():
 
 @pytest.mark.parametrize("grad", [True, False])  # the whole-sequence scan, the scan in chunks of 3 positions
 def test_causal_mixer_carries_its_state_across_calls(grad):
-    mixer = _initialised_mixer(bidirectional=False)
-    mixer.inference_chunk_tokens = 3
+    mixer = _initialised_mixer(bidirectional=False, inference_chunk_length=3)
     torch.manual_seed(0)
     x = torch.randn(2, 17, 64)
     with torch.set_grad_enabled(grad):
@@ -698,23 +697,28 @@ def _padded_batch(lengths: list[int], hidden_size: int = 64) -> tuple[torch.Tens
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_mixer_in_chunks_at_inference_equals_the_whole_sequence_scan(bidirectional, lengths):
     torch.manual_seed(0)
-    mixer = _initialised_mixer(bidirectional)
     norm = torch.nn.LayerNorm(64)
     torch.nn.init.normal_(norm.weight)
     torch.nn.init.normal_(norm.bias)
     hidden_states, padded_lengths = _padded_batch(lengths)
     calls = []
-    mixer.in_proj.register_forward_hook(lambda *args: calls.append(args[1][0].shape[1]))
+
+    def mixer_with(chunk_length):  # the same weights (a seeded tiny model) with another chunk length
+        mixer = _initialised_mixer(bidirectional, chunk_length)
+        mixer.in_proj.register_forward_hook(lambda *args: calls.append(args[1][0].shape[1]))
+        return mixer
+
     with torch.no_grad():
-        mixer.inference_chunk_tokens = None  # the whole sequence at once, as in training
-        expected, expected_state = mixer(hidden_states, padded_lengths, norm=norm)
+        expected, expected_state = mixer_with(None)(hidden_states, padded_lengths, norm=norm)  # at once, as training
         assert calls == [200]
-        for chunk_tokens in (1, 7, 8, 64, 200, 500):  # 7 and 64 do not divide 200; 500 is longer than the sequence
-            mixer.inference_chunk_tokens = chunk_tokens
+        for chunk_length in (1, 7, 8, 64, 200, 500):  # 7 and 64 do not divide 200; 500 is longer than the sequence
             calls.clear()
-            output, state = mixer(hidden_states, padded_lengths, norm=norm)
-            assert len(calls) == math.ceil(200 / chunk_tokens) * (2 if bidirectional else 1)
-            assert max(calls) == min(chunk_tokens, 200)
+            output, state = mixer_with(chunk_length)(hidden_states, padded_lengths, norm=norm)
+            if chunk_length >= 200:  # one chunk: the whole-sequence path, one `in_proj` for both directions
+                assert calls == [200]
+            else:
+                assert len(calls) == math.ceil(200 / chunk_length) * (2 if bidirectional else 1)
+                assert max(calls) == chunk_length
             for row, length in enumerate(lengths):
                 torch.testing.assert_close(output[row, :length], expected[row, :length], rtol=1e-5, atol=1e-5)
             if bidirectional or padded_lengths is not None:
@@ -730,8 +734,7 @@ def test_mixer_in_chunks_equals_the_flip_and_token_loop_reference_of_each_sequen
     first from each sequence's own end), against that sequence alone through the channel-major reference (conv1d,
     token-by-token scan, the backward direction as a flip of the whole sequence)."""
     torch.manual_seed(0)
-    mixer = _initialised_mixer(bidirectional)
-    mixer.inference_chunk_tokens = 7
+    mixer = _initialised_mixer(bidirectional, inference_chunk_length=7)
     lengths = [40, 23, 9]
     hidden_states, padded_lengths = _padded_batch(lengths)
     with torch.no_grad():
@@ -753,8 +756,7 @@ def test_mixer_scans_at_once_at_inference_exactly_where_mamba_ssm_scan_applies(m
         return initial_state is None and not last_state_needs_grad
 
     monkeypatch.setattr(modeling_storm, "mamba_ssm_scan_applies", on_cuda_with_mamba_ssm)
-    mixer = _initialised_mixer(bidirectional=False)
-    mixer.inference_chunk_tokens = 4
+    mixer = _initialised_mixer(bidirectional=False, inference_chunk_length=4)
     calls = []
     mixer.in_proj.register_forward_hook(lambda *args: calls.append(args[1][0].shape[1]))
     x = torch.randn(2, 22, 64)
@@ -771,9 +773,7 @@ def test_projector_at_inference_equals_its_training_path():
     """Without a gradient the projector merges windows frame by frame and its mixers scan in chunks (of 5 positions
     here: 24 and 12 per video); with one, everything runs at once. Two videos of different lengths: a padded batch."""
     torch.manual_seed(0)
-    projector = tiny_model().model.temporal_projector
-    for layer in projector.layers:
-        layer.mixer.inference_chunk_tokens = 5
+    projector = tiny_model(mamba_inference_chunk_length=5).model.temporal_projector
     vision = projector.linear.in_features // 4  # 2x2 windows
     features = torch.randn(9, IMAGE_SIZE // 14, IMAGE_SIZE // 14, vision)
     expected, _ = projector(features, [6, 3])
@@ -782,6 +782,23 @@ def test_projector_at_inference_equals_its_training_path():
     assert [video.shape[0] for video in videos] == [6, 3]
     for video, reference in zip(videos, expected):
         torch.testing.assert_close(video, reference.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_mamba_inference_chunk_length_is_a_validated_config_field_that_saving_keeps_and_the_mixers_apply(tmp_path):
+    def chunk_lengths(model):
+        return [layer.mixer.inference_chunk_length for layer in model.model.temporal_projector.layers]
+
+    model = tiny_model(mamba_inference_chunk_length=6)
+    assert chunk_lengths(model) == [6, 6]
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["mamba_inference_chunk_length"] == 6
+    assert chunk_lengths(StormForConditionalGeneration.from_pretrained(tmp_path)) == [6, 6]
+    whole = StormForConditionalGeneration.from_pretrained(tmp_path, mamba_inference_chunk_length=None)
+    assert chunk_lengths(whole) == [None, None]
+    for value in (0, -4):
+        message = f"`mamba_inference_chunk_length` must be a positive integer, got {value}"
+        with pytest.raises(StrictDataclassClassValidationError, match=message):
+            tiny_model(mamba_inference_chunk_length=value)
 
 
 def test_mixer_names_the_weights_of_both_directions_and_loads_checkpoints_written_before(demo_checkpoint):

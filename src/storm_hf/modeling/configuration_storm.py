@@ -60,6 +60,14 @@ class StormConfig(PreTrainedConfig):
             Scan the flattened spatiotemporal sequence forward and backward (the paper's main model; Vision Mamba
             layout: shared in/out projections, a second conv/x/dt/A/D for the reversed scan, outputs summed). `False`
             gives the paper's causal variant, whose state can be carried across calls for streaming.
+        mamba_inference_chunk_length (`int` or `None`, defaults to 4096):
+            Positions of the flattened video sequence each Mamba layer scans at a time at inference (no gradient) on
+            the PyTorch scan: memory against speed. A sequence of at most this many positions is scanned at once
+            (`in_proj` and `out_proj` run once for both directions); a longer one in chunks of this many, each
+            direction carrying its state from chunk to chunk (same output; `in_proj` and `out_proj` then run once per
+            direction, and the projector's memory is one chunk's intermediates, ~14 x hidden_size floats per position,
+            whatever the video's length). `None`: always at once. Training and mamba-ssm's CUDA scan always scan the
+            whole sequence. `benchmarks/bench_chunk_length.py` measured the default.
         temporal_pool_size (`int`, defaults to 4):
             Frames averaged into one after the projector (trained; the paper's best model uses 4). A last group with
             fewer frames is averaged over the frames it has.
@@ -124,6 +132,7 @@ class StormConfig(PreTrainedConfig):
     mamba_expand: int = 2
     mamba_time_step_rank: int | Literal["auto"] = "auto"
     mamba_bidirectional: bool = True
+    mamba_inference_chunk_length: int | None = 4096
     temporal_pool_size: int = 4
     spatial_pool_size: int = 1
     temporal_sampling_stride: int = 1
@@ -158,6 +167,7 @@ class StormConfig(PreTrainedConfig):
             "mamba_conv_kernel",
             "mamba_expand",
             "mamba_time_step_rank",
+            "mamba_inference_chunk_length",
             "temporal_pool_size",
             "spatial_pool_size",
             "temporal_sampling_stride",

@@ -158,10 +158,12 @@ class StormMambaMixer(nn.Module):
     `conv1d_b`, `x_proj_b`, `dt_proj_b`, `A_b_log`, `D_b` (all None in a causal mixer), and the two directions' gated
     outputs are summed.
 
-    The whole sequence is scanned at once where a gradient is needed or mamba-ssm's CUDA scan runs
-    (`selective_scan.mamba_ssm_scan_applies`: CUDA, mamba-ssm installed, no streaming state). Elsewhere, at inference,
-    it is scanned `inference_chunk_tokens` positions at a time (None: at once), each direction carrying its state from
-    chunk to chunk: same output, but memory is the input, the output and one chunk's intermediates.
+    The whole sequence is scanned at once where a gradient is needed, where mamba-ssm's CUDA scan runs
+    (`selective_scan.mamba_ssm_scan_applies`: CUDA, mamba-ssm installed, no streaming state) or where it is at most
+    `inference_chunk_length` positions long (None: always). A longer sequence is scanned at inference
+    `inference_chunk_length` positions at a time, each direction carrying its state from chunk to chunk: same output,
+    but memory is the input, the output and one chunk's intermediates, at the cost of running `in_proj` and `out_proj`
+    once per direction instead of once (see `StormConfig.mamba_inference_chunk_length`).
     """
 
     def __init__(
@@ -172,15 +174,10 @@ class StormMambaMixer(nn.Module):
         expand: int = 2,
         time_step_rank: int | None = None,
         bidirectional: bool = True,
+        inference_chunk_length: int | None = None,
     ):
         super().__init__()
-        # 32 positions: the chunk's intermediates are the scan's states and decays (2 x 33 x state_size x
-        # intermediate_size floats: 7 MiB at hidden size 896, 29 MiB at the 7B's 3584) and ~12 x hidden_size floats per
-        # position. Time trades against them: a 2048-position layer at hidden size 896 (one CPU thread) took 1.14 s at
-        # once, 1.56 s in chunks of 256 or 128, 1.81 s of 64 and 2.27 s of 32 (the chunk's matrix products get less
-        # efficient; chunks of 256 held ~3.5x the constant memory). The vision tower dominates encoding time; raise
-        # it where the projector's time matters more than its memory.
-        self.inference_chunk_tokens: int | None = 32
+        self.inference_chunk_length = inference_chunk_length
         self.intermediate_size = expand * hidden_size
         self.state_size = state_size
         self.conv_kernel = conv_kernel
@@ -252,8 +249,9 @@ class StormMambaMixer(nn.Module):
             )
         norm = norm if norm is not None else nn.Identity()
         if (
-            _needs_grad(hidden_states, self)
-            or self.inference_chunk_tokens is None
+            self.inference_chunk_length is None
+            or hidden_states.shape[1] <= self.inference_chunk_length
+            or _needs_grad(hidden_states, self)
             or mamba_ssm_scan_applies(hidden_states, None if state is None else state.ssm_state)
         ):
             output, state = self._forward_whole(norm(hidden_states), lengths, state)
@@ -284,7 +282,7 @@ class StormMambaMixer(nn.Module):
         state: StormMambaState | None,
         norm: nn.Module,
     ) -> tuple[torch.Tensor, StormMambaState | None]:
-        """Both directions at inference, `inference_chunk_tokens` positions at a time, each carrying its conv and SSM
+        """Both directions at inference, `inference_chunk_length` positions at a time, each carrying its conv and SSM
         state from chunk to chunk; returns the output and the forward scan's final state.
 
         Each chunk's `out_proj` output is written into the preallocated output (forward scan) or added to it (reversed
@@ -294,7 +292,7 @@ class StormMambaMixer(nn.Module):
         tokens and never before them.
         """
         batch_size, sequence_length, hidden_size = hidden_states.shape
-        chunk_tokens = self.inference_chunk_tokens
+        chunk_tokens = self.inference_chunk_length
         output = hidden_states.new_empty(hidden_states.shape)
         for start in range(0, sequence_length, chunk_tokens):
             chunk = slice(start, start + chunk_tokens)
@@ -390,6 +388,7 @@ class StormMambaLayer(GradientCheckpointingLayer):
             expand=config.mamba_expand,
             time_step_rank=config.mamba_time_step_rank,
             bidirectional=config.mamba_bidirectional,
+            inference_chunk_length=config.mamba_inference_chunk_length,
         )
 
     def forward(
