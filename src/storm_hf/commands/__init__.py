@@ -1,4 +1,4 @@
-"""The `storm-hf` command: generate, stream, compose, convert, push, info, demo.
+"""The `storm-hf` command: generate, stream, compose, convert, push, info, demo, serve.
 
 Each subcommand is a module of this package with `register_subcommand(subcommands)`, which adds its parser and sets
 `run` (the function that carries it out, given the parsed arguments), as transformers' and huggingface_hub's
@@ -11,11 +11,11 @@ import argparse
 import os
 import sys
 
-from . import compose, convert, demo, generate, info, push, stream
+from . import compose, convert, demo, generate, info, push, serve, stream
 from .common import CommandError
 
 
-SUBCOMMANDS = (generate, compose, convert, push, info, demo, stream)
+SUBCOMMANDS = (generate, compose, convert, push, info, demo, stream, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
