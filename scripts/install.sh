@@ -7,4 +7,4 @@ python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
 pip install -q torch==2.14.1 torchvision==0.29.1
-pip install -q -e ".[video,train,test,bench]"
+pip install -q -e ".[video,train,test,bench,serving]"
