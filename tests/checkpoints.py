@@ -13,6 +13,8 @@ from modeling_utils import IMAGE_SIZE, PATCH_SIZE, tiny_config
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
     GemmaConfig,
     PaliGemmaConfig,
     PaliGemmaForConditionalGeneration,
@@ -164,6 +166,20 @@ def qwen_source(layout: str, folder: Path):
     return model.get_input_embeddings(), lambda embeds: model.lm_head(
         model.model.language_model(inputs_embeds=embeds).last_hidden_state
     )
+
+
+def causal_lm_source(model_type: str, folder: Path, tie_word_embeddings: bool = False, spare_rows: int = 0):
+    """A tiny decoder-only causal LM of `model_type` (llama, mistral, qwen3, ...) saved by transformers, with a text
+    tokenizer without the vision tokens and `spare_rows` embedding rows beyond that tokenizer's tokens. Returns the
+    model (the reference)."""
+    tokenizer = tokenizer_without_vision_tokens()
+    settings = {**TEXT, "vocab_size": len(tokenizer) + spare_rows, "head_dim": 16}
+    config = AutoConfig.for_model(model_type, **settings, tie_word_embeddings=tie_word_embeddings)
+    torch.manual_seed(5)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
 
 
 def projector_state_dict(config, seed: int = 3) -> dict[str, torch.Tensor]:

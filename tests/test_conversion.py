@@ -1,5 +1,5 @@
-"""Conversion: compose (SigLIP + Qwen2/Qwen2-VL) and VILA/NVILA checkpoints -> STORM, checked against hand-wired
-parts."""
+"""Conversion: compose (SigLIP + a decoder-only LM or Qwen2-VL) and VILA/NVILA checkpoints -> STORM, checked against
+hand-wired parts."""
 
 import json
 import os
@@ -7,16 +7,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import TEXT, VISION, qwen_source, seed_hub_cache, siglip_source, write_vila_checkpoint
+from checkpoints import (
+    TEXT,
+    VISION,
+    causal_lm_source,
+    qwen_source,
+    seed_hub_cache,
+    siglip_source,
+    write_vila_checkpoint,
+)
+from media import make_frames
 from modeling_utils import IMAGE_SIZE, PATCH_SIZE, tiny_config
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoProcessor
+from transformers import AutoProcessor, TrainingArguments
 
 import storm_hf
 from storm_hf import StormForConditionalGeneration
 from storm_hf.conversion import ConversionError, compose_storm, convert_vila_checkpoint
 from storm_hf.modeling.modeling_storm import StormMambaLayer, StormPixelShuffle
+from storm_hf.training import StormDataCollator, StormTrainer
 
 
 def prompt_and_frames(video_token_id: int, num_video_tokens: int, num_frames: int, seed: int = 0):
@@ -133,6 +143,123 @@ def test_compose_rejects_unsupported_architectures(tmp_path):
         compose_storm(tmp_path / "vision", tmp_path / "vision")
     with pytest.raises(ConversionError, match="does not exist"):
         compose_storm(tmp_path / "missing", tmp_path / "vision")
+
+
+# ---------------------------------------------------------------- any decoder-only language model
+
+
+def video_chat(frames, answer=None):
+    chat = [{"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "What?"}]}]
+    if answer is not None:
+        chat.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return chat
+
+
+@pytest.mark.parametrize(
+    "model_type, tied, spare_rows",
+    [("llama", False, 0), ("qwen3", True, 8)],  # no row for the vision tokens: the embeddings grow; spare rows: as is
+)
+def test_compose_any_decoder_only_language_model(tmp_path, model_type, tied, spare_rows):
+    """Compose over a tiny Llama / Qwen3: its own decoder class, its layers in `_no_split_modules`, the vision tokens
+    given rows where the embeddings had none; the logits of the hand-wired parts, greedy `generate`, save/load and a
+    Trainer step."""
+    vision = siglip_source("siglip_vision_model", tmp_path / "vision")
+    source = causal_lm_source(model_type, tmp_path / "language", tie_word_embeddings=tied, spare_rows=spare_rows)
+    output = tmp_path / "storm"
+    model, processor, report = compose_storm(
+        tmp_path / "vision", tmp_path / "language", output, mamba_state_size=4, temporal_pool_size=2
+    )
+    assert type(model.model.language_model) is type(source.model)
+    decoder_layer = type(source.model.layers[0]).__name__  # LlamaDecoderLayer, Qwen3DecoderLayer
+    assert decoder_layer in model._no_split_modules and "Qwen2DecoderLayer" not in model._no_split_modules
+    assert {"SiglipEncoderLayer", "StormMambaLayer"} <= set(model._no_split_modules)
+
+    old_rows, rows = source.config.vocab_size, len(processor.tokenizer)
+    embeddings = model.get_input_embeddings().weight
+    assert (model.lm_head.weight.data_ptr() == embeddings.data_ptr()) == tied
+    if spare_rows:
+        assert embeddings.shape[0] == old_rows >= rows and "grew" not in report
+    else:
+        assert f"grew the language model's embeddings from {old_rows} to {rows} rows" in report
+        assert embeddings.shape[0] == model.config.text_config.vocab_size == rows == old_rows + 4
+        for grown, original in (
+            (embeddings, source.model.embed_tokens.weight),
+            (model.lm_head.weight, source.lm_head.weight),
+        ):
+            torch.testing.assert_close(grown[:old_rows], original)
+            mean = original.mean(0).expand(rows - old_rows, -1)
+            torch.testing.assert_close(grown[old_rows:], mean, rtol=0, atol=1e-4)
+
+    # Forward with a video: the hand-wired source parts (the LM's rows; a grown embedding adds logits columns).
+    video_token_id = model.config.video_token_id
+    assert processor.tokenizer.convert_ids_to_tokens(video_token_id) == "<|video_pad|>"
+    num_frames = 4
+    input_ids, frames = prompt_and_frames(
+        video_token_id,
+        storm_hf.num_visual_tokens(num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH_SIZE, temporal_pool_size=2),
+        num_frames,
+    )
+
+    def project(grid):
+        videos, _ = model.model.temporal_projector(grid, [num_frames])
+        pooled = videos[0].unflatten(0, (num_frames // 2, 2)).mean(1)
+        return pooled.reshape(-1, pooled.shape[-1])
+
+    def embed(ids):  # the placeholders' rows are overwritten by the video tokens
+        return source.get_input_embeddings()(torch.where(ids == video_token_id, 0, ids))
+
+    with torch.no_grad():
+        expected = hand_wired_logits(
+            vision,
+            -2,
+            project,
+            embed,
+            lambda embeds: source(inputs_embeds=embeds).logits,
+            input_ids,
+            frames,
+            video_token_id,
+        )
+        logits = model(input_ids=input_ids, pixel_values_videos=frames[None]).logits
+    torch.testing.assert_close(logits[..., :old_rows], expected, rtol=1e-4, atol=1e-4)
+
+    # Greedy generation: each new token is the argmax of a cache-free forward over the sequence before it.
+    inputs = processor.apply_chat_template(
+        video_chat(make_frames(6)), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    prompt_length = inputs["input_ids"].shape[1]
+    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    visual = {k: inputs[k] for k in ("pixel_values_videos", "video_num_frames", "temporal_sampling_stride")}
+    with torch.no_grad():
+        for position in range(prompt_length, generated.shape[1]):
+            step_logits = model(input_ids=generated[:, :position], use_cache=False, **visual).logits[0, -1]
+            assert step_logits[generated[0, position]] >= step_logits.max() - 1e-4
+
+    # Save/load: the saved checkpoint is the same model.
+    reloaded = StormForConditionalGeneration.from_pretrained(output).eval()
+    assert reloaded.config.text_config.model_type == model_type
+    assert reloaded.config.text_config.vocab_size == embeddings.shape[0]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=input_ids, pixel_values_videos=frames[None]).logits, logits)
+
+    # One Trainer step changes the language model and the projector.
+    samples = [{"messages": video_chat(make_frames(6, seed=seed), answer="the")} for seed in range(2)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "train"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+    )
+    trainer = StormTrainer(
+        model=reloaded.train(), args=args, train_dataset=samples, data_collator=StormDataCollator(processor)
+    )
+    before = {name: parameter.detach().clone() for name, parameter in reloaded.named_parameters()}
+    assert torch.isfinite(torch.tensor(trainer.train().training_loss))
+    changed = {name for name, parameter in reloaded.named_parameters() if not torch.equal(parameter, before[name])}
+    assert any(".language_model.layers." in name for name in changed)
+    assert any(".temporal_projector." in name for name in changed)
 
 
 # ---------------------------------------------------------------- VILA / NVILA checkpoints

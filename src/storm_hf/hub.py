@@ -87,8 +87,8 @@ def model_card(
         f"layer {config.vision_feature_layer}) -> {config.downsample_ratio}x{config.downsample_ratio} pixel-shuffle -> "
         f"Linear -> {mamba} (the temporal projector: every visual token carries the context of the whole video) -> "
         f"token compression (temporal pooling {config.temporal_pool_size}, spatial pooling "
-        f"{config.spatial_pool_size}x{config.spatial_pool_size}, test-time temporal sampling) -> a Qwen2 language "
-        f"model ({text.num_hidden_layers} layers, hidden size {text.hidden_size})."
+        f"{config.spatial_pool_size}x{config.spatial_pool_size}, test-time temporal sampling) -> a {text.model_type} "
+        f"language model ({text.num_hidden_layers} layers, hidden size {text.hidden_size})."
     )
     budget_note = (
         f"LLM tokens per video ({vision.image_size}x{vision.image_size} frames). Temporal sampling is a test-time "

@@ -1,4 +1,4 @@
-"""`storm-hf compose`: a STORM checkpoint from a pretrained SigLIP and a Qwen2 / Qwen2-VL language model."""
+"""`storm-hf compose`: a STORM checkpoint from a pretrained SigLIP and a decoder-only (or Qwen2-VL) language model."""
 
 from pathlib import Path
 
@@ -17,13 +17,16 @@ CONFIG_OVERRIDES = (
 def register_subcommand(commands) -> None:
     parser = commands.add_parser(
         "compose",
-        help="build a STORM checkpoint from SigLIP + Qwen2/Qwen2-VL",
+        help="build a STORM checkpoint from SigLIP + a decoder-only language model",
         description="Build a STORM checkpoint from a pretrained SigLIP vision checkpoint (SiglipVisionModel, "
-        "SiglipModel or PaliGemma) and a Qwen2 or Qwen2-VL language model (local folders or Hub ids). "
+        "SiglipModel or PaliGemma) and a decoder-only language model (Llama, Mistral, Qwen2, Qwen2.5, Qwen3, ...) or "
+        "Qwen2-VL's (local folders or Hub ids). "
         "The temporal projector is freshly initialised: the paper's starting point for alignment.",
     )
     parser.add_argument("--vision", required=True, help="SigLIP / PaliGemma checkpoint folder or Hub id")
-    parser.add_argument("--language", required=True, help="Qwen2 / Qwen2-VL checkpoint folder or Hub id")
+    parser.add_argument(
+        "--language", required=True, help="causal LM (e.g. Llama, Qwen3) or Qwen2-VL checkpoint folder or Hub id"
+    )
     parser.add_argument("--tokenizer", help="tokenizer folder or Hub id (default: the language model's)")
     parser.add_argument("--output", required=True, type=Path, help="folder to write the checkpoint to")
     parser.add_argument("--mamba-num-layers", type=int, help="Mamba layers in the temporal projector (default: 2)")

@@ -1,7 +1,8 @@
 """Building STORM checkpoints from other checkpoints.
 
-- `compose_storm`: a pretrained SigLIP vision tower + a Qwen2 / Qwen2-VL language model + its tokenizer, with a freshly
-  initialised temporal projector (the paper's starting point for alignment).
+- `compose_storm`: a pretrained SigLIP vision tower + a decoder-only language model (Llama, Mistral, Qwen2, Qwen3, ...
+  or Qwen2-VL's) + its tokenizer, with a freshly initialised temporal projector (the paper's starting point for
+  alignment).
 - `convert_vila_checkpoint`: a VILA/NVILA-style training checkpoint (`llm/`, `vision_tower/`, `mm_projector/`).
 
 Both map keys strictly (`checkpoint_io.KeyMapping`) and raise `ConversionError` naming any key they cannot place.

@@ -1,4 +1,5 @@
-"""Compose a STORM checkpoint from a pretrained SigLIP vision tower and a Qwen2 (or Qwen2-VL) language model.
+"""Compose a STORM checkpoint from a pretrained SigLIP vision tower and a decoder-only language model (Llama, Mistral,
+Qwen2, Qwen2.5, Qwen3, ... or Qwen2-VL's).
 
 This is the paper's starting point for alignment (stage 1): the vision tower and the LLM come pretrained, the temporal
 projector (Linear + Mamba stack) is freshly initialised.
@@ -18,9 +19,15 @@ builds the tower only up to its feature layer) and reported with the layer numbe
 
 Accepted language layouts:
 
-- `qwen2`: keeps `model.*` -> `model.language_model.*`, `lm_head.weight`; drops nothing.
+- a decoder-only causal LM (a `model_type` whose `AutoModelForCausalLM` class is `*ForCausalLM`: `llama`, `mistral`,
+  `qwen2` (Qwen2 and Qwen2.5), `qwen3`, ...): keeps `model.*` -> `model.language_model.*`, `lm_head.weight` (absent
+  when tied); drops nothing. The language model keeps its own type: STORM builds it with `AutoModel`.
 - `qwen2_vl`, `qwen2_5_vl`: keeps `model.language_model.*` or legacy `model.*`, `lm_head.weight`; drops
   `[model.]visual.*`: Qwen2-VL's own vision encoder and merger, replaced by SigLIP + the temporal projector.
+
+The tokenizer gets the vision special tokens it lacks; when their ids fall beyond the language model's embedding, the
+input and output embeddings grow by as many rows, initialised from the mean of the old rows
+(`resize_token_embeddings(..., mean_resizing=True)`).
 
 Qwen2-VL's language model is a Qwen2 decoder with multimodal RoPE; with text-like (1-D) positions its three RoPE
 sections share one position, which is ordinary RoPE, so it is loaded as Qwen2 (`mrope_section` is dropped from the
@@ -31,6 +38,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, Qwen2Config
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..modeling import StormConfig
 from .checkpoint_io import (
@@ -45,7 +53,7 @@ from .checkpoint_io import (
     resolve_checkpoint,
     resolve_dtype,
 )
-from .processor import add_vision_tokens, build_processor
+from .processor import add_vision_tokens, build_processor, fit_embeddings_to_tokenizer
 
 
 VISION_PARTS = r"(embeddings|encoder)\.(.*)"
@@ -113,20 +121,18 @@ def vision_rules(model_type: str, config: StormConfig) -> list[Rule]:
 QWEN2_VL_VISUAL_REASON = (
     "Qwen2-VL's own vision encoder and patch merger; STORM sees through SigLIP and its temporal projector instead"
 )
-LANGUAGE_RULES = {
-    "qwen2": [
-        Rule(r"model\.(.*)", r"model.language_model.\1"),
-        Rule(r"(embed_tokens|layers|norm)\.(.*)", r"model.language_model.\1.\2"),  # a bare Qwen2Model
-        Rule(r"lm_head\.weight", "lm_head.weight"),
-    ],
-    "qwen2_vl": [
-        Rule(r"model\.language_model\.(.*)", r"model.language_model.\1"),
-        Rule(r"(?:model\.)?visual\..*", None, QWEN2_VL_VISUAL_REASON),
-        Rule(r"model\.(.*)", r"model.language_model.\1"),  # layout written by transformers < 4.52 (and by 5.x saves)
-        Rule(r"lm_head\.weight", "lm_head.weight"),
-    ],
-}
-LANGUAGE_RULES["qwen2_5_vl"] = LANGUAGE_RULES["qwen2_vl"]
+CAUSAL_LM_RULES = [
+    Rule(r"model\.(.*)", r"model.language_model.\1"),
+    Rule(r"(embed_tokens|layers|norm)\.(.*)", r"model.language_model.\1.\2"),  # a bare decoder (e.g. Qwen2Model)
+    Rule(r"lm_head\.weight", "lm_head.weight"),
+]
+QWEN2_VL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+QWEN2_VL_RULES = [
+    Rule(r"model\.language_model\.(.*)", r"model.language_model.\1"),
+    Rule(r"(?:model\.)?visual\..*", None, QWEN2_VL_VISUAL_REASON),
+    Rule(r"model\.(.*)", r"model.language_model.\1"),  # layout written by transformers < 4.52 (and by 5.x saves)
+    Rule(r"lm_head\.weight", "lm_head.weight"),
+]
 
 # Config fields that describe a checkpoint rather than the decoder; not copied into STORM's text config.
 _CHECKPOINT_FIELDS = {"architectures", "transformers_version", "_name_or_path", "dtype", "id2label", "label2id"}
@@ -146,24 +152,36 @@ def vision_config_of(config) -> dict:
     return settings
 
 
-def text_config_of(config) -> tuple[dict, bool]:
-    """A Qwen2 text config from a Qwen2 or Qwen2-VL config, and whether the LM ties its input and output embeddings."""
-    model_type = config.model_type
-    if model_type not in LANGUAGE_RULES:
-        raise ConversionError(
-            f"Language checkpoint of type '{model_type}' is not supported; pass a Qwen2 or Qwen2-VL checkpoint "
-            f"({sorted(LANGUAGE_RULES)})."
-        )
+def language_rules(model_type: str) -> list[Rule]:
+    """The key rules of a language checkpoint of `model_type`: Qwen2-VL's, or a decoder-only causal LM's; raises for
+    any other type."""
+    if model_type in QWEN2_VL_TYPES:
+        return QWEN2_VL_RULES
+    if MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, "").endswith("ForCausalLM"):
+        return CAUSAL_LM_RULES
+    raise ConversionError(
+        f"Language checkpoint of type '{model_type}' is not supported; pass a decoder-only language model that "
+        f"`AutoModelForCausalLM` loads as `*ForCausalLM` (e.g. llama, mistral, qwen2, qwen3) or a Qwen2-VL checkpoint "
+        f"({', '.join(QWEN2_VL_TYPES)})."
+    )
+
+
+def text_config_of(config) -> dict:
+    """The text config of a decoder-only language model config (a Qwen2 one for the language model of a Qwen2-VL
+    config), with `tie_word_embeddings`: whether the LM ties its input and output embeddings."""
+    language_rules(config.model_type)
     text = config.get_text_config()
-    qwen2_fields = set(Qwen2Config().to_dict())
-    settings = {k: v for k, v in text.to_dict().items() if k in qwen2_fields and k not in _CHECKPOINT_FIELDS}
-    rope = dict(settings.get("rope_parameters") or {})
-    if "mrope_section" in rope:  # 1-D positions: multimodal RoPE is ordinary RoPE (module docstring)
-        rope = {"rope_type": "default", "rope_theta": rope["rope_theta"]}
-    settings.update(model_type="qwen2", rope_parameters=rope or None)
-    tie = bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
-    settings["tie_word_embeddings"] = tie
-    return settings, tie
+    settings = {k: v for k, v in text.to_dict().items() if k not in _CHECKPOINT_FIELDS}
+    if config.model_type in QWEN2_VL_TYPES:
+        qwen2_fields = set(Qwen2Config().to_dict())
+        settings = {k: v for k, v in settings.items() if k in qwen2_fields}
+        rope = dict(settings.get("rope_parameters") or {})
+        if "mrope_section" in rope:  # 1-D positions: multimodal RoPE is ordinary RoPE (module docstring)
+            rope = {"rope_type": "default", "rope_theta": rope["rope_theta"]}
+        settings.update(model_type="qwen2", rope_parameters=rope or None)
+    tie = getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False)
+    settings["tie_word_embeddings"] = bool(tie)
+    return settings
 
 
 def compose_storm(
@@ -177,12 +195,15 @@ def compose_storm(
     max_shard_size: str | int = "5GB",
     **config_overrides,
 ):
-    """Build a STORM model from a SigLIP vision checkpoint and a Qwen2/Qwen2-VL checkpoint (local folders or Hub ids).
+    """Build a STORM model from a SigLIP vision checkpoint and a decoder-only language model checkpoint (local folders
+    or Hub ids).
 
     Args:
         vision: SiglipVisionModel, SiglipModel or PaliGemma checkpoint.
-        language: Qwen2 (`Qwen2ForCausalLM`) or Qwen2-VL / Qwen2.5-VL checkpoint; its tokenizer is used unless
-            `tokenizer` names another. Missing Qwen2-VL vision tokens are added to the tokenizer.
+        language: a decoder-only causal LM (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`,
+            `Qwen3ForCausalLM`, ...) or a Qwen2-VL / Qwen2.5-VL checkpoint; its tokenizer is used unless `tokenizer`
+            names another. Missing Qwen2-VL vision tokens are added to the tokenizer, and to the embeddings when they
+            have no spare rows (see the module docstring).
         output_dir: when given, the checkpoint is written there: sharded safetensors (`max_shard_size`), config with
             `auto_map` and the model code, processor with chat template, generation config and a model card.
         dtype: weights' dtype; default: the language model's.
@@ -195,16 +216,13 @@ def compose_storm(
     tokenizer_folder = resolve_checkpoint(tokenizer) if tokenizer is not None else language_folder
     vision_source_config = AutoConfig.from_pretrained(vision_folder)
     language_source_config = AutoConfig.from_pretrained(language_folder)
-    text_config, _ = text_config_of(language_source_config)
+    text_config = text_config_of(language_source_config)
     report = []
 
     tokenizer_object = AutoTokenizer.from_pretrained(tokenizer_folder)
-    added = add_vision_tokens(tokenizer_object, text_config["vocab_size"])
+    added = add_vision_tokens(tokenizer_object)
     if added:
-        report.append(
-            f"added special tokens {added} to the tokenizer "
-            f"(ids below the LM's {text_config['vocab_size']} embedding rows)"
-        )
+        report.append(f"added special tokens {added} to the tokenizer")
     config = StormConfig(
         vision_config=vision_config_of(vision_source_config),
         text_config=text_config,
@@ -221,7 +239,7 @@ def compose_storm(
             f"vision checkpoint '{vision}'", vision_rules(vision_source_config.model_type, config)
         ).apply(vision_tensors)
         mapped_language = KeyMapping(
-            f"language checkpoint '{language}'", LANGUAGE_RULES[language_source_config.model_type]
+            f"language checkpoint '{language}'", language_rules(language_source_config.model_type)
         ).apply(language_tensors)
         mapped = MappedKeys()
         mapped.update(mapped_vision)
@@ -235,6 +253,7 @@ def compose_storm(
         check_complete(MappedKeys(renamed=sources, dropped=mapped.dropped), tensors, shapes, fresh)
         state_dict = {target: tensors[source] for target, source in sources.items()}
         model = load_storm_model(config, state_dict, fresh, resolve_dtype(dtype, language_source_config))
+    report += fit_embeddings_to_tokenizer(model, tokenizer_object, added)
 
     report += [f"vision: {line}" for line in mapped_vision.describe_dropped()]
     report += [f"language: {line}" for line in mapped_language.describe_dropped()]

@@ -49,7 +49,7 @@ from .checkpoint_io import (
     tensor_shape,
 )
 from .compose import VISION_PREFIXES, siglip_rules, text_config_of
-from .processor import add_vision_tokens, build_processor
+from .processor import add_vision_tokens, build_processor, fit_embeddings_to_tokenizer
 
 
 PROJECTOR_TYPE = "storm_mamba"
@@ -157,14 +157,14 @@ def convert_vila_checkpoint(
         raise ConversionError(
             f"vision_tower/ holds a '{vision_config.model_type}' model; expected a SiglipVisionModel."
         )
-    text_config, tie = text_config_of(llm_config)
+    text_config = text_config_of(llm_config)
     vision_settings = {
         k: v
         for k, v in vision_config.to_dict().items()
         if k not in ("architectures", "transformers_version", "_name_or_path", "dtype")
     }
     tokenizer = AutoTokenizer.from_pretrained(folders["llm"])
-    added = add_vision_tokens(tokenizer, text_config["vocab_size"])
+    added = add_vision_tokens(tokenizer)
     report = [f"added special tokens {added} to the tokenizer"] if added else []
 
     with (
@@ -181,7 +181,7 @@ def convert_vila_checkpoint(
             text_config=text_config,
             image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
             video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-            tie_word_embeddings=tie,
+            tie_word_embeddings=text_config["tie_word_embeddings"],
             **{**settings, **config_overrides},
         )
         parts = {
@@ -201,6 +201,7 @@ def convert_vila_checkpoint(
         check_complete(MappedKeys(renamed=sources), tensors, model_shapes(config), fresh_keys=set())
         state_dict = {target: tensors[source] for target, source in sources.items()}
         model = load_storm_model(config, state_dict, set(), resolve_dtype(dtype, llm_config))
+    report += fit_embeddings_to_tokenizer(model, tokenizer, added)
 
     report += dropped
     report.append(f"converted {len(state_dict)} tensors: every other source key mapped, none freshly initialised")

@@ -525,8 +525,9 @@ class StormPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "video", "text")
     supports_gradient_checkpointing = True
-    # blocks FSDP / device maps must keep whole: vision encoder layers, Mamba layers, decoder layers
-    _no_split_modules = ["SiglipEncoderLayer", "StormMambaLayer", "Qwen2DecoderLayer"]
+    # Blocks FSDP / device maps must keep whole. `post_init` adds those of the sub-models built (vision encoder layers,
+    # the language model's decoder layers), so a STORM over any language model lists that model's own.
+    _no_split_modules = ["StormMambaLayer"]
     _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
