@@ -19,7 +19,7 @@ from transformers.cache_utils import DynamicLayer
 from storm_hf import StormForConditionalGeneration
 from storm_hf.commands import main
 from storm_hf.hub import save_checkpoint
-from storm_hf.processing import VideoDecodingError
+from storm_hf.processing import VideoIntakePolicy
 from storm_hf.streaming import StormStreamingCacheLayer, StormStreamingSession, iter_video_frames
 
 
@@ -187,7 +187,7 @@ def test_bad_input_is_refused_with_a_clear_error(model, processor):
     session.add_frames(make_frames(3))
     with pytest.raises(ValueError, match="num_beams"):
         session.ask(QUESTION, num_beams=2)
-    with pytest.raises(VideoDecodingError, match="Cannot open"):
+    with pytest.raises(FileNotFoundError, match="'missing.mp4' does not exist"):
         next(iter_video_frames("missing.mp4"))
 
 
@@ -247,7 +247,9 @@ def assert_live_source_answered_while_written(model, processor, open_sink, sourc
     thread.start()
     session = StormStreamingSession(model, processor)
     received, written_at_first_frame = [], None
-    for _, frame in iter_video_frames(source, format="mpegts", options={"probesize": "32", "analyzeduration": "0"}):
+    live = VideoIntakePolicy(live_protocols={"tcp"}, deadline_s=None)
+    options = {"probesize": "32", "analyzeduration": "0"}
+    for _, frame in iter_video_frames(source, format="mpegts", options=options, policy=live):
         written_at_first_frame = len(written) if written_at_first_frame is None else written_at_first_frame
         session.add_frames(frame)
         received.append(frame)

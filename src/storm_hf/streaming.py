@@ -40,7 +40,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .modeling.modeling_storm import CACHE_NAME
-from .processing.video_decoding import VideoDecodingError
+from .processing.video_decoding import iter_video_frames
 
 
 class StormStreamingCacheLayer(DynamicLayer):
@@ -345,48 +345,6 @@ class StormStreamingSession:
             if layer.is_initialized
             for tensor in (layer.key_buffer, layer.value_buffer)
         )
-
-
-def iter_video_frames(
-    source,
-    fps: float | None = None,
-    format: str | None = None,
-    options: dict[str, str] | None = None,
-) -> Iterator[tuple[float, np.ndarray]]:
-    """Decodes a video progressively with PyAV and yields `(time_in_seconds, frame)` as packets arrive.
-
-    source: a path, a URL PyAV can open (e.g. `tcp://127.0.0.1:9000?listen=1`, `udp://127.0.0.1:9000`) or a binary
-    file object (e.g. the read end of a pipe another process writes an mpegts stream into). Only the packets demuxed so
-    far are decoded, so a live source yields each frame as soon as it is decoded. `fps`: keep the first frame, then the
-    first frame at or after every `1 / fps` seconds of video time (None: every frame). `format` / `options`: PyAV's
-    demuxer name (needed for pipes, e.g. `"mpegts"`) and demuxer options (e.g. `{"probesize": "32"}` to start sooner).
-    frame: `(height, width, 3)` uint8 RGB.
-    """
-    import av
-
-    name = source if isinstance(source, str) else getattr(source, "name", type(source).__name__)
-    try:
-        container = av.open(source, format=format, options=options or {})
-    except (av.error.FFmpegError, OSError) as error:
-        raise VideoDecodingError(
-            f"Cannot open {name!r} as a video: {error}. Check the path/URL and `format`."
-        ) from None
-    with container:
-        if not container.streams.video:
-            raise VideoDecodingError(f"{name!r} has no video stream.")
-        stream = container.streams.video[0]
-        next_time, decoded = None, 0
-        try:
-            for packet in container.demux(stream):
-                for frame in packet.decode():
-                    seconds = float(frame.time) if frame.time is not None else decoded / float(stream.average_rate or 1)
-                    decoded += 1
-                    if fps is not None and next_time is not None and seconds < next_time - 1e-9:
-                        continue
-                    next_time = seconds + 1 / fps if fps is not None else None
-                    yield seconds, frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as error:
-            raise VideoDecodingError(f"Decoding {name!r} failed after {decoded} frames: {error}.") from None
 
 
 def stream_answers(

@@ -42,6 +42,18 @@ def existing_file(text: str) -> Path:
     return path
 
 
+def video_argument(text: str) -> str:
+    """A video file path, or a URL the intake policy decides on when the video is read."""
+    from ..processing.video_intake import url_scheme
+
+    if url_scheme(text) is None:
+        if Path(text).is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a directory, not a video file")
+        if not Path(text).exists():
+            raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text
+
+
 def existing_dir(text: str) -> Path:
     path = Path(text)
     if not path.is_dir():
@@ -75,6 +87,62 @@ def add_compression_arguments(parser: argparse.ArgumentParser) -> None:
         "--spatial-pool-size", type=positive_int, help="side of the spatial average-pooling window (trained)"
     )
     group.add_argument("--temporal-sampling-stride", type=positive_int, help="keep every n-th pooled frame (test time)")
+
+
+def add_intake_arguments(parser: argparse.ArgumentParser, live: bool = False) -> None:
+    """The intake policy's knobs (`storm_hf.VideoIntakePolicy`): which hosts a URL may reach, and the budgets of one
+    video. A `live` command has no deadline by default (a stream may run for ever)."""
+    from ..processing import VideoIntakePolicy
+
+    defaults = VideoIntakePolicy()
+    group = parser.add_argument_group("video intake (see docs/untrusted-video.md)")
+    group.add_argument(
+        "--trusted-host",
+        action="append",
+        default=[],
+        metavar="HOST_OR_NETWORK",
+        help="a host name, address or network (e.g. 10.0.0.0/8) a video URL may reach although it is not public "
+        "(private, loopback and link-local addresses are refused otherwise); repeatable",
+    )
+    group.add_argument(
+        "--video-deadline",
+        type=positive_float,
+        default=None if live else defaults.deadline_s,
+        metavar="SECONDS",
+        help="wall-clock limit for fetching and decoding the video (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-video-bytes",
+        type=positive_int,
+        default=defaults.max_bytes,
+        help="largest video fetched from a URL (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-frame-pixels",
+        type=positive_int,
+        default=defaults.max_frame_pixels,
+        help="largest frame, width x height (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-decoded-frames",
+        type=positive_int,
+        default=defaults.max_decoded_frames,
+        help="most frames decoded from the video (default: %(default)s)",
+    )
+
+
+def intake_policy(args, **settings):
+    """The `VideoIntakePolicy` of `add_intake_arguments`' options, with `settings` (e.g. `live_protocols`)."""
+    from ..processing import VideoIntakePolicy
+
+    return VideoIntakePolicy(
+        trusted_hosts=tuple(args.trusted_host),
+        deadline_s=args.video_deadline,
+        max_bytes=args.max_video_bytes,
+        max_frame_pixels=args.max_frame_pixels,
+        max_decoded_frames=args.max_decoded_frames,
+        **settings,
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,11 +7,13 @@ from transformers import TextStreamer
 
 from .common import (
     add_compression_arguments,
+    add_intake_arguments,
     add_model_arguments,
-    existing_file,
+    intake_policy,
     load_model_and_processor,
     positive_float,
     positive_int,
+    video_argument,
 )
 
 
@@ -22,7 +24,9 @@ def register_subcommand(commands) -> None:
         description="Answer a prompt about a video, streaming the answer.",
     )
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
-    parser.add_argument("--video", required=True, type=existing_file, help="video file (mp4, webm, mkv, ...)")
+    parser.add_argument(
+        "--video", required=True, type=video_argument, help="video file (mp4, webm, mkv, ...) or http(s) URL"
+    )
     parser.add_argument("--prompt", required=True, help="question or instruction about the video")
     sampling = parser.add_mutually_exclusive_group()
     sampling.add_argument("--num-frames", type=positive_int, help="frames sampled uniformly (default: the processor's)")
@@ -41,6 +45,7 @@ def register_subcommand(commands) -> None:
         "--encode-batch-size", type=positive_int, default=16, help="frames per vision-tower call (default: %(default)s)"
     )
     add_model_arguments(parser)
+    add_intake_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the decoding and encoding progress bars")
     parser.set_defaults(run=run)
 
@@ -87,10 +92,12 @@ def read_sampled_frames(
     max_visual_tokens: int | None,
     temporal_sampling_stride: int | None,
     progress_callback,
+    policy,
 ):
-    """Decode the frames of `path` that `num_frames`, `fps` or `max_visual_tokens` select (the video processor's
-    defaults when all are None), reporting to `progress_callback(done, total)`. Returns the frames, their metadata
-    and the temporal-sampling stride to count their tokens with (the budget's when `max_visual_tokens` is set)."""
+    """Decode, under the intake `policy`, the frames of `path` that `num_frames`, `fps` or `max_visual_tokens` select
+    (the video processor's defaults when all are None), as the video processor decodes them (frames larger than its
+    size scaled while decoding), reporting to `progress_callback(done, total)`. Returns the frames, their metadata and
+    the temporal-sampling stride to count their tokens with (the budget's when `max_visual_tokens` is set)."""
     from ..processing import read_video
 
     if num_frames is None and fps is None and max_visual_tokens is None:
@@ -103,7 +110,11 @@ def read_sampled_frames(
         plans.append(video_processor.plan_frames(metadata, max_visual_tokens, temporal_sampling_stride))
         return video_processor.sample_frames(metadata, num_frames=plans[-1].num_frames)
 
-    frames, metadata = read_video(path, sample, progress_callback=progress_callback)
+    size = video_processor.size if video_processor.do_resize else None
+    frame_size = None if size is None else (size["height"], size["width"])
+    frames, metadata = read_video(
+        path, sample, policy=policy, frame_size=frame_size, progress_callback=progress_callback
+    )
     if plans:
         return frames, metadata, plans[-1].temporal_sampling_stride
     return frames, metadata, temporal_sampling_stride or video_processor.temporal_sampling_stride or 1
@@ -129,6 +140,7 @@ def run(args) -> None:
         args.max_visual_tokens,
         args.temporal_sampling_stride,
         progress_callback=ProgressBar("decoding frames", enabled=not args.no_progress),
+        policy=intake_policy(args),
     )
     decoded = time.perf_counter()
 

@@ -2,26 +2,38 @@
 
 import argparse
 import sys
-from pathlib import Path
 
-from .common import add_model_arguments, load_model_and_processor, positive_float, positive_int
+from .common import (
+    add_intake_arguments,
+    add_model_arguments,
+    intake_policy,
+    load_model_and_processor,
+    positive_float,
+    positive_int,
+    video_argument,
+)
+
+
+# The live protocols this command documents and opens (`VideoIntakePolicy.live_protocols`).
+STREAM_PROTOCOLS = ("udp", "tcp", "rtmp", "srt")
 
 
 def video_source(text: str) -> str:
-    """A local video file, a URL PyAV can open (scheme://...), or `-` for standard input."""
-    if text != "-" and "://" not in text and not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text} (a live source is a URL such as udp://127.0.0.1:9000)")
-    return text
+    """A local video file, a URL (http(s), or a live udp/tcp/rtmp/srt URL), or `-` for standard input."""
+    try:
+        return text if text == "-" else video_argument(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (a live source is a URL such as udp://127.0.0.1:9000)") from None
 
 
 def register_subcommand(commands) -> None:
     parser = commands.add_parser(
         "stream",
         help="answer a prompt again and again while a video plays (causal models)",
-        description="Feed a video file, a URL (e.g. tcp://127.0.0.1:9000?listen=1) or standard input (`-`, with "
-        "--format) to a causal STORM model as it is decoded, and print an answer to the prompt every --every seconds "
-        "of video, and at its end. Frames are encoded once; each answer is generated from the language model's KV "
-        "cache without re-reading the video.",
+        description="Feed a video file, a URL (http(s), or live: udp://, tcp:// (e.g. tcp://127.0.0.1:9000?listen=1), "
+        "rtmp://, srt://) or standard input (`-`, with --format) to a causal STORM model as it is decoded, and print "
+        "an answer to the prompt every --every seconds of video, and at its end. Frames are encoded once; each answer "
+        "is generated from the language model's KV cache without re-reading the video.",
     )
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id of a causal STORM model")
     parser.add_argument("--video", required=True, type=video_source, help="video file, URL, or - for standard input")
@@ -37,6 +49,7 @@ def register_subcommand(commands) -> None:
         "--vision-batch-size", type=positive_int, default=16, help="frames per vision-tower call (default: %(default)s)"
     )
     add_model_arguments(parser)
+    add_intake_arguments(parser, live=True)
     parser.set_defaults(run=run)
 
 
@@ -54,7 +67,10 @@ def run(args) -> None:
     )
     # Unbuffered standard input: PyAV gets each chunk as soon as it arrives instead of waiting for a full buffer.
     source = io.FileIO(sys.stdin.fileno(), "rb", closefd=False) if args.video == "-" else args.video
-    frames = iter_video_frames(source, fps=args.fps, format=args.format)
+    video_processor = processor.video_processor
+    frame_size = (video_processor.size["height"], video_processor.size["width"]) if video_processor.do_resize else None
+    policy = intake_policy(args, live_protocols=STREAM_PROTOCOLS)
+    frames = iter_video_frames(source, fps=args.fps, policy=policy, frame_size=frame_size, format=args.format)
     answers = stream_answers(
         session, frames, args.prompt, args.every, max_new_tokens=args.max_new_tokens, do_sample=False
     )

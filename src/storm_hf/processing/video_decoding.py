@@ -24,6 +24,7 @@ Streaming (`iter_video_frames`): the same opening, stream choice, budgets and fr
 they are demuxed.
 """
 
+import contextlib
 import io
 import itertools
 import math
@@ -67,6 +68,8 @@ _NON_VIDEO_SIGNATURES = (
     (re.compile(rb"^\s*ffconcat version"), "an ffconcat script, which opens the files it lists (demuxer 'concat')"),
     (re.compile(rb"^\s*(<\?xml[^>]*>\s*)?<MPD"), "a DASH manifest, which opens the files it lists (demuxer 'dash')"),
 )
+# What FFmpeg logs when a decoder refuses a frame over `max_pixels` (the stream header may not have said so).
+_OVERSIZED_FRAME = re.compile(r"Picture size (\d+)x(\d+) exceeds specified max pixel count")
 FrameSize = tuple[int, int]
 """(height, width) of the frames a caller will resize to."""
 
@@ -259,6 +262,7 @@ class _VideoInput:
                 f"({', '.join(sorted(policy.allowed_demuxers))})."
             )
         self.deadline = Deadline(policy.deadline_s, self.name)
+        self.oversized_frame = None  # a frame size over the budget that the stream probing met (`open`)
         self.resolved = resolve_source(source, self.name, policy, self.deadline)
 
     def __enter__(self):
@@ -285,13 +289,17 @@ class _VideoInput:
         return file.tell()
 
     def unreadable(self, error: Exception, decoded: int | None = None) -> VideoDecodingError:
-        """The error for a video that opened but whose packets could not be read or decoded."""
+        """The error for a video that opened but whose packets could not be read or decoded (or whose decoder refused
+        a frame over the pixel budget, larger than the stream header said)."""
+        oversized = _OVERSIZED_FRAME.search(str(error))
+        if oversized is not None:
+            return FramePixelBudgetError(
+                f"{self.name} has a {oversized[1]}x{oversized[2]} frame (larger than its header says), over the intake "
+                f"pixel budget of {self.policy.max_frame_pixels} pixels per frame; raise "
+                "`VideoIntakePolicy(max_frame_pixels=...)` to decode it."
+            )
         where = "" if decoded is None else f" after {decoded} frames"
-        return VideoDecodingError(
-            f"{self.name} is corrupt or truncated{where} ({error}), or one of its frames is larger than its header "
-            f"says and over the pixel budget (max_frame_pixels={self.policy.max_frame_pixels}); re-encode or "
-            "re-download it."
-        )
+        return VideoDecodingError(f"{self.name} is corrupt or truncated{where} ({error}); re-encode or re-download it.")
 
     def open(self):
         """An input container of the video, opened by FFmpeg under the policy's protocol and demuxer allow-lists."""
@@ -306,11 +314,13 @@ class _VideoInput:
             options["rw_timeout"] = str(int(self.policy.read_timeout_s * 1e6))
             timeout = self.policy.read_timeout_s
         try:
-            container = av.open(
-                target, mode="r", format=self.format, options=options, timeout=timeout, metadata_errors="replace"
-            )
+            with _capture_ffmpeg_errors() as logs:  # the stream probing's decoders may refuse a frame size
+                container = av.open(
+                    target, mode="r", format=self.format, options=options, timeout=timeout, metadata_errors="replace"
+                )
         except (av.FFmpegError, OSError) as error:
             raise self._open_error(error) from error
+        self.oversized_frame = next(filter(None, (_OVERSIZED_FRAME.search(message) for *_, message in logs)), None)
         demuxers = set(container.format.name.split(","))
         if demuxers & _ELEMENTARY_STREAM_DEMUXERS:
             container.close()
@@ -361,6 +371,23 @@ class _VideoInput:
             return b""
 
 
+@contextlib.contextmanager
+def _capture_ffmpeg_errors():
+    """FFmpeg's error messages logged by this thread inside the block (`(level, name, message)`), with FFmpeg's
+    logging switched on at the error level for the block when it is off."""
+    import av.logging
+
+    level = av.logging.get_level()
+    if level is None:
+        av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture(local=True) as logs:
+            yield logs
+    finally:
+        if level is None:
+            av.logging.set_level(None)
+
+
 def _image_format(head: bytes) -> str | None:
     """The image format PIL recognises from the first bytes of a file, or None."""
     import PIL.Image
@@ -385,6 +412,8 @@ def _video_stream(container, video_input: _VideoInput):
     the same budget on every frame."""
     stream = _best_video_stream(container, video_input.name)
     width, height = stream.codec_context.width, stream.codec_context.height
+    if video_input.oversized_frame is not None:  # the probing decoder met a frame larger than the header said
+        width, height = map(int, video_input.oversized_frame.groups())
     max_pixels = video_input.policy.max_frame_pixels
     if width * height > max_pixels:
         raise FramePixelBudgetError(

@@ -501,13 +501,19 @@ class StormVideoProcessor(BaseVideoProcessor):
         if metadata is None:
             metadata = StormVideoMetadata(total_num_frames=len(video))
         metadata.total_num_frames = len(video)
-        if isinstance(video, list) and len(video) == 1:  # what a `{"type": "video"}` chat entry holding an image gives
+        is_one_image = isinstance(video, list) and len(video) == 1  # e.g. an image in a `{"type": "video"}` chat entry
+        try:
+            if is_one_image and isinstance(video[0], (str, os.PathLike)):
+                raise ValueError("an image file is not a video")
+            indices = np.arange(len(video)) if sampler is None else np.asarray(sampler(metadata=metadata))
+        except ValueError as error:
+            if not is_one_image:
+                raise
             name = repr(os.fspath(video[0])) if isinstance(video[0], (str, os.PathLike)) else type(video[0]).__name__
             raise ImageNotVideoError(
-                f"An image ({name}) was given as a video (a list of one frame). Pass it as an image (`images=` or a "
+                f"An image ({name}) was given as a video ({error}). Pass it as an image (`images=` or a "
                 '`{"type": "image"}` chat entry), or pass a video: a file, an array of frames, or a list of frames.'
-            )
-        indices = np.arange(len(video)) if sampler is None else np.asarray(sampler(metadata=metadata))
+            ) from None
         metadata.frames_indices = indices.tolist()
         if not isinstance(video, list):
             return video[torch.as_tensor(indices) if isinstance(video, torch.Tensor) else indices], metadata
