@@ -92,7 +92,7 @@ def test_stride_and_frames_chosen_per_call(pipe, model, processor):
     assert_both_pipelines_answer_like_the_reference(pipe, model, processor, frames, settings)
 
 
-def test_batched_calls_match_single_calls(pipe, processor):
+def test_single_and_batched_calls_answer_like_the_reference(pipe, model, processor):
     chats = [
         video_chat(make_frames(12, seed=1)),
         video_chat(make_frames(8, seed=2), make_frames(8, seed=3), question="Which is longer?"),
@@ -103,17 +103,20 @@ def test_batched_calls_match_single_calls(pipe, processor):
         "max_new_tokens": MAX_NEW_TOKENS,
         "return_full_text": False,
     }
+    expected = [reference_answer(model, processor, chat, do_sample_frames=False) for chat in chats]
     single = [answer(pipe(text=chat, **settings)) for chat in chats]
     batched = [answer(output) for output in pipe(text=chats, batch_size=3, **settings)]
-    assert batched == single
+    assert len(set(expected)) == len(chats)  # distinct answers: a batch that mixed up its chats would show
+    assert single == expected
+    assert batched == expected
 
 
 def test_stock_image_text_to_text_pipeline_takes_video_chats(model, processor, pipe):
     stock = pipeline("image-text-to-text", model=model, processor=processor)
     chat = video_chat(make_frames(12))
-    assert answer(stock(text=chat, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)) == answer(
-        pipe(text=chat, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)
-    )
+    expected = reference_answer(model, processor, chat)
+    assert answer(stock(text=chat, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)) == expected
+    assert answer(pipe(text=chat, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)) == expected
 
 
 def test_token_streaming(pipe, processor):
@@ -154,7 +157,7 @@ def test_image_chats_by_path_in_both_pipelines(pipe, model, processor, tmp_path)
         assert answer(runner(text=image_chat(path), max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)) == expected
 
 
-def test_batch_mixing_image_only_video_and_text_only_chats_matches_single_calls(pipe, tmp_path):
+def test_batch_mixing_image_only_video_and_text_only_chats_answers_like_the_reference(pipe, model, processor, tmp_path):
     path = tmp_path / "image.png"
     Image.fromarray(make_frames(1, seed=5)[0]).save(path)
     both = [{"role": "user", "content": [*image_chat(path)[0]["content"], {"type": "video", "video": make_frames(8)}]}]
@@ -165,9 +168,11 @@ def test_batch_mixing_image_only_video_and_text_only_chats_matches_single_calls(
         [{"role": "user", "content": "Text only."}],
     ]
     settings = {"max_new_tokens": MAX_NEW_TOKENS, "return_full_text": False}
-    single = [answer(pipe(text=chat, **settings)) for chat in chats]
+    expected = [reference_answer(model, processor, chat) for chat in chats]
+    assert len(set(expected)) > 2  # different answers: a batch that mixed up its chats would show
+    assert [answer(pipe(text=chat, **settings)) for chat in chats] == expected
     for batch_size in (2, 4):
-        assert [answer(output) for output in pipe(text=chats, batch_size=batch_size, **settings)] == single
+        assert [answer(output) for output in pipe(text=chats, batch_size=batch_size, **settings)] == expected
 
 
 def test_max_visual_tokens_through_the_pipeline(pipe, model, processor):
