@@ -16,6 +16,7 @@ import binascii
 import dataclasses
 import http.client
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -192,6 +193,28 @@ class VideoIntakePolicy:
 
 
 DEFAULT_POLICY = VideoIntakePolicy()
+INTAKE_POLICY_VARIABLE = "STORM_VIDEO_INTAKE_POLICY"
+
+
+def environment_policy() -> VideoIntakePolicy:
+    """The intake policy of a process whose video processor its operator does not construct (`transformers serve`):
+    `DEFAULT_POLICY` with the fields the JSON object in `$STORM_VIDEO_INTAKE_POLICY` sets, e.g.
+    `STORM_VIDEO_INTAKE_POLICY='{"allow_local_files": false, "trusted_hosts": ["10.0.0.0/8"]}'`; `DEFAULT_POLICY` when
+    the variable is unset or empty. A policy set on the video processor or passed per call takes precedence."""
+    text = os.environ.get(INTAKE_POLICY_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_POLICY
+    fields = ", ".join(field.name for field in dataclasses.fields(VideoIntakePolicy))
+    try:
+        changes = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"${INTAKE_POLICY_VARIABLE} is not JSON ({error}); set it to a JSON object of {fields}."
+        ) from None
+    unknown = sorted(set(changes) - set(fields.split(", "))) if isinstance(changes, dict) else [type(changes).__name__]
+    if unknown:
+        raise ValueError(f"${INTAKE_POLICY_VARIABLE} must be a JSON object of {fields}; got {', '.join(unknown)}.")
+    return DEFAULT_POLICY.replace(**changes)
 
 
 class Deadline:

@@ -17,7 +17,7 @@ from transformers.video_utils import VideoMetadata, make_batched_metadata
 
 from .token_budget import FramePlan, frames_within_budget, visual_token_grid
 from .video_decoding import StormVideoMetadata, check_sampling_arguments, is_video_source, read_video
-from .video_intake import DEFAULT_POLICY, ImageNotVideoError, VideoIntakePolicy, read_image_frame
+from .video_intake import ImageNotVideoError, VideoIntakePolicy, environment_policy, read_image_frame
 
 
 # Settings of the model the token count depends on; `build_processor` copies them from the model config.
@@ -370,7 +370,7 @@ class StormVideoProcessor(BaseVideoProcessor):
         decoded, sampled_metadata = [], []
         for video, video_metadata, sampler in zip(flat_videos, metadata, itertools.chain(*samplers)):
             frames, video_metadata = self._decode_and_sample(
-                video, video_metadata, sampler, settings["intake_policy"] or DEFAULT_POLICY, size
+                video, video_metadata, sampler, settings["intake_policy"] or environment_policy(), size
             )
             decoded.append(frames)
             sampled_metadata.append(video_metadata)
