@@ -91,7 +91,7 @@ def add_compression_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_intake_arguments(parser: argparse.ArgumentParser, live: bool = False) -> None:
     """The intake policy's knobs (`storm_hf.VideoIntakePolicy`): which hosts a URL may reach, and the budgets of one
-    video. A `live` command has no deadline by default (a stream may run for ever)."""
+    video. A `live` command has no deadline and no frame ceiling by default (a stream may run for ever)."""
     from ..processing import VideoIntakePolicy
 
     defaults = VideoIntakePolicy()
@@ -126,8 +126,8 @@ def add_intake_arguments(parser: argparse.ArgumentParser, live: bool = False) ->
     group.add_argument(
         "--max-decoded-frames",
         type=positive_int,
-        default=defaults.max_decoded_frames,
-        help="most frames decoded from the video (default: %(default)s)",
+        default=None if live else defaults.max_decoded_frames,
+        help="most frames taken from the video (default: %(default)s)",
     )
 
 

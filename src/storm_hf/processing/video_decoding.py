@@ -217,7 +217,7 @@ def iter_video_frames(
         with video_input.open() as container:
             stream = _video_stream(container, video_input)
             start = (container.start_time or 0) / 1_000_000
-            next_time, decoded = None, 0
+            next_time, decoded, yielded = None, 0, 0
             try:
                 for packet in _demux(container, stream, video_input):
                     for frame in packet.decode():
@@ -228,11 +228,12 @@ def iter_video_frames(
                             )
                         seconds = float(frame.time) - start
                         decoded += 1
-                        if decoded > policy.max_decoded_frames and policy.deadline_s is not None:
-                            raise _frame_count_error(video_input.name, decoded, policy)
                         if fps is not None and next_time is not None and seconds < next_time - 1e-9:
                             continue
                         next_time = seconds + 1 / fps if fps is not None else None
+                        yielded += 1
+                        if policy.max_decoded_frames is not None and yielded > policy.max_decoded_frames:
+                            raise _frame_count_error(video_input.name, f"more than {yielded - 1}", policy)
                         yield seconds, _to_rgb(frame, frame_size)
             except av.FFmpegError as error:
                 raise video_input.unreadable(error, decoded) from None
@@ -575,13 +576,13 @@ def _sample(sample_indices_fn, metadata: StormVideoMetadata, video_input: _Video
 
 def _check_frame_count(indices: np.ndarray, video_input: _VideoInput) -> None:
     count = len(np.unique(indices))
-    if count > video_input.policy.max_decoded_frames:
+    if video_input.policy.max_decoded_frames is not None and count > video_input.policy.max_decoded_frames:
         raise _frame_count_error(video_input.name, count, video_input.policy)
 
 
-def _frame_count_error(name: str, count: int, policy: VideoIntakePolicy) -> FrameCountBudgetError:
+def _frame_count_error(name: str, count: int | str, policy: VideoIntakePolicy) -> FrameCountBudgetError:
     return FrameCountBudgetError(
-        f"Reading {name} would decode {count} frames, over the intake budget of {policy.max_decoded_frames} frames "
+        f"Reading {name} would return {count} frames, over the intake budget of {policy.max_decoded_frames} frames "
         "per video; sample fewer (`num_frames`, a lower `fps`, `max_frames`) or raise "
         "`VideoIntakePolicy(max_decoded_frames=...)`."
     )

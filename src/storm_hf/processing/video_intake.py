@@ -126,7 +126,8 @@ class VideoIntakePolicy:
             and every demuxed packet; None for no limit (live streams).
         max_bytes: largest network or `data:` source, in bytes.
         max_frame_pixels: largest frame (width x height, from the stream header, and enforced by the decoder).
-        max_decoded_frames: most frames one video may be decoded into.
+        max_decoded_frames: most frames returned for one video (the distinct sampled frames of `read_video`, the
+            frames `iter_video_frames` yields); None for no limit (live streams).
     """
 
     allow_local_files: bool = True
@@ -140,7 +141,7 @@ class VideoIntakePolicy:
     deadline_s: float | None = 1800.0
     max_bytes: int = 8 * 2**30
     max_frame_pixels: int = 4096 * 4096
-    max_decoded_frames: int = 4096
+    max_decoded_frames: int | None = 4096
 
     def __post_init__(self):
         object.__setattr__(self, "live_protocols", frozenset(self.live_protocols))
@@ -154,6 +155,8 @@ class VideoIntakePolicy:
                 raise ValueError(f"`trusted_hosts` holds host names or networks as strings, got {host!r}.")
         for name in ("max_redirects", "max_bytes", "max_frame_pixels", "max_decoded_frames"):
             value = getattr(self, name)
+            if value is None and name == "max_decoded_frames":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_redirects" else 1):
                 raise ValueError(f"`{name}` must be a {'non-negative' if name == 'max_redirects' else 'positive'} "
                                  f"whole number, got {value!r}.")  # fmt: skip
