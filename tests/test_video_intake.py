@@ -43,6 +43,7 @@ from storm_hf.processing import (
     PrivateAddressError,
     StormVideoProcessor,
     TooManyRedirectsError,
+    VideoDecodingError,
     VideoIntakePolicy,
     VideoSourceRefusedError,
     iter_video_frames,
@@ -350,6 +351,25 @@ def test_hostile_input_is_refused_by_name_in_time_without_opening_anything_else(
 ):
     source, policy, error, message = CASES[case](media, secret, internal, trusted, tmp_path)
     assert_refused(ENTRY_POINTS[entry_point], source, policy, error, message, secret, internal)
+
+
+def test_the_witnesses_see_what_a_permissive_policy_opens(media, secret, internal, tmp_path):
+    """Without the refusals, the playlist's nested open reaches the watched FIFO, and the URL reaches the server: the
+    assertions above can fail."""
+    playlist = tmp_path / "list.m3u8"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n{secret.path}\n#EXT-X-ENDLIST\n")
+    permissive = VideoIntakePolicy(
+        allowed_demuxers=VideoIntakePolicy().allowed_demuxers | {"hls"}, trusted_hosts=("127.0.0.1",), deadline_s=5
+    )
+    with contextlib.suppress(VideoDecodingError):
+        read_video(playlist, policy=permissive)
+    for _ in range(50):  # the writer thread records the open
+        if secret.opened:
+            break
+        time.sleep(0.05)
+    assert secret.opened
+    read_video(f"{internal.url}/video.mp4", policy=permissive)
+    assert internal.log == ["/video.mp4"]
 
 
 def test_redirects_are_checked_again_and_bounded(media, internal, trusted):
