@@ -1,3 +1,4 @@
+import collections
 import itertools
 import json
 import math
@@ -11,7 +12,13 @@ import pytest
 import torch
 from huggingface_hub.dataclasses import StrictDataclassClassValidationError
 from modeling_utils import IMAGE_SIZE, IMAGE_TOKEN_ID, tiny_config, tiny_model, unpad_sample, video_inputs, video_tokens
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoModelForMultimodalLM,
+)
 
 from storm_hf import StormConfig, StormForConditionalGeneration, StormModel
 from storm_hf.modeling.modeling_storm import (
@@ -276,6 +283,32 @@ def test_vision_features_are_computed_once_during_generate():
     model.model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
     model.generate(**video_inputs(model.config, [[3]]), max_new_tokens=5, do_sample=False)
     assert len(calls) == 1
+
+
+def _operations_per_decode_step(model, inputs: dict) -> collections.Counter:
+    """The aten operations (name -> calls) of one greedy decode step: those of a 9-token `generate` minus those of a
+    3-token one, over 6 (the prefill and the first step cancel)."""
+
+    def operations(new_tokens):
+        with torch.no_grad(), torch.profiler.profile() as profiler:
+            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        return collections.Counter({event.key: event.count for event in profiler.key_averages()})
+
+    longer, shorter = operations(9), operations(3)
+    assert all(count % 6 == 0 for count in (longer - shorter).values())
+    return collections.Counter({name: count // 6 for name, count in (longer - shorter).items()})
+
+
+def test_a_decode_step_runs_exactly_the_operations_of_the_language_model_alone():
+    """STORM adds nothing to a decode step (no placeholder check, host sync such as `.item()`, cache copy or dtype
+    cast): after the prefill, each generated token runs the aten operations of its language model generating alone
+    from a text prompt of the same length, as many times each."""
+    model = tiny_model()
+    language_model = AutoModelForCausalLM.from_config(model.config.text_config).eval()
+    storm_inputs = video_inputs(model.config, [[4]])
+    text_ids = torch.randint(1, IMAGE_TOKEN_ID, storm_inputs["input_ids"].shape)
+    text_inputs = {"input_ids": text_ids, "attention_mask": torch.ones_like(text_ids)}
+    assert _operations_per_decode_step(model, storm_inputs) == _operations_per_decode_step(language_model, text_inputs)
 
 
 def test_images_videos_and_text_only_samples_in_one_batch_equal_each_sample_alone():
