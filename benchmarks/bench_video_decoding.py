@@ -1,43 +1,44 @@
-"""Decode + sample + preprocess benchmark: `StormVideoProcessor` against transformers' PyAV loader, and against itself
-with the decoder of an earlier revision (before/after in the same run).
+"""Decode + sample + preprocess benchmark: `StormVideoProcessor` with the decoder of an earlier revision (before) and
+of the working tree (after, under the default `VideoIntakePolicy`), in the same run, and transformers' PyAV loader.
 
 Baseline: `transformers.video_utils.load_video(path, backend="pyav", num_frames=k)` (decodes every frame up to the
 last sampled one) followed by a stock `BaseVideoProcessor` with the same resize/normalisation (448x448 bicubic,
-mean = std = 0.5). Before: `StormVideoProcessor(path, num_frames=k)` with `read_video` from
-`src/storm_hf/processing/video_decoding.py` as it is at `--before` (default `main`, read with `git show`). After: the
-same with the working tree's decoder. Before and after must give identical pixel values (checked).
+mean = std = 0.5). Before: `StormVideoProcessor()(path, num_frames=k)` with `read_video` from
+`src/storm_hf/processing/video_decoding.py` as it is at `--before` (read with `git show`; the default is the revision
+before the intake policy, issue 20). After: the same with the working tree's decoder, which scales frames larger than
+448x448 to it inside FFmpeg (bicubic) instead of keeping them whole for the processor's resize: the pixel values
+differ slightly, and the results give the largest and mean difference of the first frame (normalised units, -1..1).
 
-Synthetic 854x480 30 fps H.264 videos (x264 `veryfast`, GOP 250, B-frames) of 1 and 10 minutes (`--minutes`) are
-generated once and cached under `benchmarks/.cache/`. Every case runs in a fresh process, so peak memory is the
-process's peak RSS above its RSS after imports.
+Synthetic 854x480 30 fps H.264 videos (x264 `veryfast`, GOP 250, B-frames) of `--minutes` are generated once and
+cached under `benchmarks/.cache/`. Every case runs in a fresh process, so peak memory is the process's peak RSS
+above its RSS before the call.
 
-    python benchmarks/bench_video_decoding.py                # writes benchmarks/results/video_decoding.md
-    python benchmarks/bench_video_decoding.py --minutes 1    # a quick subset
+    python benchmarks/bench_video_decoding.py                  # 1-minute video, 32 and 128 frames
+    python benchmarks/bench_video_decoding.py --minutes 1 10   # and a 10-minute one
 """
 
 import argparse
-import datetime
 import hashlib
 import importlib.util
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import av
 import numpy as np
+from common import start_run, write_results
 
 
 CACHE_DIR = Path(__file__).parent / ".cache"
-RESULTS_FILE = Path(__file__).parent / "results" / "video_decoding.md"
 DECODER_PATH = "src/storm_hf/processing/video_decoding.py"
+BEFORE = "5e1b8dd~1"  # the last revision before the intake policy
 METHODS = ("baseline", "before", "after")
 WIDTH, HEIGHT, FPS, GOP = 854, 480, 30, 250
-START = time.perf_counter()
 
 
 def synthetic_video(minutes: int) -> Path:
@@ -85,9 +86,9 @@ def before_decoder(revision: str) -> Path:
     return path
 
 
-def run_case(method: str, minutes: int, num_frames: int) -> dict:
+def run_case(method: str, minutes: int, num_frames: int, first_frame_file: str) -> dict:
     """Time one decode + sample + preprocess in this process; returns seconds, peak memory above the start, and a
-    digest of the pixel values."""
+    digest of the pixel values; saves the first processed frame to `first_frame_file` (.npy)."""
     import torch
     from transformers.image_utils import PILImageResampling
     from transformers.video_processing_utils import BaseVideoProcessor
@@ -101,7 +102,7 @@ def run_case(method: str, minutes: int, num_frames: int) -> dict:
         spec = importlib.util.spec_from_file_location("video_decoding_before", CACHE_DIR / "video_decoding_before.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        video_processing_storm.read_video = module.read_video
+        video_processing_storm.read_video = lambda video, sampler, **intake: module.read_video(video, sampler)
     storm = StormVideoProcessor()
     stock = BaseVideoProcessor(
         size={"height": 448, "width": 448},
@@ -128,102 +129,82 @@ def run_case(method: str, minutes: int, num_frames: int) -> dict:
     pixel_values = function(num_frames)
     seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - start_cpu
     assert pixel_values.shape[-4:] == (num_frames, 3, 448, 448), pixel_values.shape
+    np.save(first_frame_file, pixel_values.reshape(-1, 3, 448, 448)[0].numpy())
     digest = hashlib.sha256(pixel_values.contiguous().numpy().tobytes()).hexdigest()[:16]
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mib": _peak_rss_mib() - start_rss, "digest": digest}
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--minutes", type=int, nargs="+", default=[1])
     parser.add_argument("--num-frames", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--before", default="main", help="git revision whose decoder is the 'before' column")
-    parser.add_argument("--case", help=argparse.SUPPRESS)  # "method,minutes,num_frames": run one case, print JSON
+    parser.add_argument("--before", default=BEFORE, help="git revision whose decoder is the 'before' column")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # "method,minutes,num_frames,npy": one case, print JSON
     args = parser.parse_args()
     if args.case:
-        method, minutes, num_frames = args.case.split(",")
-        print(json.dumps(run_case(method, int(minutes), int(num_frames))))
+        method, minutes, num_frames, first_frame_file = args.case.split(",")
+        print(json.dumps(run_case(method, int(minutes), int(num_frames), first_frame_file)))
         return
 
-    command = " ".join(["python", "benchmarks/bench_video_decoding.py", *sys.argv[1:]])
-    before = f"{args.before} ({_git('rev-parse', '--short', args.before)})"
-    after = _git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if _git("status", "--porcelain") else "")
+    run = start_run()
+    before = subprocess.run(["git", "rev-parse", "--short", args.before], check=True, capture_output=True, text=True)
     before_decoder(args.before)
-    started, load_at_start = datetime.datetime.now(datetime.UTC), os.getloadavg()
-    rows = []
-    for minutes in args.minutes:
-        synthetic_video(minutes)
-        for num_frames in args.num_frames:
-            result = {}
-            for method in METHODS:
-                output = subprocess.run(
-                    [sys.executable, __file__, "--case", f"{method},{minutes},{num_frames}"],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                ).stdout
-                result[method] = json.loads(output.strip().splitlines()[-1])
-            base, old, new = (result[method] for method in METHODS)
-            if old["digest"] != new["digest"]:
-                raise SystemExit(f"{minutes} min, {num_frames} frames: before and after give different pixel values")
-            rows.append(
-                f"| {minutes} min | {num_frames} | {base['seconds']:.2f} | {old['seconds']:.2f} | {new['seconds']:.2f} "
-                f"| {old['seconds'] / new['seconds']:.2f}x | {base['cpu_seconds']:.2f} | {old['cpu_seconds']:.2f} "
-                f"| {new['cpu_seconds']:.2f} | {old['cpu_seconds'] / new['cpu_seconds']:.2f}x "
-                f"| {base['peak_mib']:.0f} / {old['peak_mib']:.0f} / {new['peak_mib']:.0f} |"
-            )
-            print(rows[-1], flush=True)
-    load_at_end = os.getloadavg()
-
-    import torch
-    import transformers
+    rows, cases = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        for minutes in args.minutes:
+            synthetic_video(minutes)
+            for num_frames in args.num_frames:
+                result, first_frames = {}, {}
+                for method in METHODS:
+                    first_frames[method] = Path(scratch) / f"{method}.npy"
+                    output = subprocess.run(
+                        [sys.executable, __file__, "--case", f"{method},{minutes},{num_frames},{first_frames[method]}"],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    ).stdout
+                    result[method] = json.loads(output.strip().splitlines()[-1])
+                difference = np.abs(np.load(first_frames["after"]) - np.load(first_frames["before"]))
+                result["first_frame_difference"] = {"max": float(difference.max()), "mean": float(difference.mean())}
+                base, old, new = (result[method] for method in METHODS)
+                rows.append(
+                    f"| {minutes} min | {num_frames} | {base['seconds']:.2f} | {old['seconds']:.2f} | "
+                    f"{new['seconds']:.2f} | {old['seconds'] / new['seconds']:.2f}x | {base['cpu_seconds']:.2f} | "
+                    f"{old['cpu_seconds']:.2f} | {new['cpu_seconds']:.2f} | "
+                    f"{old['cpu_seconds'] / new['cpu_seconds']:.2f}x | "
+                    f"{base['peak_mib']:.0f} / {old['peak_mib']:.0f} / {new['peak_mib']:.0f} | "
+                    f"{difference.max():.3f} / {difference.mean():.4f} |"
+                )
+                cases.append({"minutes": minutes, "num_frames": num_frames, **result})
+                print(rows[-1], flush=True)
 
     table = "\n".join(
         [
-            "# Video decoding benchmark",
-            "",
-            (
-                f"`{command}`, {started:%Y-%m-%d %H:%M} UTC, {time.perf_counter() - START:.0f} s. Machine: "
-                f"{platform.machine()} {platform.processor() or platform.platform()}, {os.cpu_count()} CPU cores, "
-                "shared with other jobs: 1/5/15-minute load average "
-                f"{', '.join(f'{x:.1f}' for x in load_at_start)} at the start "
-                f"and {', '.join(f'{x:.1f}' for x in load_at_end)} at the end (above {os.cpu_count()} means the cores "
-                "were oversubscribed: wall times are inflated, CPU times less so). torch "
-                f"{torch.__version__}, transformers {transformers.__version__}, PyAV {av.__version__}."
-            ),
-            "",
-            (
-                f"Decoder before: `{DECODER_PATH}` at {before}; after: {after}. "
-                f"Synthetic {WIDTH}x{HEIGHT} {FPS} fps H.264 (x264 veryfast, GOP {GOP}). "
-                "Time: decode + sample + preprocess to (frames, 3, 448, 448), one run after a warm-up, each case in a "
-                "fresh process; wall time and CPU time (user + system, all threads). "
-                "Peak memory: peak RSS above the RSS before the call. "
-                "Before and after gave identical pixel values in every case "
-                "(SHA-256 of the tensors)."
-            ),
-            "",
-            (
-                "| video | frames | baseline wall s | before wall s | after wall s | after vs before | baseline CPU s "
-                "| before CPU s | after CPU s | after vs before (CPU) | peak MiB baseline / before / after |"
-            ),
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| video | frames | baseline wall s | before wall s | after wall s | after vs before | baseline CPU s "
+            "| before CPU s | after CPU s | after vs before (CPU) | peak MiB baseline / before / after "
+            "| first frame after - before, max / mean |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
             *rows,
-            "",
-            (
-                'Baseline: `transformers.video_utils.load_video(path, backend="pyav", num_frames=k)` '
-                "(decodes every frame up to the last sampled one) + a stock `BaseVideoProcessor` with the same resize "
-                'and normalisation. Before/after: `StormVideoProcessor()(path, num_frames=k)`; "after vs before" above '
-                "1 means the working tree is faster."
-            ),
-            "",
         ]
     )
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(table)
-    print(f"wrote {RESULTS_FILE}")
+    body = "\n".join(
+        [
+            f"Decoder before: `{DECODER_PATH}` at `{args.before}` ({before.stdout.strip()}); after: the working tree "
+            "(see Provenance), default `VideoIntakePolicy`. "
+            f"Synthetic {WIDTH}x{HEIGHT} {FPS} fps H.264 (x264 veryfast, GOP {GOP}). Time: decode + sample + "
+            "preprocess to (frames, 3, 448, 448), one run after a warm-up, each case in a fresh process; wall time "
+            "and CPU time (user + system, all threads). Peak memory: peak RSS above the RSS before the call.",
+            "",
+            'Baseline: `transformers.video_utils.load_video(path, backend="pyav", num_frames=k)` (decodes every '
+            "frame up to the last sampled one) + a stock `BaseVideoProcessor` with the same resize and "
+            'normalisation. Before/after: `StormVideoProcessor()(path, num_frames=k)`; "after vs before" above 1 '
+            "means the working tree is faster. After scales the 854x480 frames to 448x448 inside FFmpeg's scaler "
+            "(bicubic) while decoding; before kept them whole and the processor resized them (torchvision bicubic): "
+            "the last column is the difference of the first processed frame, in normalised units (range -1..1).",
+        ]
+    )
+    path = write_results("video_decoding", "# Video decoding benchmark", body, {"cases": cases}, run, headline=table)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
