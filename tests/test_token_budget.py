@@ -2,6 +2,7 @@
 and the `max_visual_tokens` policy (`frames_within_budget`) against the token-count primitive."""
 
 import itertools
+import math
 
 import pytest
 from transformers import Qwen2Config
@@ -56,6 +57,41 @@ def test_compression_labels():
     assert accounting.compression_label(4) == "T.Pool k=4"
     assert accounting.compression_label(4, 1, 2) == "T.Pool k=4 + T.Sampling s=2"
     assert accounting.compression_label(4, 2, 2) == "T.Pool k=4 + S.Pool 2x2 + T.Sampling s=2"
+    assert accounting.compression_label(**accounting.NO_COMPRESSION) == "none"
+    config = StormConfig(temporal_pool_size=2, spatial_pool_size=4, temporal_sampling_stride=2)
+    label = accounting.compression_label(**accounting.compression_of(config))
+    assert label == "T.Pool k=2 + S.Pool 4x4 + T.Sampling s=2"
+    assert accounting.compression_of(config, temporal_sampling_stride=1)["temporal_sampling_stride"] == 1
+
+
+def test_compression_settings_are_read_from_the_config_in_one_place():
+    """The video processor `build_processor` makes counts with the config's token-grid settings and stride, and
+    `video_tokens` takes exactly the compression settings (a misspelt one raises rather than being ignored)."""
+    from storm_hf.conversion.processor import build_processor
+    from storm_hf.processing.token_budget import TOKEN_GRID_SETTINGS
+    from storm_hf.synthetic import build_task_tokenizer
+
+    config = StormConfig(
+        vision_config={"model_type": "siglip_vision_model", "image_size": 64, "patch_size": 8},
+        downsample_ratio=1,
+        temporal_pool_size=3,
+        spatial_pool_size=2,
+        temporal_sampling_stride=2,
+    )
+    video_processor = build_processor(build_task_tokenizer(), config).video_processor
+    assert {name: getattr(video_processor, name) for name in TOKEN_GRID_SETTINGS} == {
+        "patch_size": 8,
+        "downsample_ratio": 1,
+        "temporal_pool_size": 3,
+        "spatial_pool_size": 2,
+    }
+    assert video_processor.temporal_sampling_stride == 2
+    # 10 frames -> ceil(10 / 3) = 4 pooled, every 2nd kept = 2 frames of (8 / 2) x (8 / 2) tokens.
+    assert math.prod(video_processor.token_grid(10, 64, 64, temporal_sampling_stride=2)) == 2 * 16
+    assert accounting.video_tokens(config, 10) == 2 * 16
+    assert accounting.video_tokens(config, 10, **accounting.NO_COMPRESSION) == 10 * 64
+    with pytest.raises(TypeError, match="spatial_pool"):
+        accounting.video_tokens(config, 10, spatial_pool=1)
 
 
 def plan_7b(budget, total_frames, fps, **kwargs):

@@ -8,31 +8,33 @@ itself is `storm_hf.num_visual_tokens`, the primitive the processor ships with c
 
 from dataclasses import dataclass
 
-from .processing.token_budget import num_visual_tokens
+from .processing.token_budget import COMPRESSION_SETTINGS, num_visual_tokens, token_grid_settings
 
 
-def video_tokens(
-    config,
-    num_frames: int,
-    *,
-    image_size: int | None = None,
-    temporal_pool_size: int | None = None,
-    spatial_pool_size: int | None = None,
-    temporal_sampling_stride: int | None = None,
-) -> int:
+# The compression settings that leave every token: `video_tokens(config, n, **NO_COMPRESSION)`.
+NO_COMPRESSION = dict.fromkeys(COMPRESSION_SETTINGS, 1)
+
+
+def compression_of(config, temporal_sampling_stride: int | None = None) -> dict[str, int]:
+    """The `COMPRESSION_SETTINGS` of `config`: its pooling sizes and its default temporal-sampling stride (unless
+    `temporal_sampling_stride` is given)."""
+    settings = {name: getattr(config, name) for name in COMPRESSION_SETTINGS}
+    if temporal_sampling_stride is not None:
+        settings["temporal_sampling_stride"] = temporal_sampling_stride
+    return settings
+
+
+def video_tokens(config, num_frames: int, *, image_size: int | None = None, **compression: int | None) -> int:
     """LLM tokens of `num_frames` frames of `image_size`x`image_size` processed pixels (default: the vision tower's
-    resolution), with the config's pooling and stride unless overridden (pass 1s for no compression)."""
+    resolution), with the config's compression unless `compression` (`COMPRESSION_SETTINGS` by name; None: the
+    config's) overrides it, e.g. `**NO_COMPRESSION`."""
+    unknown = sorted(compression.keys() - set(COMPRESSION_SETTINGS))
+    if unknown:
+        raise TypeError(f"`video_tokens` got {unknown}; the compression settings are {list(COMPRESSION_SETTINGS)}.")
     image_size = image_size or config.vision_config.image_size
-    return num_visual_tokens(
-        num_frames,
-        image_size,
-        image_size,
-        patch_size=config.vision_config.patch_size,
-        downsample_ratio=config.downsample_ratio,
-        temporal_pool_size=temporal_pool_size or config.temporal_pool_size,
-        spatial_pool_size=spatial_pool_size or config.spatial_pool_size,
-        temporal_sampling_stride=temporal_sampling_stride or config.temporal_sampling_stride,
-    )
+    settings = token_grid_settings(config) | compression_of(config, compression.pop("temporal_sampling_stride", None))
+    settings.update({name: value for name, value in compression.items() if value is not None})
+    return num_visual_tokens(num_frames, image_size, image_size, **settings)
 
 
 def compression_label(

@@ -14,7 +14,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .accounting import compression_label, video_tokens
+from .accounting import NO_COMPRESSION, compression_label, compression_of, video_tokens
 
 
 PIPELINE_TAG = "video-text-to-text"
@@ -26,11 +26,10 @@ def token_budget_rows(
     config, frames=TOKEN_BUDGET_FRAMES, sampling_strides=(1, 2, 4)
 ) -> list[tuple[int, int, list[int]]]:
     """(frames, tokens without compression, [tokens with the config's pooling and each temporal-sampling stride])."""
-    no_compression = dict(temporal_pool_size=1, spatial_pool_size=1, temporal_sampling_stride=1)
     return [
         (
             num_frames,
-            video_tokens(config, num_frames, **no_compression),
+            video_tokens(config, num_frames, **NO_COMPRESSION),
             [video_tokens(config, num_frames, temporal_sampling_stride=stride) for stride in sampling_strides],
         )
         for num_frames in frames
@@ -39,9 +38,8 @@ def token_budget_rows(
 
 def token_budget_table(config, sampling_strides=(1, 2, 4)) -> str:
     """Markdown table: LLM tokens per video for common frame counts, uncompressed and with this model's compression."""
-    pooling = dict(temporal_pool_size=config.temporal_pool_size, spatial_pool_size=config.spatial_pool_size)
     header = ["frames", "no compression"] + [
-        compression_label(**pooling, temporal_sampling_stride=stride) for stride in sampling_strides
+        compression_label(**compression_of(config, stride)) for stride in sampling_strides
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for num_frames, full, compressed in token_budget_rows(config, sampling_strides=sampling_strides):

@@ -48,18 +48,13 @@ def info_rows(
     config, frames, text_tokens: int, dtype_bytes: int, stride: int, language_model_parameters: int
 ) -> list[list[str]]:
     """A row of `COLUMNS` per frame count without compression, and one with the config's pooling and `stride`."""
-    from ..accounting import compression_label, language_model_memory, video_tokens
+    from ..accounting import NO_COMPRESSION, compression_label, compression_of, language_model_memory, video_tokens
 
-    no_compression = dict(temporal_pool_size=1, spatial_pool_size=1, temporal_sampling_stride=1)
-    compression = dict(
-        temporal_pool_size=config.temporal_pool_size,
-        spatial_pool_size=config.spatial_pool_size,
-        temporal_sampling_stride=stride,
-    )
+    compression = compression_of(config, stride)
     name = compression_label(**compression)
     rows = []
     for num_frames in frames:
-        full = video_tokens(config, num_frames, **no_compression)
+        full = video_tokens(config, num_frames, **NO_COMPRESSION)
         variants = [("none", full)]
         if name != "none":
             variants.append((name, video_tokens(config, num_frames, **compression)))

@@ -4,6 +4,7 @@ from transformers import SiglipImageProcessor
 
 from ..processing import StormProcessor, StormVideoProcessor
 from ..processing.processing_storm import VISION_SPECIAL_TOKENS
+from ..processing.token_budget import token_grid_settings
 from .checkpoint_io import ConversionError
 
 
@@ -51,11 +52,8 @@ def build_processor(tokenizer, config, num_frames: int = 32) -> StormProcessor:
     video_processor = StormVideoProcessor(
         size=size,
         num_frames=num_frames,
-        patch_size=config.vision_config.patch_size,
-        downsample_ratio=config.downsample_ratio,
-        temporal_pool_size=config.temporal_pool_size,
-        spatial_pool_size=config.spatial_pool_size,
         temporal_sampling_stride=config.temporal_sampling_stride,
+        **token_grid_settings(config),
         **normalisation,
     )
     return StormProcessor(

@@ -1,19 +1,59 @@
-"""How many LLM tokens a video or an image becomes, and how many frames fit a token budget.
+"""How many LLM tokens a video or an image becomes, and how many frames fit a token budget: STORM's token compression
+as arithmetic.
 
-The processor expands placeholders with `visual_token_grid` (`num_visual_tokens` is its product); the model produces
+The settings the count depends on are defined here once (`TokenGridSettings`, `COMPRESSION_SETTINGS`): the model's
+config holds them (and validates them); `token_grid_settings` reads them from it for the video processor
+(`build_processor`, which passes them as keyword arguments) and for `storm_hf.accounting`. The processor expands
+placeholders with `visual_token_grid` (`num_visual_tokens` is its product); the model's token compressor produces
 exactly that many tokens (checked against the placeholder mask at every forward). `frames_within_budget` is the policy
 that turns a `max_visual_tokens` budget into a frame count and a temporal-sampling stride.
 """
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
+
+class TokenGridSettings(TypedDict, total=False):
+    r"""
+    The model settings a frame's LLM token grid depends on. The model's config holds them; the video processor takes
+    them as keyword arguments and keeps a copy (`build_processor` copies them from the config) to count placeholders.
+
+    patch_size (`int`, defaults to 14):
+        Side of the vision tower's patches.
+    downsample_ratio (`int`, defaults to 2):
+        Side of the pixel-shuffle window.
+    temporal_pool_size (`int`, defaults to 4):
+        Frames the token compressor averages into one (trained).
+    spatial_pool_size (`int`, defaults to 1):
+        Side of the token compressor's average-pooling window inside each frame (trained).
+    """
+
+    patch_size: int
+    downsample_ratio: int
+    temporal_pool_size: int
+    spatial_pool_size: int
+
+
+# The paper's model: SigLIP patch 14, 2x2 pixel-shuffle, T.Pool k=4 (the defaults of `StormConfig` too).
+DEFAULT_TOKEN_GRID = TokenGridSettings(patch_size=14, downsample_ratio=2, temporal_pool_size=4, spatial_pool_size=1)
+TOKEN_GRID_SETTINGS = tuple(TokenGridSettings.__annotations__)
+# The token compressor's trained pooling sizes, and compression as a whole: the pooling sizes and the test-time
+# temporal-sampling stride (all 1: no compression).
+POOLING_SETTINGS = ("temporal_pool_size", "spatial_pool_size")
+COMPRESSION_SETTINGS = (*POOLING_SETTINGS, "temporal_sampling_stride")
 
 # Temporal sampling strides the budget policy chooses from: 1 (what STORM is trained with) and 2 (the test-time
 # setting of the paper's T.Pool + T.Sampling results). Larger strides are not evaluated in the paper's tables.
 BUDGET_STRIDES = (1, 2)
 # Below this many sampled frames per second at stride 1, the policy doubles the frames and samples with stride 2.
 MIN_FRAMES_PER_SECOND = 1.0
+
+
+def token_grid_settings(config) -> dict[str, int]:
+    """The `TOKEN_GRID_SETTINGS` of a `StormConfig` (the patch size is its vision tower's)."""
+    return {"patch_size": config.vision_config.patch_size} | {
+        name: getattr(config, name) for name in TOKEN_GRID_SETTINGS if name != "patch_size"
+    }
 
 
 def merged_grid_size(image_size: int, patch_size: int, downsample_ratio: int) -> int:

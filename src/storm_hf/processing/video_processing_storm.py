@@ -15,13 +15,18 @@ from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_metadata
 
-from .token_budget import FramePlan, frames_within_budget, visual_token_grid
+from .token_budget import (
+    DEFAULT_TOKEN_GRID,
+    TOKEN_GRID_SETTINGS,
+    FramePlan,
+    TokenGridSettings,
+    frames_within_budget,
+    visual_token_grid,
+)
 from .video_decoding import StormVideoMetadata, check_sampling_arguments, is_video_source, read_video
 from .video_intake import ImageNotVideoError, VideoIntakePolicy, environment_policy, read_image_frame
 
 
-# Settings of the model the token count depends on; `build_processor` copies them from the model config.
-TOKEN_GRID_SETTINGS = ("patch_size", "downsample_ratio", "temporal_pool_size", "spatial_pool_size")
 # Arguments `StormVideoProcessor.preprocess` uses itself (frame selection, token count, outputs); the others set how
 # transformers' `BaseVideoProcessor.preprocess` converts the pixels.
 SETTINGS_OF_THIS_PROCESSOR = (
@@ -39,7 +44,7 @@ SETTINGS_OF_THIS_PROCESSOR = (
 )
 
 
-class StormVideoProcessorKwargs(VideosKwargs, total=False):
+class StormVideoProcessorKwargs(VideosKwargs, TokenGridSettings, total=False):
     r"""
     min_frames (`int`, *optional*):
         Fewest frames `fps` sampling may return (the count it derives is raised to this), and the smallest `num_frames`
@@ -53,20 +58,15 @@ class StormVideoProcessorKwargs(VideosKwargs, total=False):
     temporal_sampling_stride (`int`, *optional*, defaults to 1):
         Keep every n-th pooled frame (test time only). With `max_visual_tokens`, a stride passed in the call fixes the
         stride; otherwise the budget policy chooses it (the default stride is not used).
-    patch_size (`int`, defaults to 14), downsample_ratio (`int`, defaults to 2), temporal_pool_size (`int`, defaults
-    to 4), spatial_pool_size (`int`, defaults to 1):
-        The model's patch size, pixel-shuffle side and pooling sizes, from which each video's token grid is counted.
-        They must match the model's config (`build_processor` copies them from it).
+    patch_size, downsample_ratio, temporal_pool_size, spatial_pool_size:
+        The model's token-grid settings (`token_budget.TokenGridSettings`), from which each video's token grid is
+        counted. They must match the model's config (`build_processor` copies them from it).
     """
 
     min_frames: int | None
     max_frames: int | None
     max_visual_tokens: int | None
     temporal_sampling_stride: int | None
-    patch_size: int
-    downsample_ratio: int
-    temporal_pool_size: int
-    spatial_pool_size: int
     intake_policy: VideoIntakePolicy | None
 
 
@@ -215,10 +215,6 @@ class StormVideoProcessor(BaseVideoProcessor):
     max_frames = None
     max_visual_tokens = None
     temporal_sampling_stride = 1
-    patch_size = 14
-    downsample_ratio = 2
-    temporal_pool_size = 4
-    spatial_pool_size = 1
     intake_policy = None
     return_tensors = "pt"
     valid_kwargs = StormVideoProcessorKwargs
@@ -231,7 +227,9 @@ class StormVideoProcessor(BaseVideoProcessor):
                 f"`intake_policy` must be a `VideoIntakePolicy`, got {type(policy).__name__}; it is set in code, never "
                 "loaded from a saved configuration."
             )
-        super().__init__(**kwargs)
+        # Token-grid settings not given are the paper model's.
+        defaults = {name: value for name, value in DEFAULT_TOKEN_GRID.items() if kwargs.get(name) is None}
+        super().__init__(**(kwargs | defaults))
 
     def to_dict(self) -> dict:
         """The settings to save, without `intake_policy`: a checkpoint must not loosen the intake policy of whoever
