@@ -68,28 +68,14 @@ def build_task_tokenizer():
     return tokenizer
 
 
-def build_task_processor(
-    tokenizer=None,
-    num_frames: int = NUM_FRAMES,
-    size: int = IMAGE_SIZE,
-    patch_size: int = PATCH_SIZE,
-    downsample_ratio: int = DOWNSAMPLE_RATIO,
-    temporal_pool_size: int = 4,
-):
-    """A `StormProcessor` matching `temporal_task_config` (built by `conversion.build_processor` from it): the task
-    tokenizer, `size`x`size` frames, `num_frames` frames sampled per video. Saves and loads like any processor
-    (`save_pretrained`, `AutoProcessor`)."""
+def build_task_processor(tokenizer=None, num_frames: int = NUM_FRAMES, **config_settings):
+    """A `StormProcessor` matching `temporal_task_config(tokenizer, **config_settings)` (built by
+    `conversion.build_processor` from that config): the task tokenizer, the config's frame size and token grid,
+    `num_frames` frames sampled per video. Saves and loads like any processor (`save_pretrained`, `AutoProcessor`)."""
     from ..conversion.processor import build_processor
 
     tokenizer = tokenizer if tokenizer is not None else build_task_tokenizer()
-    config = temporal_task_config(
-        tokenizer,
-        size=size,
-        patch_size=patch_size,
-        downsample_ratio=downsample_ratio,
-        temporal_pool_size=temporal_pool_size,
-    )
-    return build_processor(tokenizer, config, num_frames=num_frames)
+    return build_processor(tokenizer, temporal_task_config(tokenizer, **config_settings), num_frames=num_frames)
 
 
 def temporal_task_config(
