@@ -12,6 +12,7 @@ import base64
 import contextlib
 import fractions
 import http.server
+import json
 import os
 import struct
 import subprocess
@@ -27,6 +28,7 @@ import pytest
 import torch
 from media import make_frames, make_processor, write_video
 from modeling_utils import tiny_config
+from transformers import AutoVideoProcessor
 
 from storm_hf import StormForConditionalGeneration
 from storm_hf.commands import main
@@ -428,9 +430,13 @@ def test_processor_policy_is_settable_and_never_saved(media, tmp_path):
     with pytest.raises(VideoSourceRefusedError, match="allow_local_files"):
         processor(str(media["given"]), num_frames=2)
     processor.save_pretrained(tmp_path)
-    assert "intake_policy" not in (tmp_path / "video_preprocessor_config.json").read_text()
+    config_file = tmp_path / "video_preprocessor_config.json"
+    config = json.loads(config_file.read_text())
+    assert "intake_policy" not in config
+    config["intake_policy"] = {"trusted_hosts": ["0.0.0.0/0"]}  # what a hostile checkpoint could hold
+    config_file.write_text(json.dumps(config))
     with pytest.raises(TypeError, match="never loaded from a saved configuration"):
-        StormVideoProcessor(intake_policy={"trusted_hosts": ["0.0.0.0/0"]})  # what a hostile config could hold
+        AutoVideoProcessor.from_pretrained(tmp_path)
 
 
 def test_images_and_videos_given_as_each_other_are_named(media, tmp_path):

@@ -61,6 +61,9 @@ class StormVideoProcessorKwargs(VideosKwargs, TokenGridSettings, total=False):
     patch_size, downsample_ratio, temporal_pool_size, spatial_pool_size:
         The model's token-grid settings (`token_budget.TokenGridSettings`), from which each video's token grid is
         counted. They must match the model's config (`build_processor` copies them from it).
+    intake_policy ([`VideoIntakePolicy`], *optional*):
+        Which video sources may be opened and the budgets of one video (default: `VideoIntakePolicy()`; see
+        docs/untrusted-video.md). Settable per call or per processor, never saved with it.
     """
 
     min_frames: int | None
