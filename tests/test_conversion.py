@@ -49,6 +49,27 @@ def hand_wired_logits(vision, feature_layer, project, embed, language_model, inp
     return language_model(embeds)
 
 
+def composed_and_hand_wired_logits(model, vision, embed, language_model, num_frames: int = 4):
+    """A composed `model`'s logits on a prompt with one video of `num_frames` frames, and the logits of the source
+    parts wired by hand around the composed model's fresh projector (then temporal pooling of 2 by hand)."""
+    video_token_id = model.config.video_token_id
+    input_ids, frames = prompt_and_frames(
+        video_token_id,
+        storm_hf.num_visual_tokens(num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH_SIZE, temporal_pool_size=2),
+        num_frames,
+    )
+
+    def project(grid):
+        videos, _ = model.model.temporal_projector(grid, [num_frames])
+        pooled = videos[0].unflatten(0, (num_frames // 2, 2)).mean(1)
+        return pooled.reshape(-1, pooled.shape[-1])
+
+    with torch.no_grad():
+        expected = hand_wired_logits(vision, -2, project, embed, language_model, input_ids, frames, video_token_id)
+        logits = model(input_ids=input_ids, pixel_values_videos=frames[None]).logits
+    return logits, expected
+
+
 # ---------------------------------------------------------------- compose
 
 # what the reports say about the vision parts STORM does not build (3 SigLIP layers, features of layer -2)
@@ -104,21 +125,7 @@ def test_compose_gives_the_logits_of_the_hand_wired_parts(tmp_path, vision_layou
 
     video_token_id = model.config.video_token_id
     assert AutoProcessor.from_pretrained(output).tokenizer.convert_ids_to_tokens(video_token_id) == "<|video_pad|>"
-    num_frames = 4
-    input_ids, frames = prompt_and_frames(
-        video_token_id,
-        storm_hf.num_visual_tokens(num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH_SIZE, temporal_pool_size=2),
-        num_frames,
-    )
-
-    def project(grid):  # the composed model's fresh projector, then temporal pooling of 2 by hand
-        videos, _ = model.model.temporal_projector(grid, [num_frames])
-        pooled = videos[0].unflatten(0, (num_frames // 2, 2)).mean(1)
-        return pooled.reshape(-1, pooled.shape[-1])
-
-    with torch.no_grad():
-        expected = hand_wired_logits(vision, -2, project, embed, language_model, input_ids, frames, video_token_id)
-        logits = model(input_ids=input_ids, pixel_values_videos=frames[None]).logits
+    logits, expected = composed_and_hand_wired_logits(model, vision, embed, language_model)
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -193,33 +200,11 @@ def test_compose_any_decoder_only_language_model(tmp_path, model_type, tied, spa
     # Forward with a video: the hand-wired source parts (the LM's rows; a grown embedding adds logits columns).
     video_token_id = model.config.video_token_id
     assert processor.tokenizer.convert_ids_to_tokens(video_token_id) == "<|video_pad|>"
-    num_frames = 4
-    input_ids, frames = prompt_and_frames(
-        video_token_id,
-        storm_hf.num_visual_tokens(num_frames, IMAGE_SIZE, IMAGE_SIZE, patch_size=PATCH_SIZE, temporal_pool_size=2),
-        num_frames,
-    )
-
-    def project(grid):
-        videos, _ = model.model.temporal_projector(grid, [num_frames])
-        pooled = videos[0].unflatten(0, (num_frames // 2, 2)).mean(1)
-        return pooled.reshape(-1, pooled.shape[-1])
 
     def embed(ids):  # the placeholders' rows are overwritten by the video tokens
         return source.get_input_embeddings()(torch.where(ids == video_token_id, 0, ids))
 
-    with torch.no_grad():
-        expected = hand_wired_logits(
-            vision,
-            -2,
-            project,
-            embed,
-            lambda embeds: source(inputs_embeds=embeds).logits,
-            input_ids,
-            frames,
-            video_token_id,
-        )
-        logits = model(input_ids=input_ids, pixel_values_videos=frames[None]).logits
+    logits, expected = composed_and_hand_wired_logits(model, vision, embed, lambda e: source(inputs_embeds=e).logits)
     torch.testing.assert_close(logits[..., :old_rows], expected, rtol=1e-4, atol=1e-4)
 
     # Greedy generation: each new token is the argmax of a cache-free forward over the sequence before it.
@@ -239,7 +224,7 @@ def test_compose_any_decoder_only_language_model(tmp_path, model_type, tied, spa
     assert reloaded.config.text_config.model_type == model_type
     assert reloaded.config.text_config.vocab_size == embeddings.shape[0]
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=input_ids, pixel_values_videos=frames[None]).logits, logits)
+        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
 
     # One Trainer step changes the language model and the projector.
     samples = [{"messages": video_chat(make_frames(6, seed=seed), answer="the")} for seed in range(2)]
