@@ -7,8 +7,8 @@ threads of this process, asking the demo's `direction` question about clips serv
 1. 32- and 128-frame clips (the request's `num_frames`), 1, 4 and 16 concurrent clients: requests/s, p50/p95 latency;
    against the same requests answered in this process by `apply_chat_template` + `generate`, one after another (the
    serving overhead, as a ratio of latencies and of requests/s).
-2. `/health` latency while the server answers a request about a long video (3600 frames, 256 px): transformers' chat
-   handler decodes the video inside the server's event loop.
+2. `/health` latency while the server answers a request for 256 frames of a long video (3600 frames of 640x360, two
+   minutes at 30 fps): transformers' chat handler decodes the video inside the server's event loop.
 3. What an operator can do about 1 and 2: two server processes behind a round-robin balancer (done here by the
    clients), and `/health` of one while the other decodes the long video.
 
@@ -49,6 +49,7 @@ from storm_hf.synthetic.render import sample_scene, write_video
 
 
 QUESTION = "Which way does the shape move, left or right?"
+LONG_VIDEO_SAMPLED_FRAMES = 256
 START_TIMEOUT_S = 300
 REQUEST_TIMEOUT_S = 300
 # `transformers serve` with `import storm_hf` failing, whichever way storm_hf is installed.
@@ -234,7 +235,7 @@ def health_while_decoding(busy: Server, probed: Server, long_url: str) -> dict:
     poller = threading.Thread(target=poll)
     poller.start()
     try:
-        _, request_s = busy.ask(long_url, 32)
+        _, request_s = busy.ask(long_url, LONG_VIDEO_SAMPLED_FRAMES)
     finally:
         done.set()
         poller.join()
@@ -261,7 +262,8 @@ def main() -> None:
             scene = sample_scene("direction", np.random.default_rng(num_frames), num_frames=num_frames)
             write_video(videos / f"clip{num_frames}.mp4", scene.frames(1))  # moves right
         long_video = videos / "long.mp4"
-        write_long_video(long_video, (moving_bar_frame(index, 256) for index in range(long_frames)), fps=30)
+        frames = (moving_bar_frame(index, 360, 640) for index in range(long_frames))
+        write_long_video(long_video, frames, fps=30, options={"preset": "ultrafast"})
         print(f"videos written; {long_frames}-frame long video of {long_video.stat().st_size / 1e6:.1f} MB", flush=True)
 
         rows, direct, health = [], {}, {}
@@ -335,8 +337,8 @@ def body(rows: list[dict], direct: dict, health: dict, long_frames: int) -> str:
         "Every process runs one torch thread. Two servers: two server processes, the requests spread round-robin by "
         f"the clients. Answers seen: {answers} (every clip moves right).",
         "",
-        f"`/health` while the server answers one request about a {long_frames}-frame 256x256 H.264 video "
-        "(30 fps, 32 frames sampled), polled every 50 ms:",
+        f"`/health` while the server answers one request for {LONG_VIDEO_SAMPLED_FRAMES} frames of a "
+        f"{long_frames}-frame 640x360 H.264 video (30 fps), polled every 50 ms:",
         "",
         "| setup | /health idle | the long request | slowest /health during it |",
         "|---|---|---|---|",
