@@ -193,10 +193,11 @@ def projector_state_dict(config, seed: int = 3) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_vila_checkpoint(root: Path, config, vision_pickle: bool = True):
-    """llm/ (Qwen2ForCausalLM + tokenizer), vision_tower/ (SiglipVisionModel, pickled), mm_projector/, config.json."""
+def write_vila_checkpoint(root: Path, config, vision_pickle: bool = True, llm_type: str = "qwen2"):
+    """llm/ (a `llm_type` causal LM: NVILA's Qwen2, VILA 1.5's Llama, + tokenizer), vision_tower/ (SiglipVisionModel,
+    pickled), mm_projector/, config.json."""
     torch.manual_seed(4)
-    llm = Qwen2ForCausalLM(Qwen2Config(**TEXT)).eval()
+    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(llm_type, **TEXT, head_dim=16)).eval()
     llm.save_pretrained(root / "llm")
     make_tokenizer().save_pretrained(root / "llm")
     vision = SiglipVisionModel(SiglipVisionConfig(**VISION, vision_use_head=False)).eval()

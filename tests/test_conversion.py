@@ -273,18 +273,20 @@ def test_nvila_downsample_and_storm_pixel_shuffle_agree(side):
     assert torch.equal(StormPixelShuffle(2)(features), nvila_flat_square(features))
 
 
-def test_vila_conversion_gives_the_logits_of_the_hand_wired_parts(tmp_path):
+@pytest.mark.parametrize("llm_type", ["qwen2", "llama"])  # NVILA's LLM, VILA 1.5's
+def test_vila_conversion_gives_the_logits_of_the_hand_wired_parts(tmp_path, llm_type):
     config = tiny_config(
         vision_config={**VISION, "model_type": "siglip_vision_model", "vision_use_head": False},
-        text_config={**TEXT, "model_type": "qwen2"},
+        text_config={**TEXT, "model_type": llm_type, "head_dim": 16},
         mamba_state_size=4,
         temporal_pool_size=2,
     )
-    llm, vision, projector = write_vila_checkpoint(tmp_path / "vila", config)
+    llm, vision, projector = write_vila_checkpoint(tmp_path / "vila", config, llm_type=llm_type)
     _, _, report = convert_vila_checkpoint(tmp_path / "vila", tmp_path / "storm", max_shard_size="100KB")
     assert "vision_tower/: dropped 2 tensor(s) such as 'vision_model.post_layernorm.bias'" in report, report
     model = StormForConditionalGeneration.from_pretrained(tmp_path / "storm").eval()
     assert model.config.vision_feature_layer == -1 and model.config.mamba_num_layers == 2
+    assert type(model.model.language_model) is type(llm.model)
     assert AutoProcessor.from_pretrained(tmp_path / "storm").video_processor.num_frames == 6
 
     linear = nn.Linear(4 * VISION["hidden_size"], TEXT["hidden_size"])

@@ -6,7 +6,8 @@ defined here):
     <checkpoint>/
         config.json       optional, VILA's top-level config: `mm_vision_select_layer` (-> `vision_feature_layer`,
                           default -2), `num_video_frames` (-> the processor's default frame count)
-        llm/              a Qwen2ForCausalLM save: config.json, weights, tokenizer files, generation_config.json
+        llm/              a decoder-only causal LM save (NVILA: Qwen2ForCausalLM; VILA 1.5: LlamaForCausalLM):
+                          config.json, weights, tokenizer files, generation_config.json
         vision_tower/     a SiglipVisionModel save: config.json, weights (`[vision_model.]embeddings.*`, `encoder.*`,
                           `post_layernorm.*`, and `head.*` when its config has `vision_use_head`)
         mm_projector/     config.json with `"mm_projector_type": "storm_mamba"` and optional `downsample_ratio`,
@@ -48,7 +49,7 @@ from .checkpoint_io import (
     resolve_dtype,
     tensor_shape,
 )
-from .compose import VISION_PREFIXES, siglip_rules, text_config_of
+from .compose import VISION_PREFIXES, language_rules, siglip_rules, text_config_of
 from .processor import add_vision_tokens, build_processor, fit_embeddings_to_tokenizer
 
 
@@ -59,10 +60,6 @@ _MIXER_WEIGHTS = (
 )
 FIRST_MAMBA_INDEX = 2  # layers.0: pixel-shuffle, layers.1: Linear
 
-LLM_RULES = [
-    Rule(r"model\.(.*)", r"model.language_model.\1"),
-    Rule(r"lm_head\.weight", "lm_head.weight"),
-]
 PROJECTOR_RULES = [
     Rule(r"layers\.1\.(weight|bias)", r"model.temporal_projector.linear.\1"),
     Rule(
@@ -150,8 +147,6 @@ def convert_vila_checkpoint(
         )
     top_config = read_json(root / "config.json") if (root / "config.json").is_file() else {}
     llm_config = AutoConfig.from_pretrained(folders["llm"])
-    if llm_config.model_type != "qwen2":
-        raise ConversionError(f"llm/ holds a '{llm_config.model_type}' model; STORM's language model is Qwen2.")
     vision_config = AutoConfig.from_pretrained(folders["vision_tower"])
     if vision_config.model_type != "siglip_vision_model":
         raise ConversionError(
@@ -186,7 +181,7 @@ def convert_vila_checkpoint(
         )
         parts = {
             "vision_tower": (vision_tensors, siglip_rules(VISION_PREFIXES["siglip_vision_model"], config)),
-            "llm": (llm_tensors, LLM_RULES),
+            "llm": (llm_tensors, language_rules(llm_config.model_type)),
             "mm_projector": (projector_tensors, PROJECTOR_RULES),
         }
         sources, tensors, dropped = {}, {}, []
