@@ -13,15 +13,16 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPI
 class StormConfig(PreTrainedConfig):
     r"""
     Configuration of a STORM model: SigLIP vision tower -> 2x2 pixel-shuffle -> Linear -> Mamba stack (the temporal
-    projector) -> token compression -> Qwen2 language model ("Token-Efficient Long Video Understanding for Multimodal
-    LLMs", Jiang et al. 2025). `StormConfig()` describes the paper's 7B model.
+    projector) -> token compression -> language model ("Token-Efficient Long Video Understanding for Multimodal LLMs",
+    Jiang et al. 2025). `StormConfig()` describes the paper's 7B model.
 
     Args:
         vision_config (`dict` or `PreTrainedConfig`, *optional*):
             The vision tower. Defaults to PaliGemma's SigLIP-so400m at 448 px, patch 14 (a 32x32 patch grid), without
             the attention-pooling head (STORM uses patch features).
         text_config (`dict` or `PreTrainedConfig`, *optional*):
-            The language model. Defaults to the Qwen2 language model of Qwen2-VL-7B-Instruct.
+            The language model: any decoder-only model `AutoModel` builds (Llama, Mistral, Qwen2, Qwen3, ...).
+            Defaults to the Qwen2 language model of Qwen2-VL-7B-Instruct.
         image_token_id (`int`, defaults to 151655):
             Placeholder of one image token (`<|image_pad|>` in the Qwen2-VL vocabulary).
         video_token_id (`int`, defaults to 151656):

@@ -1,4 +1,4 @@
-"""PyTorch STORM: SigLIP frames -> pixel-shuffle -> Linear -> bidirectional Mamba -> token compression -> Qwen2."""
+"""PyTorch STORM: SigLIP frames -> pixel-shuffle -> Linear -> bidirectional Mamba -> token compression -> LLM."""
 
 import math
 from collections.abc import Callable, Iterable

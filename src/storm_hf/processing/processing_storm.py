@@ -69,7 +69,7 @@ CHAT_VIDEO_SETTINGS = (
 
 class StormProcessor(ProcessorMixin):
     r"""
-    Processor of STORM: a Qwen2 tokenizer, a [`StormVideoProcessor`] and a SigLIP image processor.
+    Processor of STORM: the language model's tokenizer, a [`StormVideoProcessor`] and a SigLIP image processor.
 
     Each `<|video_pad|>` (`<|image_pad|>`) in the text stands for one video (image), in order, and is replaced by as
     many placeholders as the model produces for it: the video processor returns each video's LLM token grid with its
@@ -85,8 +85,8 @@ class StormProcessor(ProcessorMixin):
 
     Args:
         image_processor: SigLIP image processor (448x448, mean = std = 0.5).
-        tokenizer: Qwen2 tokenizer with the `<|video_pad|>`, `<|image_pad|>`, `<|vision_start|>`, `<|vision_end|>`
-            special tokens.
+        tokenizer: the language model's tokenizer with the `<|video_pad|>`, `<|image_pad|>`, `<|vision_start|>`,
+            `<|vision_end|>` special tokens (`compose_storm` adds those it lacks).
         video_processor ([`StormVideoProcessor`]): decodes, samples and normalises videos; holds the model's patch
             size, pixel-shuffle and pooling sizes.
         chat_template (`str`, *optional*): defaults to ChatML with video/image placeholders (`CHAT_TEMPLATE`).
