@@ -10,7 +10,7 @@ import torch
 from media import make_frames, make_processor, write_video
 from PIL import Image
 
-from storm_hf.processing import StormProcessor, StormVideoProcessor, num_visual_tokens
+from storm_hf.processing import StormProcessor, StormVideoProcessor, VideoIntakePolicy, num_visual_tokens
 
 
 def tokens_per_video(num_frames, stride=1, image_size=56, temporal_pool_size=2):
@@ -316,14 +316,17 @@ def test_images_by_path_and_url_in_call_and_chat(processor, tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/image.png"
+    loopback = VideoIntakePolicy(trusted_hosts=("127.0.0.1",))  # the intake policy refuses loopback URLs by default
     try:
         for image in (str(path), url):
-            output = processor(text="<|image_pad|>", images=image)
+            output = processor(text="<|image_pad|>", images=image, intake_policy=loopback)
             torch.testing.assert_close(output["pixel_values"], expected["pixel_values"])
             assert output["input_ids"] == expected["input_ids"]
         for entry in ({"path": str(path)}, {"url": url}):
             chat = [{"role": "user", "content": [{"type": "image", **entry}, {"type": "text", "text": "What?"}]}]
-            output = processor.apply_chat_template(chat, tokenize=True, return_dict=True)
+            output = processor.apply_chat_template(
+                chat, tokenize=True, return_dict=True, processor_kwargs={"intake_policy": loopback}
+            )
             torch.testing.assert_close(output["pixel_values"], expected["pixel_values"])
             assert output["input_ids"][0].count(processor.image_token_id) == num_visual_tokens(1, 56, 56, patch_size=14)
     finally:

@@ -28,6 +28,7 @@ import pytest
 import torch
 from media import make_frames, make_processor, write_video
 from modeling_utils import tiny_config
+from PIL import Image
 from transformers import AutoVideoProcessor
 
 from storm_hf import StormForConditionalGeneration
@@ -440,8 +441,6 @@ def test_processor_policy_is_settable_and_never_saved(media, tmp_path):
 
 
 def test_images_and_videos_given_as_each_other_are_named(media, tmp_path):
-    from PIL import Image
-
     image = tmp_path / "photo.png"
     Image.fromarray(make_frames(1)[0]).save(image)
     chat = [{"role": "user", "content": [{"type": "video", "video": str(image)}, {"type": "text", "text": "What?"}]}]
@@ -451,6 +450,22 @@ def test_images_and_videos_given_as_each_other_are_named(media, tmp_path):
         PROCESSOR.video_processor([Image.open(image)], num_frames=2)  # decoded frames: a one-frame list is sampled
     with pytest.raises(ImageNotVideoError, match="photo.png' is an image"):
         read_video(image)
+
+
+def test_image_entries_are_read_under_the_policy(media, internal, tmp_path):
+    def image_chat(image):
+        return [{"role": "user", "content": [{"type": "image", "url": image}, {"type": "text", "text": "What?"}]}]
+
+    with pytest.raises(PrivateAddressError):
+        PROCESSOR.apply_chat_template(image_chat(f"{internal.url}/photo.png"), tokenize=True, return_dict=True)
+    assert internal.log == []
+    with pytest.raises(FormatRefusedError, match="given.mp4' is not an image .* pass it as a video"):
+        PROCESSOR.apply_chat_template(image_chat(str(media["given"])), tokenize=True, return_dict=True)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(make_frames(1)[0]).save(photo)
+    from_path = PROCESSOR.apply_chat_template(image_chat(str(photo)), tokenize=True, return_dict=True)
+    from_image = PROCESSOR(text=PROCESSOR.image_token, images=[Image.open(photo)])
+    torch.testing.assert_close(from_path["pixel_values"], from_image["pixel_values"], rtol=0, atol=0)
 
 
 def test_mpeg_ps_reaches_the_chat_template_whole(tmp_path):

@@ -488,8 +488,24 @@ def read_image_frame(source, policy: VideoIntakePolicy):
                     f"{name} is a {image.width}x{image.height} image, over the intake pixel budget of "
                     f"{policy.max_frame_pixels} pixels per frame; raise `VideoIntakePolicy(max_frame_pixels=...)`."
                 )
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))  # writable: torch.from_numpy warns about read-only arrays
     except PIL.UnidentifiedImageError:
-        raise FormatRefusedError(f"{name} is not an image PIL can read; pass image files as the frames.") from None
+        raise FormatRefusedError(
+            f"{name} is not an image PIL can read; if it is a video, pass it as a video (`videos=` or a "
+            '`{"type": "video"}` chat entry).'
+        ) from None
     finally:
         resolved.close()
+
+
+def read_image_sources(images, policy: VideoIntakePolicy):
+    """`images` (an image or nested lists of them) with every path or URL read under `policy` into a (height, width,
+    3) uint8 array; strings that are neither (base64 data, which transformers decodes without I/O) and decoded images
+    are left as they are."""
+    if isinstance(images, (list, tuple)):
+        return [read_image_sources(image, policy) for image in images]
+    if isinstance(images, os.PathLike) or (
+        isinstance(images, str) and (url_scheme(images) is not None or os.path.exists(images))
+    ):
+        return read_image_frame(images, policy)
+    return images
