@@ -246,8 +246,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer requests and a shorter long video")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # before `start_run`, which records it
     run = start_run()
-    torch.set_num_threads(1)
 
     clip_lengths, client_counts = (32, 128), (1, 4, 16)
     requests_per_client = {1: 6, 4: 4, 16: 2} if args.quick else {1: 16, 4: 8, 16: 4}
