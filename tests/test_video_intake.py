@@ -425,6 +425,14 @@ def test_enabled_demuxer_and_live_protocol_are_opt_in(media, tmp_path):
         VideoIntakePolicy(live_protocols={"gopher"})
 
 
+def test_transformers_fetch_videos_hook_is_the_same_decoder(media, internal):
+    frames, metadata = PROCESSOR.video_processor.fetch_videos(str(media["given"]))
+    np.testing.assert_array_equal(frames, read_video(media["given"])[0])
+    with pytest.raises(PrivateAddressError):
+        PROCESSOR.video_processor.fetch_videos([f"{internal.url}/video.mp4"])
+    assert internal.log == []
+
+
 def test_processor_policy_is_settable_and_never_saved(media, tmp_path):
     strict = VideoIntakePolicy(allow_local_files=False)
     processor = StormVideoProcessor(intake_policy=strict)

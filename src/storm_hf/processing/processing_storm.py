@@ -8,7 +8,7 @@ import torch
 from transformers.image_utils import make_flat_list_of_images
 from transformers.processing_utils import _UNMARKED, MultiModalData, ProcessingKwargs, ProcessorMixin
 
-from .video_intake import DEFAULT_POLICY, read_image_sources
+from .video_intake import environment_policy, read_image_sources
 from .video_processing_storm import StormVideoProcessorKwargs, make_list_of_videos, pad_videos
 
 
@@ -171,7 +171,7 @@ class StormProcessor(ProcessorMixin):
         # Image paths and URLs are read under the video intake policy (the same sources rules and budgets).
         policy = kwargs.get("intake_policy") or kwargs.get("videos_kwargs", {}).get("intake_policy")
         if images is not None:
-            images = read_image_sources(images, policy or self.video_processor.intake_policy or DEFAULT_POLICY)
+            images = read_image_sources(images, policy or self.video_processor.intake_policy or environment_policy())
         images, text, videos, audio = super().prepare_inputs_layout(images, text, videos, audio, **kwargs)
         videos = make_list_of_videos(videos) if videos is not None else []
         images = make_flat_list_of_images(images) if images is not None else []

@@ -39,7 +39,6 @@ import numpy as np
 from transformers.video_utils import VideoMetadata
 
 from .video_intake import (
-    DEFAULT_POLICY,
     Deadline,
     FormatRefusedError,
     FrameCountBudgetError,
@@ -48,6 +47,7 @@ from .video_intake import (
     MissingTimestampsError,
     VideoDecodingError,
     VideoIntakePolicy,
+    environment_policy,
     resolve_source,
 )
 
@@ -148,7 +148,8 @@ def read_video(
     """Decode the frames of `source` chosen by `sample_indices_fn(metadata=...)` (all frames when `None`).
 
     `source` is a path, an http(s), `file://` or `data:` URL, bytes, or a binary file object positioned at the start of
-    the video; `policy` (default `VideoIntakePolicy()`) decides whether it may be read and bounds the read.
+    the video; `policy` (default: `video_intake.environment_policy()`, which is `VideoIntakePolicy()` unless
+    `$STORM_VIDEO_INTAKE_POLICY` changes it) decides whether it may be read and bounds the read.
     `frame_size` (height, width): frames with more pixels than that are scaled to it by FFmpeg's scaler (bicubic)
     while decoding; smaller ones are returned as they are. `progress_callback(done_frames, total_frames)` is called
     after each distinct sampled frame is decoded, with `total_frames` the number of distinct sampled frames;
@@ -163,7 +164,7 @@ def read_video(
     """
     import av
 
-    with _VideoInput(source, policy or DEFAULT_POLICY) as video_input, video_input.open() as container:
+    with _VideoInput(source, policy or environment_policy()) as video_input, video_input.open() as container:
         name = video_input.name
         stream = _video_stream(container, video_input)
         try:
@@ -212,7 +213,7 @@ def iter_video_frames(
 
     if fps is not None:
         check_sampling_arguments(fps=fps)
-    policy = policy or DEFAULT_POLICY
+    policy = policy or environment_policy()
     with _VideoInput(source, policy, seekable=False, format=format, options=options) as video_input:
         with video_input.open() as container:
             stream = _video_stream(container, video_input)

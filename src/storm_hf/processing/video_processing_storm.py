@@ -234,6 +234,13 @@ class StormVideoProcessor(BaseVideoProcessor):
         defaults = {name: value for name, value in DEFAULT_TOKEN_GRID.items() if kwargs.get(name) is None}
         super().__init__(**(kwargs | defaults))
 
+    def fetch_videos(self, video_url_or_urls, sample_indices_fn=None):
+        """transformers' hook for reading videos from paths or URLs, here STORM's decoder under this processor's intake
+        policy. Returns `(frames, metadata)` for one video, `[all frames, all metadata]` for a list."""
+        if isinstance(video_url_or_urls, list):
+            return list(zip(*[self.fetch_videos(video, sample_indices_fn) for video in video_url_or_urls]))
+        return read_video(video_url_or_urls, sample_indices_fn, policy=self.intake_policy or environment_policy())
+
     def to_dict(self) -> dict:
         """The settings to save, without `intake_policy`: a checkpoint must not loosen the intake policy of whoever
         loads it (set it in code: `video_processor.intake_policy = ...`, or per call)."""
