@@ -35,13 +35,6 @@ def positive_float(text: str) -> float:
     return value
 
 
-def existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text}")
-    return path
-
-
 def video_argument(text: str) -> str:
     """A video file path, or a URL the intake policy decides on when the video is read."""
     from ..processing.video_intake import url_scheme
