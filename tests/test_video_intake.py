@@ -534,6 +534,18 @@ def streamed_at(path: Path, frame_size) -> np.ndarray:
     return np.stack([frame for _, frame in iter_video_frames(str(path), frame_size=frame_size)])
 
 
+def test_4k_frames_pass_the_default_budgets_and_are_scaled_while_decoding(tmp_path):
+    """The defaults serve a 4K video sampled at 1 fps for an hour (3600 frames of 3840x2160)."""
+    defaults = VideoIntakePolicy()
+    assert defaults.max_frame_pixels >= 3840 * 2160 and defaults.max_decoded_frames >= 3600
+    frames = np.zeros((2, 2160, 3840, 3), dtype=np.uint8)
+    frames[1, :1080] = 255  # the top half white in the second frame
+    path = write_video(tmp_path / "uhd.mp4", frames, options={"preset": "ultrafast"})
+    decoded, metadata = read_video(path, frame_size=(448, 448))
+    assert decoded.shape == (2, 448, 448, 3) and (metadata.height, metadata.width) == (448, 448)
+    assert decoded[0].max() < 8 and decoded[1, :200].min() > 247 and decoded[1, 248:].max() < 8
+
+
 # ---------------------------------------------------------------- memory of pixel bombs, in a fresh process
 
 MEMORY_SCRIPT = """
