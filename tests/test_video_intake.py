@@ -423,6 +423,10 @@ def test_enabled_demuxer_and_live_protocol_are_opt_in(media, tmp_path):
     assert read_video(script, policy=policy)[0].shape[0] == 16
     with pytest.raises(ValueError, match="Unknown live protocols \\['gopher'\\]"):
         VideoIntakePolicy(live_protocols={"gopher"})
+    with pytest.raises(TypeError, match="`trusted_hosts` is a collection of names, got the string '10.0.0.1'"):
+        VideoIntakePolicy(trusted_hosts="10.0.0.1")  # would otherwise trust the hosts '1', '0' and '.'
+    with pytest.raises(ValueError, match="`max_redirects` must be a whole number >= 0, got -1"):
+        VideoIntakePolicy(max_redirects=-1)
 
 
 def test_transformers_fetch_videos_hook_is_the_same_decoder(media, internal):

@@ -144,6 +144,9 @@ class VideoIntakePolicy:
     max_decoded_frames: int | None = 4096
 
     def __post_init__(self):
+        for name in ("live_protocols", "allowed_demuxers", "trusted_hosts"):
+            if isinstance(getattr(self, name), str):
+                raise TypeError(f"`{name}` is a collection of names, got the string {getattr(self, name)!r}.")
         object.__setattr__(self, "live_protocols", frozenset(self.live_protocols))
         object.__setattr__(self, "allowed_demuxers", frozenset(self.allowed_demuxers))
         object.__setattr__(self, "trusted_hosts", tuple(self.trusted_hosts))
@@ -153,13 +156,13 @@ class VideoIntakePolicy:
         for host in self.trusted_hosts:
             if not isinstance(host, str) or not host:
                 raise ValueError(f"`trusted_hosts` holds host names or networks as strings, got {host!r}.")
-        for name in ("max_redirects", "max_bytes", "max_frame_pixels", "max_decoded_frames"):
+        counts = (("max_redirects", 0), ("max_bytes", 1), ("max_frame_pixels", 1), ("max_decoded_frames", 1))
+        for name, smallest in counts:
             value = getattr(self, name)
             if value is None and name == "max_decoded_frames":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_redirects" else 1):
-                raise ValueError(f"`{name}` must be a {'non-negative' if name == 'max_redirects' else 'positive'} "
-                                 f"whole number, got {value!r}.")  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+                raise ValueError(f"`{name}` must be a whole number >= {smallest}, got {value!r}.")
         for name in ("read_timeout_s", "deadline_s"):
             value = getattr(self, name)
             if (value is not None or name == "read_timeout_s") and not (isinstance(value, (int, float)) and value > 0):
