@@ -84,9 +84,9 @@ def model_card(
         f"Face Transformers: a SigLIP vision tower ({vision.image_size} px, patch {vision.patch_size}, features of "
         f"layer {config.vision_feature_layer}) -> {config.downsample_ratio}x{config.downsample_ratio} pixel-shuffle -> "
         f"Linear -> {mamba} (the temporal projector: every visual token carries the context of the whole video) -> "
-        f"token compression (temporal pooling {config.temporal_pool_size}, spatial pooling "
-        f"{config.spatial_pool_size}x{config.spatial_pool_size}, test-time temporal sampling) -> a {text.model_type} "
-        f"language model ({text.num_hidden_layers} layers, hidden size {text.hidden_size})."
+        f"token compression (trained: {compression_label(**compression_of(config, temporal_sampling_stride=1))}; "
+        f"test-time temporal sampling) -> a {text.model_type} language model ({text.num_hidden_layers} layers, hidden "
+        f"size {text.hidden_size})."
     )
     budget_note = (
         f"LLM tokens per video ({vision.image_size}x{vision.image_size} frames). Temporal sampling is a test-time "
