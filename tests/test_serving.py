@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
+from transformers import AutoProcessor
 
 from storm_hf.hub import save_checkpoint
 from storm_hf.synthetic.demo import answer, load
@@ -188,6 +189,45 @@ def test_every_save_maps_both_auto_classes_the_server_loads_with(self_contained_
     assert auto_map["AutoModelForMultimodalLM"] == auto_map["AutoModelForImageTextToText"]
     assert auto_map["AutoModelForMultimodalLM"] == "modeling_storm.StormForConditionalGeneration"
     assert (self_contained_checkpoint / "modeling_storm.py").is_file()
+    assert (
+        "transformers serve path/to/checkpoint --trust-remote-code"
+        in (self_contained_checkpoint / "README.md").read_text()
+    )
+
+
+def test_a_plain_save_pretrained_maps_them_too(demo_checkpoint, tmp_path):
+    """What a `Trainer` save writes: `save_pretrained` of a model loaded after `import storm_hf`."""
+    model, _ = load(demo_checkpoint)
+    model.save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert {name: auto_map[name] for name in ("AutoModelForImageTextToText", "AutoModelForMultimodalLM")} == {
+        "AutoModelForImageTextToText": "modeling_storm.StormForConditionalGeneration",
+        "AutoModelForMultimodalLM": "modeling_storm.StormForConditionalGeneration",
+    }
+    assert (tmp_path / "modeling_storm.py").is_file() and (tmp_path / "configuration_storm.py").is_file()
+
+
+def test_the_environment_policy_is_the_default_of_a_processor_without_one(demo_checkpoint, clips, monkeypatch):
+    from storm_hf.processing import VideoSourceRefusedError
+    from storm_hf.processing.video_intake import DEFAULT_POLICY, environment_policy
+
+    processor = AutoProcessor.from_pretrained(demo_checkpoint)
+    video = str(clips[1]["left"])
+    monkeypatch.delenv("STORM_VIDEO_INTAKE_POLICY", raising=False)
+    assert environment_policy() == DEFAULT_POLICY
+    assert processor.video_processor(video)["video_num_frames"].tolist() == [32]
+
+    monkeypatch.setenv("STORM_VIDEO_INTAKE_POLICY", '{"allow_local_files": false, "trusted_hosts": ["10.0.0.0/8"]}')
+    assert environment_policy() == DEFAULT_POLICY.replace(allow_local_files=False, trusted_hosts=("10.0.0.0/8",))
+    with pytest.raises(VideoSourceRefusedError, match="allow_local_files"):
+        processor.video_processor(video)
+    policy = DEFAULT_POLICY.replace(allow_local_files=True)  # a policy set in code wins
+    assert processor.video_processor(video, intake_policy=policy)["video_num_frames"].tolist() == [32]
+
+    for value, message in (("{", "is not JSON"), ('{"allow_files": true}', "got allow_files"), ("[]", "got list")):
+        monkeypatch.setenv("STORM_VIDEO_INTAKE_POLICY", value)
+        with pytest.raises(ValueError, match=rf"\$STORM_VIDEO_INTAKE_POLICY .*{message}"):
+            environment_policy()
 
 
 def test_answers_follow_the_order_of_the_frames(server, video_host, reference):

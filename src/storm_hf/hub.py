@@ -101,6 +101,10 @@ def model_card(
         "Videos are decoded with PyAV (`pip install av`). With the `storm-hf` package installed (`import storm_hf`), "
         "`trust_remote_code` is not needed, and the command line does the same:"
     )
+    serve_note = (
+        'An OpenAI-compatible server (`pip install "transformers[serving]" torchvision av`; videos as `video_url` '
+        'parts, per-request settings such as `extra_body={"chat_template_kwargs": {"max_visual_tokens": 8192}}`):'
+    )
     body = f"""
 # {name}
 
@@ -132,6 +136,12 @@ print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_to
 
 ```bash
 storm-hf generate --model {repo} --video clip.mp4 --prompt "What happens?" --num-frames 32
+```
+
+{serve_note}
+
+```bash
+transformers serve {repo} --trust-remote-code
 ```
 {extra}"""
     if provenance:
