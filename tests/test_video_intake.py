@@ -519,35 +519,35 @@ def test_streaming_returns_exactly_the_processors_frames(kind, tmp_path):
         orientations = {"rotated": {"rotation": 90}, "mirrored": {"hflip": True}}
         orientation = orientations.get(kind, {"rotation": 90, "vflip": True})
         path = write_video(tmp_path / "clip.mp4", frames, **orientation)
-    size = {"height": 28, "width": 28}  # fewer pixels than 48x64: frames are scaled while decoding
-    video_processor = StormVideoProcessor(size=size, patch_size=14, downsample_ratio=2)
-    for frame_size in ((28, 28), None):
-        streamed = np.stack([frame for _, frame in iter_video_frames(str(path), frame_size=frame_size)])
-        decoded, _ = read_video(path, frame_size=frame_size)
+    video_processor = StormVideoProcessor(size={"height": 28, "width": 28}, patch_size=14, downsample_ratio=2)
+    for resize_frame in (video_processor.frame_resizer(), None):
+        streamed = np.stack([frame for _, frame in iter_video_frames(str(path), resize_frame=resize_frame)])
+        decoded, _ = read_video(path, resize_frame=resize_frame)
         np.testing.assert_array_equal(streamed, decoded)
-        assert streamed.shape[0] == 10 and streamed.shape[1:3] == ((28, 28) if frame_size else decoded.shape[1:3])
+        assert streamed.shape[0] == 10
+    online = video_processor(streamed, do_sample_frames=False)["pixel_values_videos"]
     offline = video_processor(str(path), do_sample_frames=False)["pixel_values_videos"]
-    online = video_processor(streamed_at(path, (28, 28)), do_sample_frames=False)["pixel_values_videos"]
     torch.testing.assert_close(online, offline, rtol=0, atol=0)
     if kind == "rotated":
-        upright, _ = read_video(path)
-        assert upright.shape[1:3] == (64, 48)  # as displayed: turned upright
+        assert streamed.shape[1:3] == (64, 48)  # as displayed: turned upright
 
 
-def streamed_at(path: Path, frame_size) -> np.ndarray:
-    return np.stack([frame for _, frame in iter_video_frames(str(path), frame_size=frame_size)])
-
-
-def test_4k_frames_pass_the_default_budgets_and_are_scaled_while_decoding(tmp_path):
-    """The defaults serve a 4K video sampled at 1 fps for an hour (3600 frames of 3840x2160)."""
+def test_frames_resized_while_decoding_equal_the_processors_resize_of_whole_frames(tmp_path):
+    """Resizing each frame as it is decoded changes the memory, not the pixels: a 4K video gives the processor the
+    pixel values it gives for the same frames decoded whole. The defaults serve a 4K video sampled at 1 fps for an hour
+    (3600 frames of 3840x2160)."""
     defaults = VideoIntakePolicy()
     assert defaults.max_frame_pixels >= 3840 * 2160 and defaults.max_decoded_frames >= 3600
     frames = np.zeros((2, 2160, 3840, 3), dtype=np.uint8)
     frames[1, :1080] = 255  # the top half white in the second frame
     path = write_video(tmp_path / "uhd.mp4", frames, options={"preset": "ultrafast"})
-    decoded, metadata = read_video(path, frame_size=(448, 448))
-    assert decoded.shape == (2, 448, 448, 3) and (metadata.height, metadata.width) == (448, 448)
-    assert decoded[0].max() < 8 and decoded[1, :200].min() > 247 and decoded[1, 248:].max() < 8
+    video_processor = StormVideoProcessor()
+    decoded, metadata = read_video(path, resize_frame=video_processor.frame_resizer())
+    assert decoded.shape == (2, 448, 448, 3) and (metadata.height, metadata.width) == (2160, 3840)
+    whole, _ = read_video(path)
+    from_file = video_processor(str(path), do_sample_frames=False)["pixel_values_videos"]
+    from_whole_frames = video_processor(whole, do_sample_frames=False)["pixel_values_videos"]
+    torch.testing.assert_close(from_file, from_whole_frames, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- memory of pixel bombs, in a fresh process

@@ -95,8 +95,8 @@ def read_sampled_frames(
     policy,
 ):
     """Decode, under the intake `policy`, the frames of `path` that `num_frames`, `fps` or `max_visual_tokens` select
-    (the video processor's defaults when all are None), as the video processor decodes them (frames larger than its
-    size scaled while decoding), reporting to `progress_callback(done, total)`. Returns the frames, their metadata and
+    (the video processor's defaults when all are None), as the video processor decodes them (each frame resized as
+    it is decoded), reporting to `progress_callback(done, total)`. Returns the frames, their metadata and
     the temporal-sampling stride to count their tokens with (the budget's when `max_visual_tokens` is set)."""
     from ..processing import read_video
 
@@ -110,10 +110,9 @@ def read_sampled_frames(
         plans.append(video_processor.plan_frames(metadata, max_visual_tokens, temporal_sampling_stride))
         return video_processor.sample_frames(metadata, num_frames=plans[-1].num_frames)
 
-    size = video_processor.size if video_processor.do_resize else None
-    frame_size = None if size is None else (size["height"], size["width"])
+    resize_frame = video_processor.frame_resizer() if video_processor.do_resize else None
     frames, metadata = read_video(
-        path, sample, policy=policy, frame_size=frame_size, progress_callback=progress_callback
+        path, sample, policy=policy, resize_frame=resize_frame, progress_callback=progress_callback
     )
     if plans:
         return frames, metadata, plans[-1].temporal_sampling_stride

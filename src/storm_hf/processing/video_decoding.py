@@ -7,7 +7,8 @@ fetched into a temporary file by a bounded client); FFmpeg then opens it with it
 another resource is refused before it reads one. The stream is the one FFmpeg would pick (never a cover picture); its
 frame size is checked against the pixel budget from the header, and the decoder enforces the same budget on every
 frame. Frames are returned as displayed (the display matrix's rotation and mirroring applied) and, when the caller
-names an output size, scaled down to it inside FFmpeg's scaler so that memory follows the output size.
+gives its resize (`resize_frame`, e.g. `StormVideoProcessor.frame_resizer()`), resized one by one as they are decoded,
+so that memory follows the output size and the pixels are those the caller's own resize gives.
 
 Sampling (`read_video`): one demux pass (no decoding) lists every frame's presentation timestamp (pts) and the
 keyframes, which gives the exact frame count (also for webm/mkv, which store none) and the real time of every frame
@@ -70,8 +71,8 @@ _NON_VIDEO_SIGNATURES = (
 )
 # What FFmpeg logs when a decoder refuses a frame over `max_pixels` (the stream header may not have said so).
 _OVERSIZED_FRAME = re.compile(r"Picture size (\d+)x(\d+) exceeds specified max pixel count")
-FrameSize = tuple[int, int]
-"""(height, width) of the frames a caller will resize to."""
+FrameResizer = Callable[[np.ndarray], np.ndarray]
+"""`resize_frame(frame)`: a (height, width, 3) uint8 RGB frame, as displayed, at the size the caller needs."""
 
 
 @dataclass
@@ -142,23 +143,22 @@ def read_video(
     sample_indices_fn: Callable[..., np.ndarray] | None = None,
     *,
     policy: VideoIntakePolicy | None = None,
-    frame_size: FrameSize | None = None,
+    resize_frame: FrameResizer | None = None,
     progress_callback: DecodeProgressCallback | None = None,
 ) -> tuple[np.ndarray, StormVideoMetadata]:
     """Decode the frames of `source` chosen by `sample_indices_fn(metadata=...)` (all frames when `None`).
 
     `source` is a path, an http(s), `file://` or `data:` URL, bytes, or a binary file object positioned at the start of
     the video; `policy` (default: `video_intake.environment_policy()`, which is `VideoIntakePolicy()` unless
-    `$STORM_VIDEO_INTAKE_POLICY` changes it) decides whether it may be read and bounds the read.
-    `frame_size` (height, width): frames with more pixels than that are scaled to it by FFmpeg's scaler (bicubic)
-    while decoding; smaller ones are returned as they are. `progress_callback(done_frames, total_frames)` is called
-    after each distinct sampled frame is decoded, with `total_frames` the number of distinct sampled frames;
-    `done_frames` rises by one per call and ends at `total_frames` (frames decoded again by the in-order fallback are
-    not reported twice).
+    `$STORM_VIDEO_INTAKE_POLICY` changes it) decides whether it may be read and bounds the read. `resize_frame` is
+    applied to each frame as soon as it is decoded (memory then follows its output size).
+    `progress_callback(done_frames, total_frames)` is called after each distinct sampled frame is decoded, with
+    `total_frames` the number of distinct sampled frames; `done_frames` rises by one per call and ends at
+    `total_frames` (frames decoded again by the in-order fallback are not reported twice).
 
     Returns:
         frames: uint8 array (num_sampled_frames, height, width, 3), RGB, as displayed (the display matrix's rotation and
-            mirroring applied).
+            mirroring applied), then resized by `resize_frame`.
         metadata: `StormVideoMetadata` of the whole video, with `frames_indices` and `frames_timestamps` of the
             sampled frames.
     """
@@ -180,11 +180,11 @@ def read_video(
         metadata = _metadata(stream, index)
         _check_complete(container, stream, index, metadata, name)
         indices = _sample(sample_indices_fn, metadata, video_input)
-        with _FrameReader(video_input, container, stream, index, frame_size, progress_callback) as reader:
+        with _FrameReader(video_input, container, stream, index, resize_frame, progress_callback) as reader:
             frames = reader.read(indices)
     metadata.frames_indices = indices.tolist()
     metadata.frames_timestamps = index.times(indices)
-    metadata.height, metadata.width = frames.shape[1:3]  # as displayed, after the rotation
+    metadata.height, metadata.width = reader.displayed_size  # as displayed, after the rotation (before resizing)
     return frames, metadata
 
 
@@ -193,12 +193,12 @@ def iter_video_frames(
     fps: float | None = None,
     *,
     policy: VideoIntakePolicy | None = None,
-    frame_size: FrameSize | None = None,
+    resize_frame: FrameResizer | None = None,
     format: str | None = None,
     options: dict[str, str] | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Decode a video progressively and yield `(seconds, frame)` as packets arrive: the decoder of `read_video`
-    (same intake policy, stream choice, budgets, orientation and scaling), without its index pass.
+    (same intake policy, stream choice, budgets, orientation and resizing), without its index pass.
 
     source: a path, URL or bytes as for `read_video`, a live URL of a protocol the policy enables (e.g.
     `tcp://127.0.0.1:9000?listen=1` with `VideoIntakePolicy(live_protocols={"tcp"}, deadline_s=None)`), or a binary
@@ -207,7 +207,8 @@ def iter_video_frames(
     `fps`: keep the first frame, then the first frame at or after every `1 / fps` seconds of video time (None: every
     frame). `format` / `options`: FFmpeg's demuxer name (needed for pipes, e.g. `"mpegts"`; it must be one the policy
     allows) and demuxer options (e.g. `{"probesize": "32"}` to start sooner). seconds: from the container's start, as
-    `read_video`'s timestamps. frame: `(height, width, 3)` uint8 RGB, as `read_video` returns it for `frame_size`.
+    `read_video`'s timestamps. frame: `(height, width, 3)` uint8 RGB, as `read_video` returns it (with `resize_frame`
+    applied).
     """
     import av
 
@@ -235,7 +236,8 @@ def iter_video_frames(
                         yielded += 1
                         if policy.max_decoded_frames is not None and yielded > policy.max_decoded_frames:
                             raise _frame_count_error(video_input.name, f"more than {yielded - 1}", policy)
-                        yield seconds, _to_rgb(frame, frame_size)
+                        rgb = _to_rgb(frame)
+                        yield seconds, rgb if resize_frame is None else resize_frame(rgb)
             except av.FFmpegError as error:
                 raise video_input.unreadable(error, decoded) from None
             except _UnsupportedDisplayMatrix as error:
@@ -652,11 +654,12 @@ class _FrameReader:
         container,
         stream,
         index: _FrameIndex,
-        frame_size: FrameSize | None = None,
+        resize_frame: FrameResizer | None = None,
         progress_callback: DecodeProgressCallback | None = None,
     ):
         self.input, self.container, self.stream, self.index = video_input, container, stream, index
-        self.frame_size = frame_size
+        self.resize_frame = resize_frame
+        self.displayed_size = None  # (height, width) of the frames as displayed, before `resize_frame`
         self.known_pts = set(index.pts.tolist()) if index.by_pts else set()
         self.reopened = None  # the container of the in-order fallback
         self.progress_callback = progress_callback
@@ -702,7 +705,9 @@ class _FrameReader:
     def _keep(self, frames: dict[int, np.ndarray], key: int, frame) -> None:
         """Store `frame` as RGB under `key` and report progress when more frames are done than were reported (a
         fallback that decodes again from the start reports only the frames beyond those)."""
-        frames[key] = _to_rgb(frame, self.frame_size)
+        rgb = _to_rgb(frame)
+        self.displayed_size = rgb.shape[:2]
+        frames[key] = rgb if self.resize_frame is None else self.resize_frame(rgb)
         if self.progress_callback is not None and len(frames) > self.num_reported:
             self.num_reported = len(frames)
             self.progress_callback(self.num_reported, self.num_wanted)
@@ -818,23 +823,17 @@ def _display_matrix_error(name: str, error: _UnsupportedDisplayMatrix) -> VideoD
     )
 
 
-def _to_rgb(frame, frame_size: FrameSize | None = None) -> np.ndarray:
-    """(height, width, 3) uint8 RGB array of a decoded frame, as displayed: its display matrix applied. A frame with
-    more pixels than `frame_size` (height, width, as displayed) is scaled to it by FFmpeg's scaler (bicubic)."""
+def _to_rgb(frame) -> np.ndarray:
+    """(height, width, 3) uint8 RGB array of a decoded frame, as displayed: its display matrix applied."""
     from av.sidedata.sidedata import SideDataContainer, Type
 
+    rgb = frame.to_ndarray(format="rgb24")
     # A container of its own: `frame.side_data` caches one on the frame, a reference cycle that keeps every decoded
     # frame (and the decoder's buffers) alive until the garbage collector runs.
     side_data = SideDataContainer(frame).get(Type.DISPLAYMATRIX)
-    transform = None if side_data is None else _display_transform(np.frombuffer(bytes(side_data), dtype="<i4"))
-    if frame_size is not None and frame.width * frame.height > frame_size[0] * frame_size[1]:
-        height, width = frame_size[::-1] if transform is not None and transform[0] else frame_size
-        rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC").to_ndarray()
-    else:
-        rgb = frame.to_ndarray(format="rgb24")
-    if transform is None:
+    if side_data is None:
         return rgb
-    transpose, flip_x, flip_y = transform
+    transpose, flip_x, flip_y = _display_transform(np.frombuffer(bytes(side_data), dtype="<i4"))
     if transpose:
         rgb = rgb.transpose(1, 0, 2)
     if flip_x:

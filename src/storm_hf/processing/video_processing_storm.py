@@ -341,6 +341,19 @@ class StormVideoProcessor(BaseVideoProcessor):
             )
         return size
 
+    def frame_resizer(self, size=None, resample=None):
+        """`resize_frame` for `read_video` / `iter_video_frames`: one (height, width, 3) uint8 RGB frame resized as this
+        processor resizes frames (to `size`, default `self.size`, with `resample`, default `self.resample`), so that
+        decoded frames take the output size's memory and the processor's resize of them is the identity."""
+        size = self._frame_size(size)
+        resample = self.resample if resample is None else resample
+
+        def resize_frame(frame: np.ndarray) -> np.ndarray:
+            image = torch.from_numpy(frame).permute(2, 0, 1)[None]
+            return self.resize(image, size=size, resample=resample)[0].permute(1, 2, 0).numpy()
+
+        return resize_frame
+
     def preprocess(self, videos, **kwargs: Unpack[StormVideoProcessorKwargs]) -> BatchFeature:
         """Decode, sample and normalise `videos` (a batch, or per-sample lists) and count their tokens; see the class
         docstring for the outputs. A sample's videos share `max_visual_tokens` and one stride."""
@@ -375,10 +388,11 @@ class StormVideoProcessor(BaseVideoProcessor):
                 self._budget_samplers(len(sample), budget, call_stride, sample_plans, budget_settings)
                 for sample, sample_plans in zip(samples, plans)
             ]
+        resize_frame = None if size is None else self.frame_resizer(kwargs.get("size"), kwargs.get("resample"))
         decoded, sampled_metadata = [], []
         for video, video_metadata, sampler in zip(flat_videos, metadata, itertools.chain(*samplers)):
             frames, video_metadata = self._decode_and_sample(
-                video, video_metadata, sampler, settings["intake_policy"] or environment_policy(), size
+                video, video_metadata, sampler, settings["intake_policy"] or environment_policy(), resize_frame
             )
             decoded.append(frames)
             sampled_metadata.append(video_metadata)
@@ -496,16 +510,15 @@ class StormVideoProcessor(BaseVideoProcessor):
 
     @staticmethod
     def _decode_and_sample(
-        video, metadata: VideoMetadata | None, sampler, policy: VideoIntakePolicy, size: SizeDict | None
+        video, metadata: VideoMetadata | None, sampler, policy: VideoIntakePolicy, resize_frame
     ) -> tuple:
-        """Decode a file under the intake `policy` (frames larger than `size` scaled to it while decoding), or take
+        """Decode a file under the intake `policy` (each frame resized by `resize_frame` as it is decoded), or take
         decoded frames, keeping the frames `sampler(metadata=...)` picks (all when None).
 
         Returns the (num_frames, ...) frames and the metadata with `frames_indices` set.
         """
         if is_video_source(video):
-            frame_size = None if size is None else (size.height, size.width)
-            return read_video(video, sampler, policy=policy, frame_size=frame_size)
+            return read_video(video, sampler, policy=policy, resize_frame=resize_frame)
         if metadata is None:
             metadata = StormVideoMetadata(total_num_frames=len(video))
         metadata.total_num_frames = len(video)
