@@ -247,6 +247,30 @@ def test_compose_any_decoder_only_language_model(tmp_path, model_type, tied, spa
     assert any(".temporal_projector." in name for name in changed)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen3"])
+def test_device_map_keeps_every_layer_of_any_language_model_whole(model_type):
+    """`from_pretrained(device_map=...)` passes `_no_split_modules` to accelerate's `infer_auto_device_map`: over a
+    Llama or Qwen3 language model it lists that model's decoder layer, so a map over two devices that cuts the LLM
+    keeps each decoder layer (and each vision and Mamba layer) on one device."""
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import compute_module_sizes
+
+    text = {**TEXT, "model_type": model_type, "num_hidden_layers": 4, "head_dim": 16}
+    model = StormForConditionalGeneration(tiny_config(text_config=text))
+    sizes = compute_module_sizes(model)
+    half_a_layer_past_half = sizes[""] // 2 + sizes["model.language_model.layers.0"] // 2
+    device_map = infer_auto_device_map(
+        model,
+        max_memory={"cpu": half_a_layer_past_half, "disk": 10 * sizes[""]},
+        no_split_module_classes=list(model._no_split_modules),
+    )
+    assert {"cpu", "disk"} <= set(device_map.values())
+    layers = {name for name, module in model.named_modules() if type(module).__name__ in model._no_split_modules}
+    assert any(name.startswith("model.language_model.layers.") for name in layers)
+    cut = [key for key in device_map if any(key.startswith(f"{layer}.") for layer in layers)]
+    assert not cut, cut
+
+
 # ---------------------------------------------------------------- VILA / NVILA checkpoints
 
 
