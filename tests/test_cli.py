@@ -278,12 +278,13 @@ def untrained_task_checkpoint(tmp_path_factory):
     return folder
 
 
-def test_demo_shows_answer_tokens_latency_and_accuracy(capsys, untrained_task_checkpoint):
-    argv = ["--seed", "5", "--eval-clips", "4", "--question-type", "direction"]
+def test_demo_shows_answer_tokens_times_and_accuracy(capsys, untrained_task_checkpoint):
+    argv = ["--seed", "5", "--eval-clips", "4", "--question-type", "direction", "--prefill-frames", "4"]
     status, out, err = run(capsys, "demo", "--checkpoint", untrained_task_checkpoint, *argv)
     assert status == 0, err
     assert "Q: Which way does the shape move, left or right?" in out and "\nA: " in out
     assert "checked unseen: its content hash is not among the 8 training clips'" in out
+    assert "what it learned: unknown" in out  # no task_results.json in this checkpoint
     config = StormForConditionalGeneration.config_class.from_pretrained(untrained_task_checkpoint)
     num_frames = AutoProcessor.from_pretrained(untrained_task_checkpoint).video_processor.num_frames
     size, patch = config.vision_config.image_size, config.vision_config.patch_size
@@ -295,12 +296,60 @@ def test_demo_shows_answer_tokens_latency_and_accuracy(capsys, untrained_task_ch
     pooled = storm_hf.num_visual_tokens(num_frames, size, size, temporal_pool_size=config.temporal_pool_size, **common)
     full = storm_hf.num_visual_tokens(num_frames, size, size, temporal_pool_size=1, **common)
     assert full == pooled * min(config.temporal_pool_size, num_frames)
-    assert re.search(rf"with compression \(T\.Pool k={config.temporal_pool_size}\)\s+{pooled}\s+[\d.]+ ms", out), out
-    assert re.search(rf"without compression\s+{full}\s+[\d.]+ ms", out), out
+    pool = config.temporal_pool_size
     assert re.search(
-        r"accuracy on 4 clips checked unseen \(0 of them share a clip or scene hash",
+        rf"visual tokens: {pooled} with compression \(T\.Pool k={pool}\), {full} without; time \(median of 5\): "
+        r"reading \+ processing the mp4 \d+ ms, the model \d+ ms",
         out,
     ), out
+    # 4 frames at 448 px: 256 tokens each without pooling (2x2 pixel-shuffle of 32x32 patches), 4 x 256 / k with it
+    assert re.search(rf"{1024 // pool} tokens \(T\.Pool k={pool}\) \d+ ms, 1024 tokens \(none\) \d+ ms", out), out
+    assert re.search(r"accuracy on 4 clips checked unseen \(0 of them share a clip or scene hash", out), out
+    assert "Loading weights" not in out and err.count("Loading weights: 100%") <= 1, err
+
+
+def test_demo_asks_a_question_type_the_checkpoint_learned(capsys, untrained_task_checkpoint, tmp_path):
+    """With a recorded evaluation (task_results.json), the demo names the learned types (binomial p < 1e-3 against
+    the bag-of-frames bound) and draws its question from them; a type asked for that was not learned is flagged."""
+    import json
+    import shutil
+
+    folder = tmp_path / "recorded"
+    shutil.copytree(untrained_task_checkpoint, folder)
+    # 200 clips per type: first 60% (p = 0.0028 at chance 1/2: not learned), count 45% (p = 2e-4 at 1/3: learned),
+    # return 40% (below chance), direction 99%
+    accuracy = {"first": 0.6, "count": 0.45, "return": 0.4, "direction": 0.99}
+    recorded = {"evaluations": {"1": {"accuracy": accuracy}}, "settings": {"num_test": 200}}
+    (folder / "task_results.json").write_text(json.dumps(recorded))
+    for seed in range(6):
+        status, out, err = run(
+            capsys, "demo", "--checkpoint", folder, "--seed", str(seed), "--eval-clips", "0", "--prefill-frames", "0"
+        )
+        assert status == 0, err
+        assert (
+            "learned (its evaluation when saved, 200 unseen clips per type, p < 0.001 against a bag of frames): "
+            "count 45% (bag of frames 33%), direction 99% (bag of frames 50%); not learned: first 60%" in out
+        ), out
+        question = next(line for line in out.splitlines() if line.startswith("Q: "))
+        assert question in (
+            "Q: How many times does the shape flash?",
+            "Q: Which way does the shape move, left or right?",
+        )
+    status, out, err = run(
+        capsys,
+        "demo",
+        "--checkpoint",
+        folder,
+        "--seed",
+        "1",
+        "--eval-clips",
+        "0",
+        "--prefill-frames",
+        "0",
+        "--question-type",
+        "return",
+    )
+    assert status == 0 and "a type this checkpoint did not learn" in out, err
 
 
 def test_demo_without_training_hashes_says_it_did_not_check(capsys, untrained_task_checkpoint, tmp_path):
@@ -309,7 +358,9 @@ def test_demo_without_training_hashes_says_it_did_not_check(capsys, untrained_ta
     folder = tmp_path / "no_hashes"
     shutil.copytree(untrained_task_checkpoint, folder)
     (folder / "train_hashes.json").unlink()
-    status, out, err = run(capsys, "demo", "--checkpoint", folder, "--seed", "1", "--eval-clips", "0")
+    status, out, err = run(
+        capsys, "demo", "--checkpoint", folder, "--seed", "1", "--eval-clips", "0", "--prefill-frames", "0"
+    )
     assert status == 0, err
     assert "NOT checked against the training clips" in out and "checked unseen" not in out
 
@@ -319,6 +370,7 @@ def test_demo_without_training_hashes_says_it_did_not_check(capsys, untrained_ta
     [
         (["--question-type", "colours"], "Unknown question type 'colours'"),
         (["--eval-clips", "-1"], "--eval-clips"),
+        (["--prefill-frames", "2"], "--prefill-frames 2 is below the temporal pooling size 4"),
     ],
 )
 def test_demo_rejects_bad_arguments(capsys, untrained_task_checkpoint, argv, message):
@@ -348,7 +400,7 @@ def test_the_bundled_demo_evaluates_on_clips_it_checked_unseen():
     recorded = json.loads((BUNDLED_CHECKPOINT / "task_results.json").read_text())
     assert len(load_train_hashes(BUNDLED_CHECKPOINT).clip_hashes) == recorded["settings"]["num_train"]
     printed = io.StringIO()
-    results = run_demo(seed=11, eval_clips=8, out=printed)
+    results = run_demo(seed=11, eval_clips=8, out=printed, prefill_frames=0)
     assert results["checked_unseen"], printed.getvalue()
     assert all(counts["clips"] == counts["scenes"] == 0 for counts in results["eval_overlap"].values())
     pool = StormForConditionalGeneration.config_class.from_pretrained(BUNDLED_CHECKPOINT).temporal_pool_size
@@ -358,7 +410,7 @@ def test_the_bundled_demo_evaluates_on_clips_it_checked_unseen():
 def test_storm_hf_demo_console_script(tmp_path):
     script = Path(sys.executable).parent / "storm-hf"
     result = subprocess.run(
-        [str(script), "demo", "--seed", "3", "--eval-clips", "0"],
+        [str(script), "demo", "--seed", "3", "--eval-clips", "0", "--prefill-frames", "0"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -158,7 +158,7 @@ def video_host(clips):
 def reference(demo_checkpoint, clips):
     """The demo model's answers in this process (`generate`), per clip."""
     model, processor = load(demo_checkpoint)
-    return {name: answer(model, processor, path, QUESTION)[0] for name, path in clips[1].items()}
+    return {name: answer(model, processor, path, QUESTION) for name, path in clips[1].items()}
 
 
 @pytest.fixture(scope="module")
