@@ -271,7 +271,7 @@ def render(rows, config, settings) -> str:
         f"micro-batched {per_frame:.1f} KiB/frame, all-at-once {old_per_frame:.1f} KiB/frame, target "
         f"2 x (pixels + tokens) = {target_per_frame:.1f} KiB/frame: **{slope_verdict}**. The fixed part (growth at "
         f"{smallest} frames: {smallest_growth:.1f} MiB) does not grow with frames: mostly the Mamba mixer's per-chunk "
-        "intermediates at inference (`StormMambaMixer.inference_chunk_tokens` positions: the selective scan's states "
+        "intermediates at inference (`StormConfig.mamba_inference_chunk_length` positions: the selective scan's states "
         "and decays, the in_proj output) and the vision micro-batch's activations, which at this tiny frame size "
         "outweigh the pixels.",
         "",

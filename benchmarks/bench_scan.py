@@ -246,7 +246,7 @@ def render_markdown(results, args):
         "`load`: the highest 1-minute load average seen around the row's measurements (other processes on the "
         "machine stretch the wall times).",
         "",
-        "- ours: `storm_hf.modeling.selective_scan.selective_scan_chunked` (default chunk_size 64)",
+        "- ours: `storm_hf.modeling.selective_scan.selective_scan_chunked` (default chunk_size 32)",
         "- mambapy: transformers `mamba_selective_scan(..., use_mambapy=True)` = mambapy `pscan`, what MambaMixer "
         "runs with `use_mambapy=True`",
         "- fallback: transformers `mamba_selective_scan(..., use_mambapy=False)` = the token loop MambaMixer runs "

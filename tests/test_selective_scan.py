@@ -1,5 +1,6 @@
 """The chunked selective scan against the token loop: values, gradients, state passing, memory, dtypes."""
 
+import inspect
 import math
 import types
 
@@ -18,7 +19,7 @@ from storm_hf.modeling.selective_scan import (
 )
 
 
-CHUNK_SIZE = 64  # selective_scan_chunked's default
+CHUNK_SIZE = inspect.signature(selective_scan_chunked).parameters["chunk_size"].default
 OPTIONAL_INPUTS = ("D", "z", "delta_bias", "initial_state")
 
 

@@ -45,8 +45,9 @@ class StormConfig(PreTrainedConfig):
             Side of the pixel-shuffle (space-to-depth) window applied to the patch grid: 32x32 -> 16x16 tokens of
             width `downsample_ratio**2 * vision_hidden_size`. An odd grid is zero-padded first, as in NVILA.
         mamba_num_layers (`int`, defaults to 2):
-            Pre-norm residual Mamba layers in the temporal projector. Not given by the paper; two layers keep the
-            projector far below the 3% of latency the paper reports while mixing every token with both neighbours.
+            Pre-norm residual Mamba layers in the temporal projector. Not given by the paper; two layers mix every
+            token with both neighbours. The paper puts the projector at <= 3% of latency; on CPU without mamba-ssm's
+            kernels the two layers cost more (measured in `docs/peers.md`).
             `0` removes the temporal encoder: the projector is the pixel-shuffle and the Linear alone, frames stay
             independent until the token compressor (the paper's VILA-style baseline, for ablations).
         mamba_state_size (`int`, defaults to 16):
@@ -61,14 +62,17 @@ class StormConfig(PreTrainedConfig):
             Scan the flattened spatiotemporal sequence forward and backward (the paper's main model; Vision Mamba
             layout: shared in/out projections, a second conv/x/dt/A/D for the reversed scan, outputs summed). `False`
             gives the paper's causal variant, whose state can be carried across calls for streaming.
-        mamba_inference_chunk_length (`int` or `None`, defaults to 4096):
+        mamba_inference_chunk_length (`int` or `None`, defaults to 128):
             Positions of the flattened video sequence each Mamba layer scans at a time at inference (no gradient) on
             the PyTorch scan: memory against speed. A sequence of at most this many positions is scanned at once
             (`in_proj` and `out_proj` run once for both directions); a longer one in chunks of this many, each
             direction carrying its state from chunk to chunk (same output; `in_proj` and `out_proj` then run once per
-            direction, and the projector's memory is one chunk's intermediates, ~14 x hidden_size floats per position,
-            whatever the video's length). `None`: always at once. Training and mamba-ssm's CUDA scan always scan the
-            whole sequence. `benchmarks/bench_chunk_length.py` measured the default.
+            direction, and the layer's working memory is one chunk's intermediates whatever the video's length).
+            `None`: always at once. Training and mamba-ssm's CUDA scan always scan the whole sequence. 128 is the
+            largest length measured with which `benchmarks/bench_long_video.py` stays within its memory target; per
+            `benchmarks/bench_chunk_length.py` (2 layers of width 896 at 4096 positions, one CPU thread) it takes ~1.5x
+            the time of the whole sequence for 1/5 of its memory, 512 ~1.15x for 1/4, 32 ~2x. Set `None` (or more)
+            where the projector's speed matters more than its memory: `results/chunk_length.md` has the table.
         temporal_pool_size (`int`, defaults to 4):
             Frames averaged into one after the projector (trained; the paper's best model uses 4). A last group with
             fewer frames is averaged over the frames it has.
@@ -133,7 +137,7 @@ class StormConfig(PreTrainedConfig):
     mamba_expand: int = 2
     mamba_time_step_rank: int | Literal["auto"] = "auto"
     mamba_bidirectional: bool = True
-    mamba_inference_chunk_length: int | None = 4096
+    mamba_inference_chunk_length: int | None = 128
     temporal_pool_size: int = 4
     spatial_pool_size: int = 1
     temporal_sampling_stride: int = 1

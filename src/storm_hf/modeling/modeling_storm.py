@@ -343,16 +343,19 @@ class StormMambaMixer(nn.Module):
                 x.transpose(1, 2).contiguous(), conv1d.weight.squeeze(1), conv1d.bias, activation="silu"
             ).transpose(1, 2)
         else:
-            conv_input = torch.cat([conv_state, x], dim=1)
             # The depthwise convolution as a 1-row conv2d on channels-last memory: oneDNN reads and writes
-            # (batch, sequence, channels) directly, where conv1d would need two transposed copies.
-            conv_output = F.conv2d(
-                conv_input.unsqueeze(1).permute(0, 3, 1, 2),
-                conv1d.weight.unsqueeze(2),
-                conv1d.bias,
-                groups=self.intermediate_size,
+            # (batch, sequence, channels) directly, where conv1d would need two transposed copies. Neither its padded
+            # input nor its output is kept in a variable: they would live on through the scan, the memory peak.
+            x = F.silu(
+                F.conv2d(
+                    torch.cat([conv_state, x], dim=1).unsqueeze(1).permute(0, 3, 1, 2),
+                    conv1d.weight.unsqueeze(2),
+                    conv1d.bias,
+                    groups=self.intermediate_size,
+                )
+                .permute(0, 2, 3, 1)
+                .squeeze(1)
             )
-            x = F.silu(conv_output.permute(0, 2, 3, 1).squeeze(1))
 
         time_step, B, C = torch.split(x_proj(x), [self.time_step_rank, self.state_size, self.state_size], dim=-1)
         scanned = selective_scan(
