@@ -520,9 +520,9 @@ def test_streaming_returns_exactly_the_processors_frames(kind, tmp_path):
         orientation = orientations.get(kind, {"rotation": 90, "vflip": True})
         path = write_video(tmp_path / "clip.mp4", frames, **orientation)
     video_processor = StormVideoProcessor(size={"height": 28, "width": 28}, patch_size=14, downsample_ratio=2)
-    for resize_frame in (video_processor.frame_resizer(), None):
-        streamed = np.stack([frame for _, frame in iter_video_frames(str(path), resize_frame=resize_frame)])
-        decoded, _ = read_video(path, resize_frame=resize_frame)
+    for resize_frames in (video_processor.frame_resizer(), None):
+        streamed = np.stack([frame for _, frame in iter_video_frames(str(path), resize_frames=resize_frames)])
+        decoded, _ = read_video(path, resize_frames=resize_frames)
         np.testing.assert_array_equal(streamed, decoded)
         assert streamed.shape[0] == 10
     online = video_processor(streamed, do_sample_frames=False)["pixel_values_videos"]
@@ -542,12 +542,32 @@ def test_frames_resized_while_decoding_equal_the_processors_resize_of_whole_fram
     frames[1, :1080] = 255  # the top half white in the second frame
     path = write_video(tmp_path / "uhd.mp4", frames, options={"preset": "ultrafast"})
     video_processor = StormVideoProcessor()
-    decoded, metadata = read_video(path, resize_frame=video_processor.frame_resizer())
+    decoded, metadata = read_video(path, resize_frames=video_processor.frame_resizer())
     assert decoded.shape == (2, 448, 448, 3) and (metadata.height, metadata.width) == (2160, 3840)
     whole, _ = read_video(path)
     from_file = video_processor(str(path), do_sample_frames=False)["pixel_values_videos"]
     from_whole_frames = video_processor(whole, do_sample_frames=False)["pixel_values_videos"]
     torch.testing.assert_close(from_file, from_whole_frames, rtol=0, atol=0)
+
+
+def test_resizing_in_batches_of_any_size_and_after_the_in_order_fallback_gives_the_same_frames(media, monkeypatch):
+    from storm_hf.processing import video_decoding
+
+    resize_frames = StormVideoProcessor(size={"height": 28, "width": 28}).frame_resizer()
+    expected = resize_frames(read_video(media["given"])[0])
+    for batch_bytes in (1, 2 * 48 * 64 * 3, 2**30):  # every frame alone, pairs, all at once
+        monkeypatch.setattr(video_decoding, "_RESIZE_BATCH_BYTES", batch_bytes)
+        np.testing.assert_array_equal(read_video(media["given"], resize_frames=resize_frames)[0], expected)
+
+    def seek_misses_after_two_frames(reader, wanted):
+        frames = {}
+        for position, frame in enumerate(av.open(str(media["given"])).decode(video=0)):
+            if position < 2:
+                reader._keep(frames, frame.pts, frame)
+        raise video_decoding._SeekMissed
+
+    monkeypatch.setattr(video_decoding._FrameReader, "_by_seeking", seek_misses_after_two_frames)
+    np.testing.assert_array_equal(read_video(media["given"], resize_frames=resize_frames)[0], expected)
 
 
 # ---------------------------------------------------------------- memory of pixel bombs, in a fresh process

@@ -110,9 +110,9 @@ def read_sampled_frames(
         plans.append(video_processor.plan_frames(metadata, max_visual_tokens, temporal_sampling_stride))
         return video_processor.sample_frames(metadata, num_frames=plans[-1].num_frames)
 
-    resize_frame = video_processor.frame_resizer() if video_processor.do_resize else None
+    resize_frames = video_processor.frame_resizer() if video_processor.do_resize else None
     frames, metadata = read_video(
-        path, sample, policy=policy, resize_frame=resize_frame, progress_callback=progress_callback
+        path, sample, policy=policy, resize_frames=resize_frames, progress_callback=progress_callback
     )
     if plans:
         return frames, metadata, plans[-1].temporal_sampling_stride

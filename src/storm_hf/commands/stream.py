@@ -68,9 +68,9 @@ def run(args) -> None:
     # Unbuffered standard input: PyAV gets each chunk as soon as it arrives instead of waiting for a full buffer.
     source = io.FileIO(sys.stdin.fileno(), "rb", closefd=False) if args.video == "-" else args.video
     video_processor = processor.video_processor
-    resize_frame = video_processor.frame_resizer() if video_processor.do_resize else None
+    resize_frames = video_processor.frame_resizer() if video_processor.do_resize else None
     policy = intake_policy(args, live_protocols=STREAM_PROTOCOLS)
-    frames = iter_video_frames(source, fps=args.fps, policy=policy, resize_frame=resize_frame, format=args.format)
+    frames = iter_video_frames(source, fps=args.fps, policy=policy, resize_frames=resize_frames, format=args.format)
     answers = stream_answers(
         session, frames, args.prompt, args.every, max_new_tokens=args.max_new_tokens, do_sample=False
     )

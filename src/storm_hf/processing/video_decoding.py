@@ -7,8 +7,9 @@ fetched into a temporary file by a bounded client); FFmpeg then opens it with it
 another resource is refused before it reads one. The stream is the one FFmpeg would pick (never a cover picture); its
 frame size is checked against the pixel budget from the header, and the decoder enforces the same budget on every
 frame. Frames are returned as displayed (the display matrix's rotation and mirroring applied) and, when the caller
-gives its resize (`resize_frame`, e.g. `StormVideoProcessor.frame_resizer()`), resized one by one as they are decoded,
-so that memory follows the output size and the pixels are those the caller's own resize gives.
+gives its resize (`resize_frames`, e.g. `StormVideoProcessor.frame_resizer()`), resized as they are decoded, a few
+at a time (`_RESIZE_BATCH_BYTES` of decoded frames), so that memory follows the output size and the pixels are those
+the caller's own resize gives.
 
 Sampling (`read_video`): one demux pass (no decoding) lists every frame's presentation timestamp (pts) and the
 keyframes, which gives the exact frame count (also for webm/mkv, which store none) and the real time of every frame
@@ -72,7 +73,11 @@ _NON_VIDEO_SIGNATURES = (
 # What FFmpeg logs when a decoder refuses a frame over `max_pixels` (the stream header may not have said so).
 _OVERSIZED_FRAME = re.compile(r"Picture size (\d+)x(\d+) exceeds specified max pixel count")
 FrameResizer = Callable[[np.ndarray], np.ndarray]
-"""`resize_frame(frame)`: a (height, width, 3) uint8 RGB frame, as displayed, at the size the caller needs."""
+"""`resize_frames(frames)`: (num_frames, height, width, 3) uint8 RGB frames, as displayed, at the size the caller
+needs."""
+# Decoded frames waiting to be resized together: one resize call per batch (a call per frame costs more, in the resize
+# library's thread start-ups), while full-size frames never take more than this much memory.
+_RESIZE_BATCH_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -143,22 +148,22 @@ def read_video(
     sample_indices_fn: Callable[..., np.ndarray] | None = None,
     *,
     policy: VideoIntakePolicy | None = None,
-    resize_frame: FrameResizer | None = None,
+    resize_frames: FrameResizer | None = None,
     progress_callback: DecodeProgressCallback | None = None,
 ) -> tuple[np.ndarray, StormVideoMetadata]:
     """Decode the frames of `source` chosen by `sample_indices_fn(metadata=...)` (all frames when `None`).
 
     `source` is a path, an http(s), `file://` or `data:` URL, bytes, or a binary file object positioned at the start of
     the video; `policy` (default: `video_intake.environment_policy()`, which is `VideoIntakePolicy()` unless
-    `$STORM_VIDEO_INTAKE_POLICY` changes it) decides whether it may be read and bounds the read. `resize_frame` is
-    applied to each frame as soon as it is decoded (memory then follows its output size).
+    `$STORM_VIDEO_INTAKE_POLICY` changes it) decides whether it may be read and bounds the read. `resize_frames` is
+    applied to the frames as they are decoded (memory then follows its output size).
     `progress_callback(done_frames, total_frames)` is called after each distinct sampled frame is decoded, with
     `total_frames` the number of distinct sampled frames; `done_frames` rises by one per call and ends at
     `total_frames` (frames decoded again by the in-order fallback are not reported twice).
 
     Returns:
         frames: uint8 array (num_sampled_frames, height, width, 3), RGB, as displayed (the display matrix's rotation and
-            mirroring applied), then resized by `resize_frame`.
+            mirroring applied), then resized by `resize_frames`.
         metadata: `StormVideoMetadata` of the whole video, with `frames_indices` and `frames_timestamps` of the
             sampled frames.
     """
@@ -180,7 +185,7 @@ def read_video(
         metadata = _metadata(stream, index)
         _check_complete(container, stream, index, metadata, name)
         indices = _sample(sample_indices_fn, metadata, video_input)
-        with _FrameReader(video_input, container, stream, index, resize_frame, progress_callback) as reader:
+        with _FrameReader(video_input, container, stream, index, resize_frames, progress_callback) as reader:
             frames = reader.read(indices)
     metadata.frames_indices = indices.tolist()
     metadata.frames_timestamps = index.times(indices)
@@ -193,7 +198,7 @@ def iter_video_frames(
     fps: float | None = None,
     *,
     policy: VideoIntakePolicy | None = None,
-    resize_frame: FrameResizer | None = None,
+    resize_frames: FrameResizer | None = None,
     format: str | None = None,
     options: dict[str, str] | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
@@ -207,7 +212,7 @@ def iter_video_frames(
     `fps`: keep the first frame, then the first frame at or after every `1 / fps` seconds of video time (None: every
     frame). `format` / `options`: FFmpeg's demuxer name (needed for pipes, e.g. `"mpegts"`; it must be one the policy
     allows) and demuxer options (e.g. `{"probesize": "32"}` to start sooner). seconds: from the container's start, as
-    `read_video`'s timestamps. frame: `(height, width, 3)` uint8 RGB, as `read_video` returns it (with `resize_frame`
+    `read_video`'s timestamps. frame: `(height, width, 3)` uint8 RGB, as `read_video` returns it (with `resize_frames`
     applied).
     """
     import av
@@ -237,7 +242,7 @@ def iter_video_frames(
                         if policy.max_decoded_frames is not None and yielded > policy.max_decoded_frames:
                             raise _frame_count_error(video_input.name, f"more than {yielded - 1}", policy)
                         rgb = _to_rgb(frame)
-                        yield seconds, rgb if resize_frame is None else resize_frame(rgb)
+                        yield seconds, rgb if resize_frames is None else resize_frames(rgb[None])[0]
             except av.FFmpegError as error:
                 raise video_input.unreadable(error, decoded) from None
             except _UnsupportedDisplayMatrix as error:
@@ -654,12 +659,13 @@ class _FrameReader:
         container,
         stream,
         index: _FrameIndex,
-        resize_frame: FrameResizer | None = None,
+        resize_frames: FrameResizer | None = None,
         progress_callback: DecodeProgressCallback | None = None,
     ):
         self.input, self.container, self.stream, self.index = video_input, container, stream, index
-        self.resize_frame = resize_frame
-        self.displayed_size = None  # (height, width) of the frames as displayed, before `resize_frame`
+        self.resize_frames = resize_frames
+        self.unresized: list[int] = []  # keys of kept frames still at their decoded size
+        self.displayed_size = None  # (height, width) of the frames as displayed, before `resize_frames`
         self.known_pts = set(index.pts.tolist()) if index.by_pts else set()
         self.reopened = None  # the container of the in-order fallback
         self.progress_callback = progress_callback
@@ -688,6 +694,7 @@ class _FrameReader:
             raise self.input.unreadable(error) from error
         except _UnsupportedDisplayMatrix as error:
             raise _display_matrix_error(self.input.name, error) from error
+        self._resize(frames)
         missing = [position for position, key in enumerate(keys.tolist()) if key not in frames]
         if missing:
             raise VideoDecodingError(
@@ -705,12 +712,25 @@ class _FrameReader:
     def _keep(self, frames: dict[int, np.ndarray], key: int, frame) -> None:
         """Store `frame` as RGB under `key` and report progress when more frames are done than were reported (a
         fallback that decodes again from the start reports only the frames beyond those)."""
-        rgb = _to_rgb(frame)
-        self.displayed_size = rgb.shape[:2]
-        frames[key] = rgb if self.resize_frame is None else self.resize_frame(rgb)
+        frames[key] = _to_rgb(frame)
+        self.displayed_size = frames[key].shape[:2]
+        if self.resize_frames is not None:
+            if self.unresized and frames[self.unresized[0]].shape != frames[key].shape:
+                self._resize(frames)  # a batch holds frames of one size
+            self.unresized.append(key)
+            if len(self.unresized) * frames[key].nbytes >= _RESIZE_BATCH_BYTES:
+                self._resize(frames)
         if self.progress_callback is not None and len(frames) > self.num_reported:
             self.num_reported = len(frames)
             self.progress_callback(self.num_reported, self.num_wanted)
+
+    def _resize(self, frames: dict[int, np.ndarray]) -> None:
+        """Resize the kept frames still at their decoded size, in one call."""
+        if self.resize_frames is None or not self.unresized:
+            return
+        resized = self.resize_frames(np.stack([frames[key] for key in self.unresized]))
+        frames.update(zip(self.unresized, resized))
+        self.unresized = []
 
     def _by_seeking(self, wanted: list[int]) -> dict[int, np.ndarray]:
         """Frames with pts in `wanted`, sought from their keyframes; raises `_SeekMissed` when a seek is off."""
@@ -765,6 +785,7 @@ class _FrameReader:
         skipped: in a damaged stream even a non-reference frame can change the decoder's state). Frames are recognised
         by pts, or by position when pts do not identify them."""
         self.reopened = self.input.open()
+        self.unresized = []  # those of the frames the seeking pass kept
         stream = _video_stream(self.reopened, self.input)
         frames: dict[int, np.ndarray] = {}
         wanted = set(wanted)

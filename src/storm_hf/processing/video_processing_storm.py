@@ -342,17 +342,18 @@ class StormVideoProcessor(BaseVideoProcessor):
         return size
 
     def frame_resizer(self, size=None, resample=None):
-        """`resize_frame` for `read_video` / `iter_video_frames`: one (height, width, 3) uint8 RGB frame resized as this
-        processor resizes frames (to `size`, default `self.size`, with `resample`, default `self.resample`), so that
-        decoded frames take the output size's memory and the processor's resize of them is the identity."""
+        """`resize_frames` for `read_video` / `iter_video_frames`: (num_frames, height, width, 3) uint8 RGB frames
+        resized as this processor resizes frames (to `size`, default `self.size`, with `resample`, default
+        `self.resample`), so that decoded frames take the output size's memory and the processor's resize of them is
+        the identity."""
         size = self._frame_size(size)
         resample = self.resample if resample is None else resample
 
-        def resize_frame(frame: np.ndarray) -> np.ndarray:
-            image = torch.from_numpy(frame).permute(2, 0, 1)[None]
-            return self.resize(image, size=size, resample=resample)[0].permute(1, 2, 0).numpy()
+        def resize_frames(frames: np.ndarray) -> np.ndarray:
+            images = torch.from_numpy(frames).permute(0, 3, 1, 2)
+            return self.resize(images, size=size, resample=resample).permute(0, 2, 3, 1).numpy()
 
-        return resize_frame
+        return resize_frames
 
     def preprocess(self, videos, **kwargs: Unpack[StormVideoProcessorKwargs]) -> BatchFeature:
         """Decode, sample and normalise `videos` (a batch, or per-sample lists) and count their tokens; see the class
@@ -388,11 +389,11 @@ class StormVideoProcessor(BaseVideoProcessor):
                 self._budget_samplers(len(sample), budget, call_stride, sample_plans, budget_settings)
                 for sample, sample_plans in zip(samples, plans)
             ]
-        resize_frame = None if size is None else self.frame_resizer(kwargs.get("size"), kwargs.get("resample"))
+        resize_frames = None if size is None else self.frame_resizer(kwargs.get("size"), kwargs.get("resample"))
         decoded, sampled_metadata = [], []
         for video, video_metadata, sampler in zip(flat_videos, metadata, itertools.chain(*samplers)):
             frames, video_metadata = self._decode_and_sample(
-                video, video_metadata, sampler, settings["intake_policy"] or environment_policy(), resize_frame
+                video, video_metadata, sampler, settings["intake_policy"] or environment_policy(), resize_frames
             )
             decoded.append(frames)
             sampled_metadata.append(video_metadata)
@@ -510,15 +511,15 @@ class StormVideoProcessor(BaseVideoProcessor):
 
     @staticmethod
     def _decode_and_sample(
-        video, metadata: VideoMetadata | None, sampler, policy: VideoIntakePolicy, resize_frame
+        video, metadata: VideoMetadata | None, sampler, policy: VideoIntakePolicy, resize_frames
     ) -> tuple:
-        """Decode a file under the intake `policy` (each frame resized by `resize_frame` as it is decoded), or take
+        """Decode a file under the intake `policy` (frames resized by `resize_frames` as they are decoded), or take
         decoded frames, keeping the frames `sampler(metadata=...)` picks (all when None).
 
         Returns the (num_frames, ...) frames and the metadata with `frames_indices` set.
         """
         if is_video_source(video):
-            return read_video(video, sampler, policy=policy, resize_frame=resize_frame)
+            return read_video(video, sampler, policy=policy, resize_frames=resize_frames)
         if metadata is None:
             metadata = StormVideoMetadata(total_num_frames=len(video))
         metadata.total_num_frames = len(video)
