@@ -29,13 +29,10 @@ minutes on a shared 2-core CPU. Needs matplotlib for the plot (`pip install matp
 """
 
 import argparse
-import gc
 import json
 import os
-import platform
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +40,10 @@ import torch
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_compression import PATCH_SIZE, bench_config, code_state, machine_description, proc_status_kib
+from common import PATCH_SIZE, mid_size_config, moving_bar_frame, peak_rss_above, start_run, write_results
 
 from storm_hf import StormConfig, StormForConditionalGeneration
+from storm_hf.accounting import head_dim, kv_cache_bytes_per_token, video_tokens
 from storm_hf.streaming import StormStreamingSession
 from storm_hf.synthetic import build_task_processor
 
@@ -68,58 +66,28 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on a shared CPU)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "streaming.md")
     args = parser.parse_args()
-    args.device, args.dtype = "cpu", "float32"  # what machine_description reads
     return args
 
 
-def synthetic_frame(index: int, size: int) -> np.ndarray:
-    """A `(size, size, 3)` uint8 frame: a colour that drifts and a bar that moves, so that no two frames are equal."""
-    frame = np.empty((size, size, 3), dtype=np.uint8)
-    frame[:] = ((index * np.array([7, 13, 29])) % 256).astype(np.uint8)
-    frame[:, (3 * index) % size] = 255
-    return frame
-
-
-def kv_bytes_per_token(config: StormConfig, dtype_bytes: int) -> int:
-    """Keys and values of one token over all layers of the language model."""
-    text = config.text_config
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * dtype_bytes
-
-
-def tokens_per_hour(config: StormConfig, fps: float) -> float:
-    """Video tokens the LLM caches per hour of video at `fps` (temporal pooling, spatial pooling, no sampling)."""
-    tokens_per_frame = (config.merged_grid_size // config.spatial_pool_size) ** 2
-    return 3600 * fps / config.temporal_pool_size * tokens_per_frame
+def tokens_per_hour(config: StormConfig, fps: float) -> int:
+    """Video tokens the LLM caches per hour of video at `fps` (the config's pooling, no sampling)."""
+    return video_tokens(config, round(3600 * fps), temporal_sampling_stride=1)
 
 
 def paper_scale_memory(fps: float) -> dict:
     config = StormConfig()  # the paper's 7B model: SigLIP 448 px, Qwen2-7B
-    per_token = kv_bytes_per_token(config, dtype_bytes=2)  # bf16
+    per_token = kv_cache_bytes_per_token(config, dtype_bytes=2)  # bf16
     per_hour = tokens_per_hour(config, fps)
     return {
         "tokens_per_hour": per_hour,
         "kv_bytes_per_token": per_token,
         "kv_bytes_per_hour": per_hour * per_token,
-        "tokens_per_frame": config.merged_grid_size**2,
+        "tokens_per_frame": video_tokens(config, 1, temporal_pool_size=1),
         "temporal_pool_size": config.temporal_pool_size,
         "layers": config.text_config.num_hidden_layers,
         "kv_heads": config.text_config.num_key_value_heads,
-        "head_dim": config.text_config.hidden_size // config.text_config.num_attention_heads,
+        "head_dim": head_dim(config.text_config),
     }
-
-
-def peak_rss_above(fn, *args):
-    """Runs `fn(*args)`; returns its result, its wall time and the peak resident memory above the level before it
-    (bytes)."""
-    gc.collect()
-    before = proc_status_kib("VmRSS") * 1024
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-    started = time.perf_counter()
-    result = fn(*args)
-    elapsed = time.perf_counter() - started
-    return result, elapsed, proc_status_kib("VmHWM") * 1024 - before
 
 
 def baseline_answer(model, processor, frames: list[np.ndarray], new_tokens: int) -> list[int]:
@@ -138,7 +106,7 @@ def session_answer(session: StormStreamingSession, new_tokens: int) -> list[int]
 
 def run_benchmark(args) -> dict:
     torch.set_num_threads(args.threads)
-    config = bench_config(args.image_size, mamba_bidirectional=False, temporal_pool_size=4)
+    config = mid_size_config(args.image_size, mamba_bidirectional=False, temporal_pool_size=4)
     processor = build_task_processor(
         size=args.image_size,
         patch_size=config.vision_config.patch_size,
@@ -162,7 +130,7 @@ def run_benchmark(args) -> dict:
             next_target = min(target for target in targets if target > len(frames))
             new = np.stack(
                 [
-                    synthetic_frame(len(frames) + i, args.image_size)
+                    moving_bar_frame(len(frames) + i, args.image_size)
                     for i in range(min(frames_per_call, next_target - len(frames)))
                 ]
             )
@@ -212,13 +180,13 @@ def run_benchmark(args) -> dict:
             rows.append(row)
             print(json.dumps(row), flush=True)
     measured_per_token = rows[-1]["kv_cache_bytes"] / rows[-1]["cached_tokens"]
-    assert measured_per_token == kv_bytes_per_token(config, dtype_bytes=4), "cache bytes disagree with the formula"
+    assert measured_per_token == kv_cache_bytes_per_token(config, dtype_bytes=4), "cache bytes disagree with accounting"
     return {
         "rows": rows,
         "bench_model": {
             "kv_bytes_per_token": measured_per_token,
             "tokens_per_hour": tokens_per_hour(config, args.fps),
-            "tokens_per_frame": config.merged_grid_size**2,
+            "tokens_per_frame": video_tokens(config, 1, temporal_pool_size=1),
             "vision": f"{config.vision_config.num_hidden_layers} layers x {config.vision_config.hidden_size}",
             "text": f"{config.text_config.num_hidden_layers} layers x {config.text_config.hidden_size}",
         },
@@ -226,24 +194,15 @@ def run_benchmark(args) -> dict:
     }
 
 
-def render(results: dict, args, plot_name: str) -> str:
+def render(results: dict, args, plot_name: str) -> tuple[str, str]:
+    """The results file's headline table and its body."""
     rows, paper, bench = results["rows"], results["paper_scale"], results["bench_model"]
     first, last = rows[0], rows[-1]
     session_growth = min(last["session_seconds"]) / min(first["session_seconds"])
     baseline_growth = min(last["baseline_seconds"]) / min(first["baseline_seconds"])
     lines = [
-        "# Live video: streaming session vs re-encoding the whole video per question",
-        "",
-        f"Written by `{results['command']}`.",
-        "",
-        f"- code: {code_state()}",
-        f"- machine: {machine_description(args)}",
         (
-            f"- date: {results['date']}; load average (1, 5, 15 min) at start {results['load_start']}, at end "
-            f"{results['load_end']} on {os.cpu_count()} cores: the machine was shared with other jobs, times are noisy"
-        ),
-        (
-            f"- model: random `bench_config({args.image_size}, mamba_bidirectional=False)` (SigLIP-base-like vision "
+            f"- model: random `mid_size_config({args.image_size}, mamba_bidirectional=False)` (SigLIP-base-like vision "
             f"{bench['vision']}, 2 causal Mamba layers, Qwen2-0.5B-like LLM {bench['text']}), float32, "
             f"{args.threads} thread(s); {args.image_size}x{args.image_size} frames (patch {PATCH_SIZE}) -> "
             f"{bench['tokens_per_frame']} tokens per frame, temporal pooling 4, {args.fps:g} fps -> "
@@ -262,6 +221,7 @@ def render(results: dict, args, plot_name: str) -> str:
         ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|",
     ]
+    table_start = len(lines) - 2
     for row in rows:
         session, baseline = min(row["session_seconds"]), min(row["baseline_seconds"])
         lines.append(
@@ -272,6 +232,8 @@ def render(results: dict, args, plot_name: str) -> str:
             f"{row['baseline_peak_bytes'] / 2**20:.0f} MiB | {'yes' if row['same_tokens'] else 'NO'} | "
             f"{row['load'][0]:.1f} |"
         )
+    headline = "\n".join(lines[table_start:])
+    del lines[table_start:]
     target_met = "met" if session_growth <= 1.2 else "NOT met"
     lines += [
         "",
@@ -308,7 +270,7 @@ def render(results: dict, args, plot_name: str) -> str:
             "real time)."
         ),
     ]
-    return "\n".join(lines) + "\n"
+    return headline, "\n".join(lines) + "\n"
 
 
 def plot(results: dict, path: Path) -> None:
@@ -336,24 +298,15 @@ def plot(results: dict, path: Path) -> None:
 
 def main():
     args = parse_args()
-    load_start = os.getloadavg()
+    run = start_run()
     results = run_benchmark(args)
-    results.update(
-        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        load_start=[round(value, 2) for value in load_start],
-        load_end=[round(value, 2) for value in os.getloadavg()],
-        command=" ".join(["python", "benchmarks/bench_streaming.py", *sys.argv[1:]]),
-        code=code_state(),
-        machine=machine_description(args),
-        python=platform.python_version(),
-        settings={key: str(value) for key, value in vars(args).items()},
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results["settings"] = {key: str(value) for key, value in vars(args).items()}
     plot_path = args.out.with_suffix(".png")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(results, plot_path)
-    args.out.write_text(render(results, args, plot_path.name))
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    print(args.out.read_text())
+    headline, body = render(results, args, plot_path.name)
+    title = "# Live video: streaming session vs re-encoding the whole video per question"
+    print(write_results(args.out.stem, title, body, results, run, headline=headline, results_dir=args.out.parent))
 
 
 if __name__ == "__main__":
