@@ -132,7 +132,8 @@ class StormProcessor(ProcessorMixin):
             3. `num_frames`: at most this many frames, spread uniformly; a video with fewer frames is read whole;
             4. none of them: the video processor's defaults, its `num_frames` read as in 3.
         So the `num_frames=32` that `transformers serve` adds to every video request gives way to a client's `fps` or
-        `max_visual_tokens`, and answers a shorter video. Every frame, unbounded, only with `do_sample_frames=False`.
+        `max_visual_tokens`, and answers a shorter video. Every frame, unbounded, is read only with
+        `do_sample_frames=False` (or by a video processor whose defaults select no frame count).
         """
         settings = {
             **(processor_kwargs or {}),
