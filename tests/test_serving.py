@@ -139,7 +139,8 @@ def clips(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def video_host(clips):
-    """`clips`' folder served over http on 127.0.0.1 (no range requests: a client reads each file whole)."""
+    """`clips`' folder served over http on 127.0.0.1 without range requests: the clips' mp4 index (moov) is written
+    after the frames, so the server must read each file whole."""
     folder, _ = clips
 
     class Handler(http.server.SimpleHTTPRequestHandler):
