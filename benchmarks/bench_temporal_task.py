@@ -46,6 +46,10 @@ from pathlib import Path
 import numpy as np
 
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import HEADLINE_END, HEADLINE_START  # noqa: E402
+
+
 RESULTS = Path(__file__).parent / "results"
 LEARNING_RATE = 1e-3  # every part, the LLM included: short runs need the LLM to learn the answer format fast
 
@@ -393,7 +397,9 @@ def write_report(out: Path, results, data_report, overlap, settings, environment
         "forward passes over a batch of 16 prompts on 1 CPU thread, median over the seeds (a shared machine: "
         "indicative only).",
         "",
+        HEADLINE_START,
         *markdown_table(table),
+        HEADLINE_END,
         "",
         "## Test clips are unseen (checked by content hash)",
         "",

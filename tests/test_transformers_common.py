@@ -354,12 +354,14 @@ class StormProcessorTest(common.test_processing_common.ProcessorTesterMixin, uni
         *expectations, default = super().video_sampling_expectations
         return [*expectations, {**default, "output_length": make_processor().video_processor.num_frames}]
 
+    @pytest.mark.xfail(
+        raises=AssertionError,
+        strict=True,
+        reason="transformers' last check expects a refusal to sample frames from a video given as frame images; STORM "
+        "samples them like any video (in a chat call the default num_frames is a ceiling), so no ValueError is raised",
+    )
     def test_apply_chat_template_video_frame_sampling(self):
-        """All of transformers' checks up to the last: it expects a refusal to sample frames from a video given as
-        frame images, which STORM samples like any video; in a chat call the default `num_frames` (4) is a ceiling
-        (`StormProcessor.apply_chat_template`), so the two frame images are kept and nothing is raised."""
-        with self.assertRaisesRegex(AssertionError, "^ValueError not raised$"):
-            super().test_apply_chat_template_video_frame_sampling()
+        super().test_apply_chat_template_video_frame_sampling()
 
     def _as_in_library(self):
         """Saves as an in-library processor would: transformers' `custom_object_save` sets `auto_map` on a processor

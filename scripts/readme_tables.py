@@ -1,0 +1,76 @@
+"""Fills the README's benchmark tables from the results files, so that the README cannot drift from the evidence.
+
+Every block `<!-- results:NAME -->` ... `<!-- /results:NAME -->` in README.md gets the headline table of
+`benchmarks/results/NAME.md` (the part between its `<!-- headline -->` markers, which `benchmarks/common.py`'s
+`write_results` writes) and a line naming the file, the commit it was measured at, its date and load.
+
+    python scripts/readme_tables.py           # rewrite README.md
+    python scripts/readme_tables.py --check   # exit 1, naming the blocks, if README.md differs (CI)
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
+HEADLINE = re.compile(r"<!-- headline -->\n(?P<table>.*?)\n<!-- /headline -->", re.DOTALL)
+
+
+def source_line(name: str) -> str:
+    """Where the table comes from: the results file, and the commit, date and load its .json records."""
+    payload = json.loads((RESULTS / f"{name}.json").read_text())
+    run = payload.get("provenance") or payload.get("environment")
+    if run is None:
+        raise ValueError(f"benchmarks/results/{name}.json records no provenance or environment")
+    commit = run["commit"][:7] + (" + uncommitted changes" if run.get("dirty") else "")
+    loads = [*run.get("load_before", [])[:1], *run.get("load_after", [])[:1]]
+    load = f", load {min(loads):g}-{max(loads):g}" if loads else ""
+    return f"From [`benchmarks/results/{name}.md`](benchmarks/results/{name}.md): commit {commit}, {run['date']}{load}."
+
+
+def block_body(name: str) -> str:
+    path = RESULTS / f"{name}.md"
+    if not path.is_file():
+        raise FileNotFoundError(f"README names results:{name}, but {path.relative_to(ROOT)} does not exist")
+    match = HEADLINE.search(path.read_text())
+    if match is None:
+        raise ValueError(f"{path.relative_to(ROOT)} has no <!-- headline --> ... <!-- /headline --> table")
+    return f"{match['table'].strip()}\n\n{source_line(name)}\n"
+
+
+def filled(readme: str) -> str:
+    return BLOCK.sub(lambda match: match[1] + block_body(match["name"]) + match[4], readme)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="fail if README.md differs from the results files")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args(argv)
+    readme = args.readme.read_text()
+    expected = filled(readme)
+    if not args.check:
+        args.readme.write_text(expected)
+        return 0
+    stale = [
+        match["name"]
+        for match, new in zip(BLOCK.finditer(readme), BLOCK.finditer(expected))
+        if match["body"] != new["body"]
+    ]
+    if stale:
+        print(
+            f"{args.readme.name}: the tables of {', '.join(stale)} differ from benchmarks/results/; run "
+            "`python scripts/readme_tables.py`",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
