@@ -21,39 +21,42 @@ BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /r
 HEADLINE = re.compile(r"<!-- headline -->\n(?P<table>.*?)\n<!-- /headline -->", re.DOTALL)
 
 
-def source_line(name: str) -> str:
+def source_line(name: str, results: Path = RESULTS) -> str:
     """Where the table comes from: the results file, and the commit, date and load its .json records."""
-    payload = json.loads((RESULTS / f"{name}.json").read_text())
+    payload = json.loads((results / f"{name}.json").read_text())
     run = payload.get("provenance") or payload.get("environment")
     if run is None:
         raise ValueError(f"benchmarks/results/{name}.json records no provenance or environment")
-    commit = run["commit"][:7] + (" + uncommitted changes" if run.get("dirty") else "")
+    dirty = run.get("dirty") or "uncommitted" in run["commit"]  # the older scripts' commit strings say so
+    commit = run["commit"][:7] + (" + uncommitted changes" if dirty else "")
     loads = [*run.get("load_before", [])[:1], *run.get("load_after", [])[:1]]
     load = f", load {min(loads):g}-{max(loads):g}" if loads else ""
     return f"From [`benchmarks/results/{name}.md`](benchmarks/results/{name}.md): commit {commit}, {run['date']}{load}."
 
 
-def block_body(name: str) -> str:
-    path = RESULTS / f"{name}.md"
+def block_body(name: str, results: Path = RESULTS) -> str:
+    path = results / f"{name}.md"
     if not path.is_file():
-        raise FileNotFoundError(f"README names results:{name}, but {path.relative_to(ROOT)} does not exist")
+        raise FileNotFoundError(f"README names results:{name}, but {path} does not exist")
     match = HEADLINE.search(path.read_text())
     if match is None:
-        raise ValueError(f"{path.relative_to(ROOT)} has no <!-- headline --> ... <!-- /headline --> table")
-    return f"{match['table'].strip()}\n\n{source_line(name)}\n"
+        raise ValueError(f"{path} has no <!-- headline --> ... <!-- /headline --> table")
+    return f"{match['table'].strip()}\n\n{source_line(name, results)}\n"
 
 
-def filled(readme: str) -> str:
-    return BLOCK.sub(lambda match: match[1] + block_body(match["name"]) + match[4], readme)
+def filled(readme: str, results: Path = RESULTS) -> str:
+    """`readme` with every results block filled from `results`."""
+    return BLOCK.sub(lambda match: match[1] + block_body(match["name"], results) + match[4], readme)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail if README.md differs from the results files")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results files")
     args = parser.parse_args(argv)
     readme = args.readme.read_text()
-    expected = filled(readme)
+    expected = filled(readme, args.results)
     if not args.check:
         args.readme.write_text(expected)
         return 0
