@@ -30,7 +30,8 @@ Per (arm, frames), `torch.no_grad()`, in one fresh process per arm (the frame co
   memory     peak resident-set growth during the generate call (VmHWM reset before it)
   video      a check that the video reaches the model: the last-position logits of a 4-frame prompt change when its
              pixels change
-Wall and process CPU times (all threads) are recorded; CPU time is the steadier number on a shared machine.
+Wall and process CPU times (all threads) are recorded, in total and per part; the table shows CPU times, the steadier
+number on a shared machine (with one thread, the time the arm actually ran), and the prefill's wall time.
 
     python benchmarks/bench_peers.py --frames 16 32 64 --llm 0.5b                     # CPU, float32
     python benchmarks/bench_peers.py --device cuda --dtype bfloat16 --vision so400m --llm 7b --frames 16 32 64 128
@@ -294,12 +295,13 @@ def make_inputs(arm: str, frames: int, args, seed: int) -> dict:
 
 
 class PartTimer:
-    """Sums the wall time spent inside the modules of each part (forward hooks), while `active`."""
+    """Sums the wall and process CPU time spent inside the modules of each part (forward hooks), while `active`."""
 
     def __init__(self, parts: dict, synchronize):
         self.synchronize = synchronize
         self.active = False
         self.seconds = dict.fromkeys(parts, 0.0)
+        self.cpu_seconds = dict.fromkeys(parts, 0.0)
         self.started = {}
         for part, modules in parts.items():
             for module in modules:
@@ -310,7 +312,7 @@ class PartTimer:
         def hook(*_):
             if self.active:
                 self.synchronize()
-                self.started[id(module)] = time.perf_counter()
+                self.started[id(module)] = (time.perf_counter(), time.process_time())
 
         return hook
 
@@ -318,7 +320,9 @@ class PartTimer:
         def hook(*_):
             if self.active and id(module) in self.started:
                 self.synchronize()
-                self.seconds[part] += time.perf_counter() - self.started.pop(id(module))
+                wall, cpu = self.started.pop(id(module))
+                self.seconds[part] += time.perf_counter() - wall
+                self.cpu_seconds[part] += time.process_time() - cpu
 
         return hook
 
@@ -376,7 +380,7 @@ def run_worker(args):
         for frames in args.frames:
             inputs = on_device(make_inputs(arm, frames, args, seed=frames))
             clock = TokenClock()
-            timer.seconds = dict.fromkeys(timer.seconds, 0.0)
+            timer.seconds, timer.cpu_seconds = dict.fromkeys(timer.seconds, 0.0), dict.fromkeys(timer.seconds, 0.0)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
                 memory_before = torch.cuda.memory_allocated(device)
@@ -401,6 +405,7 @@ def run_worker(args):
                 "prompt_tokens": inputs["input_ids"].shape[1],
                 "prefill_s": prefill_s,
                 "prefill_cpu_s": clock.marks[0][1] - cpu_start,
+                "split_cpu_s": prefill_split(timer.cpu_seconds, clock.marks[0][1] - cpu_start, arm),
                 "split_s": prefill_split(timer.seconds, prefill_s, arm),
                 "decode_ms": statistics.median(step[0] for step in steps) * 1e3,
                 "decode_cpu_ms": statistics.median(step[1] for step in steps) * 1e3,
@@ -471,17 +476,18 @@ def check_matched_parts(rows: list[dict], args) -> list[str]:
 
 def render(rows: list[dict], args) -> tuple[str, str]:
     header = (
-        "| arm | frames | visual tokens | prefill s (vision / projector / LLM / other) | prefill CPU s "
-        "| decode ms/token (CPU) | peak MiB | video reaches model |"
+        "| arm | frames | visual tokens | prefill CPU s (vision / projector / LLM / other) | projector share "
+        "| prefill wall s | decode ms/token CPU (wall) | peak MiB | video reaches model |"
     )
-    lines = [header, "|---|---:|---:|---|---:|---:|---:|---|"]
+    lines = [header, "|---|---:|---:|---|---:|---:|---:|---:|---|"]
     for row in sorted(rows, key=lambda row: (row["frames"], ARMS.index(row["arm"]))):
-        split = row["split_s"]
+        split = row["split_cpu_s"]
         parts = " / ".join(f"{split.get(part, 0.0):.2f}" for part in (*PARTS, "other"))
+        share = f"{split['projector'] / row['prefill_cpu_s']:.1%}" if "projector" in split else "-"
         reaches = {True: "yes", False: "**NO**", None: "-"}[row["video_reaches_model"]]
         lines.append(
-            f"| {row['arm']} | {row['frames']} | {row['visual_tokens']} | {row['prefill_s']:.2f} ({parts}) "
-            f"| {row['prefill_cpu_s']:.2f} | {row['decode_ms']:.0f} ({row['decode_cpu_ms']:.0f}) "
+            f"| {row['arm']} | {row['frames']} | {row['visual_tokens']} | {row['prefill_cpu_s']:.2f} ({parts}) "
+            f"| {share} | {row['prefill_s']:.2f} | {row['decode_cpu_ms']:.0f} ({row['decode_ms']:.0f}) "
             f"| {row['peak_mib']:.0f} | {reaches} |"
         )
     loads = [row["load"] for row in rows]
@@ -509,11 +515,11 @@ def plot(rows: list[dict], path: Path, title: str):
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for arm in ARMS:
-        points = sorted((row["frames"], row["prefill_s"]) for row in rows if row["arm"] == arm)
+        points = sorted((row["frames"], row["prefill_cpu_s"]) for row in rows if row["arm"] == arm)
         if points:
             axis.plot(*zip(*points), marker="o", label=arm, linestyle="--" if arm == "LLM alone" else "-")
     frames = sorted({row["frames"] for row in rows})
-    axis.set(xlabel="frames", ylabel="prefill s (generate to its first token)", xscale="log", yscale="log", title=title)
+    axis.set(xlabel="frames", ylabel="prefill CPU s (to the first token)", xscale="log", yscale="log", title=title)
     axis.set_xticks(frames, [str(f) for f in frames])
     axis.legend(fontsize=8)
     figure.tight_layout()
