@@ -9,8 +9,9 @@ mid-size config (`common.mid_size_config(256)`: 64 tokens per frame, width 896, 
 frames, for each chunk length, under `torch.no_grad()`.
 
 Each (frames, chunk length) runs in a fresh subprocess: build the projector (seed 0: the same weights everywhere),
-warm up on 8 frames, reset the kernel's resident-set high-water mark, then `--repeats` calls; reported are the median
-wall and process CPU time (all threads) of the calls and the peak RSS growth of the first. Every chunk length must give
+warm up on 8 frames, reset the kernel's resident-set high-water mark, then `--repeats` calls; reported are the minimum
+wall and process CPU time (all threads) over the calls (on a shared machine the minimum is the estimate least polluted
+by other jobs) and the peak RSS growth of the first. Every chunk length must give
 the output of the whole-sequence scan (checked on a checksum of the output).
 
     python benchmarks/bench_chunk_length.py                                  # 64 128 256 frames, 1 thread
@@ -20,7 +21,6 @@ the output of the whole-sequence scan (checked on a checksum of the output).
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -90,8 +90,9 @@ def run_worker(args):
                 "frames": num_frames,
                 "chunk_length": chunk_length,
                 "positions": num_frames * grid * grid,
-                "wall_s": statistics.median(walls),
-                "cpu_s": statistics.median(cpus),
+                "wall_s": min(walls),
+                "cpu_s": min(cpus),
+                "cpus": cpus,
                 "walls": walls,
                 "growth_mib": growth_mib,
                 "tokens_mib": tokens.numel() * tokens.element_size() / 2**20,
@@ -150,7 +151,7 @@ def render(rows: list[dict], args) -> tuple[str, str]:
         f"The temporal projector's {mid_size_config(IMAGE_SIZE).mamba_num_layers} bidirectional Mamba layers (width "
         f"896, expand 2, state 16) of `common.mid_size_config({IMAGE_SIZE})` on random projected frame tokens (64 per "
         f"frame), float32, `torch.no_grad()`, {args.threads} torch thread(s) per worker, one fresh process per cell; "
-        f"median of {args.repeats} calls; peak = RSS high-water mark growth during the first call (glibc "
+        f"minimum of {args.repeats} calls; peak = RSS high-water mark growth during the first call (glibc "
         "`MALLOC_MMAP_THRESHOLD_=131072`). The projected tokens themselves (the layers' input) take "
         + ", ".join(f"{by_key[n, args.chunk_lengths[0]]['tokens_mib']:.0f} MiB at {n} frames" for n in frames)
         + f". 1-minute load average during the cells: {min(loads)}-{max(loads)} on {os.cpu_count()} cores "
