@@ -32,7 +32,7 @@ RESULTS = Path(__file__).parent / "results"
 QUESTION_TYPES = ("first", "count", "return")
 PRIOR_BOUND = {"first": 50.0, "count": 33.3, "return": 50.0}  # the best a bag of frames can do (README)
 PROJECTORS = {2: "STORM (2 Mamba layers) + T.Pool", 0: "Linear + T.Pool"}
-RENDERING_DESCRIPTIONS = {  # the renderings of diagnose_temporal_task.RENDERINGS this script runs on
+RENDERING_DESCRIPTIONS = {  # the renderings of diagnose_temporal_task.renderings() this script runs on
     "task": "the task's rendering (flashing shapes of half-side 7-10 px)",
     "small_flashes": "the rendering before the flashing shapes were enlarged (half-side 3-6 px, as the moving shapes)",
 }

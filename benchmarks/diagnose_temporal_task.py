@@ -6,8 +6,8 @@ Each run trains STORM + T.Pool k=4 (32 frames) on `--train` clips of the `direct
 (learning rate 1e-3 everywhere, cosine, 30 warm-up steps) and scores greedy exact match (left/right, bag-of-frames bound
 50%) on `--test` clips checked unseen by content hash. Before training, linear probes on the visual tokens of randomly
 initialised models measure what the LLM is given. The first rendering (shapes of half-side 2-4 px on gradients of
-0-140, 0-2 bright distractors, noise up to 8) patches the renderer's module-level settings, so every run has a fresh
-process.
+0-140, 0-2 bright distractors, noise up to 8) is `storm_hf.synthetic.FIRST_RENDERING`, passed to the clip drawing
+like the task's `TASK_RENDERING`.
 
     python benchmarks/diagnose_temporal_task.py   # 2 probes and 6 runs, 2 at a time, ~10 min on an idle 2-core machine
 
@@ -45,28 +45,11 @@ RUNS = [  # (rendering, LLM initializer_range or None for the task's, seed): 300
 STEPS, BATCH_SIZE = 300, 8
 
 
-def use_first_rendering() -> None:
-    """The task's first rendering: shapes of half-side 2-4 px on gradients of 0-140, 0-2 bright distractors (grey
-    150-255), noise up to 8."""
-    from storm_hf.synthetic import render
+def renderings() -> dict:
+    """The renderings the diagnoses compare, by name (`storm_hf.synthetic.render.Rendering`)."""
+    from storm_hf.synthetic import FIRST_RENDERING, SMALL_FLASHES_RENDERING, TASK_RENDERING
 
-    render.BACKGROUND_MAX = 140
-    render.MAX_DISTRACTORS = 2
-    render.DISTRACTOR_GREY = (150, 256)
-    render.MAX_NOISE_STD = 8.0
-    render._half_sizes = lambda size: (max(2, size // 16), size // 7 + 1)
-    render._flash_half_sizes = render._half_sizes
-
-
-def use_small_flashes() -> None:
-    """The rendering before the flashing shapes (`first`, `count`) were enlarged: half-side 3-6 px, the size of the
-    moving ones. Draws the same clips as the task did then (the same random draws, other half-sides)."""
-    from storm_hf.synthetic import render
-
-    render._flash_half_sizes = render._half_sizes
-
-
-RENDERINGS = {"task": lambda: None, "first": use_first_rendering, "small_flashes": use_small_flashes}
+    return {"task": TASK_RENDERING, "first": FIRST_RENDERING, "small_flashes": SMALL_FLASHES_RENDERING}
 
 
 def run_one(
@@ -84,7 +67,7 @@ def run_one(
     import torch
 
     torch.set_num_threads(1)
-    RENDERINGS[rendering]()
+    drawn_as = renderings()[rendering]
     batch = BATCH_SIZE
     from storm_hf import StormForConditionalGeneration
     from storm_hf.synthetic import (
@@ -99,9 +82,9 @@ def run_one(
     )
 
     types = (question_type,)
-    train = list(draw_clips(num_train, np.random.default_rng([seed, 0]), question_types=types))
+    train = list(draw_clips(num_train, np.random.default_rng([seed, 0]), question_types=types, rendering=drawn_as))
     seen = ClipHashes.of(train)
-    test, _ = unseen_clips(num_test, np.random.default_rng([seed, 1]), seen, question_types=types)
+    test, _ = unseen_clips(num_test, np.random.default_rng([seed, 1]), seen, question_types=types, rendering=drawn_as)
     tokenizer = build_task_tokenizer()
     processor = build_task_processor(tokenizer)
     config = temporal_task_config(tokenizer, mamba_num_layers=mamba_num_layers)
@@ -150,7 +133,6 @@ def probe_at_init(
     import torch
 
     torch.set_num_threads(1)
-    RENDERINGS[rendering]()
     from storm_hf import StormForConditionalGeneration
     from storm_hf.synthetic import build_task_processor, build_task_tokenizer, draw_clips, temporal_task_config
 
@@ -158,7 +140,10 @@ def probe_at_init(
     processor = build_task_processor(tokenizer)
     torch.manual_seed(seed)
     model = StormForConditionalGeneration(temporal_task_config(tokenizer, mamba_num_layers=mamba_num_layers)).eval()
-    rows = list(draw_clips(num_clips, np.random.default_rng([seed, 5]), question_types=(question_type,)))
+    rendered_as = renderings()[rendering]
+    rows = list(
+        draw_clips(num_clips, np.random.default_rng([seed, 5]), question_types=(question_type,), rendering=rendered_as)
+    )
     tokens = []
     with torch.no_grad():
         for start in range(0, num_clips, 50):

@@ -5,7 +5,8 @@ multiset of frames (noise included) in different orders (`render`), and test cli
 to be training clips (`data`). The task model is STORM at toy scale (`task`); `train` and `evaluate` run and score it;
 `demo` is `storm-hf demo`, with the trained weights shipped as package data in `demo_checkpoint/`.
 
-- `render`: scenes, answer variants, content hashes, `render_sample`, `write_video`.
+- `render`: scenes, answer variants, content hashes, `Rendering` (the difficulty settings), `render_sample`,
+  `write_video`.
 - `data`: clip rows, `ClipHashes`, `unseen_clips`, `distinct_clip_counts`, the on-disk `generate_temporal_task`.
 - `task`: `build_task_tokenizer`, `build_task_processor`, `temporal_task_config`.
 - `train`: `train_temporal_task_model` (`StormTrainer`).
@@ -26,11 +27,15 @@ from .evaluate import evaluate_temporal_task, normalise_answer
 from .render import (
     BAG_OF_FRAMES_CHANCE,
     COLOURS,
+    FIRST_RENDERING,
     IMAGE_SIZE,
     NUM_FRAMES,
     ORDER_DEPENDENT_TYPES,
     QUESTION_TYPES,
     QUESTIONS,
+    SMALL_FLASHES_RENDERING,
+    TASK_RENDERING,
+    Rendering,
     Scene,
     render_sample,
     sample_scene,
@@ -57,7 +62,11 @@ __all__ = [
     "QUESTIONS",
     "QUESTION_TYPES",
     "SPECIAL_TOKENS",
+    "FIRST_RENDERING",
+    "Rendering",
+    "SMALL_FLASHES_RENDERING",
     "Scene",
+    "TASK_RENDERING",
     "build_task_processor",
     "build_task_tokenizer",
     "byte_level_vocab",

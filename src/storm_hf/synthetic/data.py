@@ -14,7 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .render import IMAGE_SIZE, NUM_FRAMES, QUESTION_TYPES, QUESTIONS, sample_scene, write_video
+from .render import (
+    IMAGE_SIZE,
+    NUM_FRAMES,
+    QUESTION_TYPES,
+    QUESTIONS,
+    TASK_RENDERING,
+    Rendering,
+    sample_scene,
+    write_video,
+)
 
 
 def make_messages(video, question: str, answer: str | None = None) -> list[dict]:
@@ -30,9 +39,15 @@ def make_messages(video, question: str, answer: str | None = None) -> list[dict]
 
 
 def draw_clips(
-    count: int, rng: np.random.Generator, question_types=QUESTION_TYPES, num_frames=NUM_FRAMES, size=IMAGE_SIZE
+    count: int,
+    rng: np.random.Generator,
+    question_types=QUESTION_TYPES,
+    num_frames=NUM_FRAMES,
+    size=IMAGE_SIZE,
+    rendering: Rendering = TASK_RENDERING,
 ):
-    """Yields `count` clip rows cycling through `question_types` (balanced), each with a uniformly drawn variant.
+    """Yields `count` clip rows cycling through `question_types` (balanced), each with a uniformly drawn variant,
+    rendered as `rendering` says.
 
     A row: `question_type`, `question`, `answer`, `frames` `(num_frames, size, size, 3)` uint8, `clip_hash`,
     `bag_hash`, `messages` (chat format, the frames inline).
@@ -40,7 +55,7 @@ def draw_clips(
     _check_question_types(question_types)
     for index in range(count):
         question_type = question_types[index % len(question_types)]
-        scene = sample_scene(question_type, rng, num_frames, size)
+        scene = sample_scene(question_type, rng, num_frames, size, rendering)
         variant = int(rng.integers(len(scene.orders)))
         frames, question, answer = (scene.frames(variant), QUESTIONS[question_type], scene.answers[variant])
         yield dict(

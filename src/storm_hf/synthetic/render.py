@@ -18,6 +18,7 @@ permutation of the canonical frames. So the answer variants of one scene show ex
 import fractions
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,13 +31,6 @@ DOWNSAMPLE_RATIO = 4  # pixel-shuffle of the 4x4 patches: one visual token per f
 COLOURS = {"red": (225, 40, 40), "green": (40, 200, 60), "blue": (50, 100, 240), "yellow": (235, 215, 40)}
 COLOUR_JITTER = 20  # per channel, so that no two scenes share an exact shade
 SHAPES = ("square", "circle", "diamond")
-# Rendering difficulty: with shapes of half-side 2-4 px on gradients of 0-140 under bright distractors and noise up to
-# 8 (the first rendering), no question type was learned in short runs; these settings keep every kind of variety and
-# make the shapes stand out (benchmarks/results/temporal_task_diagnosis.md).
-BACKGROUND_MAX = 70  # background gradients run between two random colours with channels in [0, BACKGROUND_MAX)
-MAX_DISTRACTORS = 1
-DISTRACTOR_GREY = (90, 150)  # the grey level range of the static distractors
-MAX_NOISE_STD = 4.0
 MAX_EVENT_FRAMES = 3  # brief events: flashes and excursions last 1-3 frames
 
 QUESTIONS = {
@@ -137,35 +131,64 @@ def _flash_half_sizes(size: int) -> tuple[int, int]:
     return size // 4 - 1, size // 3 + 1
 
 
-def _random_object(
-    rng: np.random.Generator, colour_name: str, size: int, half_sizes: tuple[int, int] | None = None
-) -> _Object:
-    """A shape of `colour_name` (jittered) with a half-side drawn from `half_sizes` (default `_half_sizes(size)`)."""
+@dataclass(frozen=True)
+class Rendering:
+    """The renderer's difficulty settings. `TASK_RENDERING` is the task's: with shapes of half-side 2-4 px on gradients
+    of 0-140 under bright distractors and noise up to 8 (`FIRST_RENDERING`), no question type was learned in short
+    runs; the task's settings keep every kind of variety and make the shapes stand out
+    (benchmarks/results/temporal_task_diagnosis.md)."""
+
+    background_max: int = 70  # background gradients run between two random colours with channels in [0, this)
+    max_distractors: int = 1
+    distractor_grey: tuple[int, int] = (90, 150)  # the grey level range of the static distractors
+    max_noise_std: float = 4.0
+    half_sizes: Callable[[int], tuple[int, int]] = _half_sizes  # of the moving shapes, from the frame size
+    flash_half_sizes: Callable[[int], tuple[int, int]] = _flash_half_sizes  # of the flashing shapes
+
+
+TASK_RENDERING = Rendering()
+# The task's first rendering (benchmarks/diagnose_temporal_task.py compares it with the task's).
+FIRST_RENDERING = Rendering(
+    background_max=140,
+    max_distractors=2,
+    distractor_grey=(150, 256),
+    max_noise_std=8.0,
+    half_sizes=lambda size: (max(2, size // 16), size // 7 + 1),
+    flash_half_sizes=lambda size: (max(2, size // 16), size // 7 + 1),
+)
+# The rendering before the flashing shapes were enlarged: they had the moving shapes' half-sides (3-6 px). It draws the
+# same random numbers as the task's, so the same clips up to the flashes' sizes.
+SMALL_FLASHES_RENDERING = Rendering(flash_half_sizes=_half_sizes)
+
+
+def _random_object(rng: np.random.Generator, colour_name: str, half_sizes: tuple[int, int]) -> _Object:
+    """A shape of `colour_name` (jittered) with a half-side drawn from the range `half_sizes`."""
     jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3)
     colour = np.clip(np.asarray(COLOURS[colour_name]) + jitter, 0, 255).astype(np.uint8)
-    return _Object(str(rng.choice(SHAPES)), colour, int(rng.integers(*(half_sizes or _half_sizes(size)))))
+    return _Object(str(rng.choice(SHAPES)), colour, int(rng.integers(*half_sizes)))
 
 
-def _random_position(rng: np.random.Generator, size: int) -> tuple[int, int]:
-    margin = _half_sizes(size)[1]
+def _random_position(rng: np.random.Generator, size: int, rendering: Rendering) -> tuple[int, int]:
+    margin = rendering.half_sizes(size)[1]
     return int(rng.integers(margin, size - margin)), int(rng.integers(margin, size - margin))
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A gradient between two random dark colours, horizontal or vertical, with 0-`MAX_DISTRACTORS` static grey
+def _background(rng: np.random.Generator, size: int, rendering: Rendering) -> np.ndarray:
+    """A gradient between two random dark colours, horizontal or vertical, with 0-`max_distractors` static grey
     distractors."""
-    start, end = rng.integers(0, BACKGROUND_MAX, size=(2, 3))
+    start, end = rng.integers(0, rendering.background_max, size=(2, 3))
     ramp = np.linspace(0.0, 1.0, size)[:, None]
     line = np.round(start + (end - start) * ramp).astype(np.uint8)  # (size, 3)
     frame = np.repeat(line[None], size, axis=0) if rng.random() < 0.5 else np.repeat(line[:, None], size, axis=1)
-    for _ in range(int(rng.integers(0, MAX_DISTRACTORS + 1))):
-        grey = np.full(3, rng.integers(*DISTRACTOR_GREY), dtype=np.uint8)
-        draw_shape(frame, str(rng.choice(SHAPES)), grey, *_random_position(rng, size), _half_sizes(size)[0] - 1)
+    for _ in range(int(rng.integers(0, rendering.max_distractors + 1))):
+        grey = np.full(3, rng.integers(*rendering.distractor_grey), dtype=np.uint8)
+        shape = str(rng.choice(SHAPES))
+        draw_shape(frame, shape, grey, *_random_position(rng, size, rendering), rendering.half_sizes(size)[0] - 1)
     return np.ascontiguousarray(frame)
 
 
-def _noise(rng: np.random.Generator, num_frames: int, size: int) -> np.ndarray:
-    std = rng.uniform(0.0, MAX_NOISE_STD)
+def _noise(rng: np.random.Generator, num_frames: int, size: int, rendering: Rendering) -> np.ndarray:
+    std = rng.uniform(0.0, rendering.max_noise_std)
     return np.round(std * rng.standard_normal((num_frames, size, size, 3), dtype=np.float32)).astype(np.int16)
 
 
@@ -200,13 +223,14 @@ def _place(num_frames: int, event_slots: np.ndarray, event_times: list[int]) -> 
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def scene_first(rng: np.random.Generator, num_frames: int, size: int) -> Scene:
+def scene_first(rng: np.random.Generator, num_frames: int, size: int, rendering: Rendering) -> Scene:
     """Two flashes of different colours, 1-3 frames each, at random times at least 1 frame apart (near or far).
     Variant 0 plays the clip forwards (A flashes first), variant 1 backwards (B first)."""
     names = [str(name) for name in rng.choice(list(COLOURS), size=2, replace=False)]
-    background = _background(rng, size)
+    background = _background(rng, size, rendering)
     objects = [
-        (_random_object(rng, name, size, _flash_half_sizes(size)), *_random_position(rng, size)) for name in names
+        (_random_object(rng, name, rendering.flash_half_sizes(size)), *_random_position(rng, size, rendering))
+        for name in names
     ]
     states = np.stack([background] + [_with(background, placed) for placed in objects])
     lengths = [int(n) for n in rng.integers(1, MAX_EVENT_FRAMES + 1, size=2)]
@@ -215,15 +239,17 @@ def scene_first(rng: np.random.Generator, num_frames: int, size: int) -> Scene:
     for state, start, length in zip((1, 2), starts, lengths):
         canonical[start : start + length] = state
     forwards = np.arange(num_frames)
-    return Scene("first", states, canonical, _noise(rng, num_frames, size), [forwards, forwards[::-1]], names)
+    noise = _noise(rng, num_frames, size, rendering)
+    return Scene("first", states, canonical, noise, [forwards, forwards[::-1]], names)
 
 
-def scene_count(rng: np.random.Generator, num_frames: int, size: int) -> Scene:
+def scene_count(rng: np.random.Generator, num_frames: int, size: int, rendering: Rendering) -> Scene:
     """The shape appears in 3 frames (each with its own noise), grouped into `c` runs for the variant with answer `c`:
     one run of 3, runs of 2 and 1 (either order), or three single frames, at random times at least 1 frame apart."""
-    background = _background(rng, size)
+    background = _background(rng, size, rendering)
     colour = str(rng.choice(list(COLOURS)))
-    placed = (_random_object(rng, colour, size, _flash_half_sizes(size)), *_random_position(rng, size))
+    item = _random_object(rng, colour, rendering.flash_half_sizes(size))
+    placed = (item, *_random_position(rng, size, rendering))
     states = np.stack([background, _with(background, placed)])
     flashes = 3
     canonical = np.array([0] * (num_frames - flashes) + [1] * flashes)
@@ -233,17 +259,17 @@ def scene_count(rng: np.random.Generator, num_frames: int, size: int) -> Scene:
         starts = _run_starts(rng, lengths, num_frames)
         times = [start + offset for start, length in zip(starts, lengths) for offset in range(length)]
         orders.append(_place(num_frames, event_slots, times))
-    return Scene("count", states, canonical, _noise(rng, num_frames, size), orders, ["1", "2", "3"])
+    return Scene("count", states, canonical, _noise(rng, num_frames, size, rendering), orders, ["1", "2", "3"])
 
 
-def scene_return(rng: np.random.Generator, num_frames: int, size: int) -> Scene:
+def scene_return(rng: np.random.Generator, num_frames: int, size: int, rendering: Rendering) -> Scene:
     """The shape sits at home and is away (another place at least a shape's width off) for 1-3 frames. Variant 0
     ("no"): the excursion ends the clip. Variant 1 ("yes"): it is followed by 1-4 frames at home, so the departure and
     the return often fall inside the last pooling window of 4 frames."""
-    background = _background(rng, size)
-    item = _random_object(rng, str(rng.choice(list(COLOURS))), size)
+    background = _background(rng, size, rendering)
+    item = _random_object(rng, str(rng.choice(list(COLOURS))), rendering.half_sizes(size))
     while True:  # both places drawn again: from a central home no place may be far enough for a large shape
-        home, away = _random_position(rng, size), _random_position(rng, size)
+        home, away = _random_position(rng, size, rendering), _random_position(rng, size, rendering)
         if max(abs(away[0] - home[0]), abs(away[1] - home[1])) > 2 * item.half_size:
             break
     states = np.stack([_with(background, (item, *home)), _with(background, (item, *away))])
@@ -254,15 +280,15 @@ def scene_return(rng: np.random.Generator, num_frames: int, size: int) -> Scene:
     event_slots = np.arange(num_frames - away_frames, num_frames)
     times = list(range(num_frames - away_frames - back_home, num_frames - back_home))
     returns = _place(num_frames, event_slots, times)
-    return Scene("return", states, canonical, _noise(rng, num_frames, size), [stays, returns], ["no", "yes"])
+    return Scene("return", states, canonical, _noise(rng, num_frames, size, rendering), [stays, returns], ["no", "yes"])
 
 
-def scene_direction(rng: np.random.Generator, num_frames: int, size: int) -> Scene:
+def scene_direction(rng: np.random.Generator, num_frames: int, size: int, rendering: Rendering) -> Scene:
     """The shape sweeps along a random row at a random speed over a random span of the clip (still before and after).
     Variant 0 plays it backwards ("left"), variant 1 forwards ("right")."""
-    background = _background(rng, size)
-    item = _random_object(rng, str(rng.choice(list(COLOURS))), size)
-    margin = _half_sizes(size)[1]
+    background = _background(rng, size, rendering)
+    item = _random_object(rng, str(rng.choice(list(COLOURS))), rendering.half_sizes(size))
+    margin = rendering.half_sizes(size)[1]
     moving = int(rng.integers(2, num_frames + 1))  # frames during which the shape moves
     first_move = int(rng.integers(0, num_frames - moving + 1))
     left = int(rng.integers(margin, size // 2 - 2))
@@ -274,29 +300,37 @@ def scene_direction(rng: np.random.Generator, num_frames: int, size: int) -> Sce
         [np.zeros(first_move, int), np.arange(moving), np.full(num_frames - moving - first_move, moving - 1)]
     )
     forwards = np.arange(num_frames)
-    return Scene(
-        "direction", states, canonical, _noise(rng, num_frames, size), [forwards[::-1], forwards], ["left", "right"]
-    )
+    noise = _noise(rng, num_frames, size, rendering)
+    return Scene("direction", states, canonical, noise, [forwards[::-1], forwards], ["left", "right"])
 
 
 SCENES = {"first": scene_first, "count": scene_count, "return": scene_return, "direction": scene_direction}
 
 
 def sample_scene(
-    question_type: str, rng: np.random.Generator, num_frames: int = NUM_FRAMES, size: int = IMAGE_SIZE
+    question_type: str,
+    rng: np.random.Generator,
+    num_frames: int = NUM_FRAMES,
+    size: int = IMAGE_SIZE,
+    rendering: Rendering = TASK_RENDERING,
 ) -> Scene:
-    """Draws one scene of `question_type` with all its answer variants."""
+    """Draws one scene of `question_type` with all its answer variants, drawn as `rendering` says."""
     if question_type not in SCENES:
         raise ValueError(f"Unknown question type {question_type!r}; use one of {QUESTION_TYPES}.")
     if num_frames < 4:
         raise ValueError(f"`num_frames` must be >= 4 (room for two flashes and a gap), got {num_frames}.")
     if size < 24:
         raise ValueError(f"`size` must be >= 24 pixels (room for a shape to move), got {size}.")
-    return SCENES[question_type](rng, num_frames, size)
+    return SCENES[question_type](rng, num_frames, size, rendering)
 
 
 def render_sample(
-    question_type: str, rng: np.random.Generator, num_frames: int = NUM_FRAMES, size: int = IMAGE_SIZE, variant=None
+    question_type: str,
+    rng: np.random.Generator,
+    num_frames: int = NUM_FRAMES,
+    size: int = IMAGE_SIZE,
+    variant=None,
+    rendering: Rendering = TASK_RENDERING,
 ) -> tuple[np.ndarray, str, str]:
     """Renders one video and its question.
 
@@ -304,7 +338,7 @@ def render_sample(
     drawn from `rng` after the scene, uniformly) picks the answer; the same `rng` state draws the same scene for every
     variant, so the variants of one seed share their bag of frames and differ only in order.
     """
-    scene = sample_scene(question_type, rng, num_frames, size)
+    scene = sample_scene(question_type, rng, num_frames, size, rendering)
     if variant is None:
         variant = int(rng.integers(len(scene.orders)))
     return scene.frames(variant), QUESTIONS[question_type], scene.answers[variant]
