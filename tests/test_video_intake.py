@@ -480,6 +480,21 @@ def test_image_entries_are_read_under_the_policy(media, internal, tmp_path):
     torch.testing.assert_close(from_path["pixel_values"], from_image["pixel_values"], rtol=0, atol=0)
 
 
+def test_gif_in_a_video_entry_is_decoded_as_a_video(tmp_path):
+    frames = [Image.fromarray(frame) for frame in make_frames(6)]
+    animated, still = tmp_path / "animated.gif", tmp_path / "still.gif"
+    frames[0].save(animated, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(still)
+
+    def video_chat(path):
+        return [{"role": "user", "content": [{"type": "video", "video": str(path)}, {"type": "text", "text": "?"}]}]
+
+    kwargs = {"tokenize": True, "return_dict": True, "processor_kwargs": {"do_sample_frames": False}}
+    assert PROCESSOR.apply_chat_template(video_chat(animated), **kwargs)["video_num_frames"].tolist() == [[6]]
+    with pytest.raises(ImageNotVideoError, match="still.gif' is an image \\(a single gif picture\\)"):
+        PROCESSOR.apply_chat_template(video_chat(still), **kwargs)
+
+
 def test_mpeg_ps_reaches_the_chat_template_whole(tmp_path):
     path = write_video(tmp_path / "clip.mpg", make_frames(12), codec="mpeg2video")
     chat = [{"role": "user", "content": [{"type": "video", "video": str(path)}, {"type": "text", "text": "What?"}]}]

@@ -74,8 +74,11 @@ class StormVideoProcessorKwargs(VideosKwargs, TokenGridSettings, total=False):
 
 
 def _image_extensions() -> set[str]:
-    """Extensions of the image formats PIL reads, less MPEG (PIL identifies `.mpg` files, which are videos)."""
-    return {extension for extension, format in PIL.Image.registered_extensions().items() if format != "MPEG"}
+    """Extensions of the image formats PIL reads, less those of videos: MPEG (PIL identifies `.mpg` files) and GIF
+    (an animated GIF is a video; the decoder names a one-frame GIF as an image)."""
+    return {
+        extension for extension, format in PIL.Image.registered_extensions().items() if format not in ("MPEG", "GIF")
+    }
 
 
 def _is_frame_paths(video) -> bool:
