@@ -287,6 +287,7 @@ def hostile_cases():
         "trickling body": source("{trusted}/trickle", DeadlineExceededError, "1.5s", TRUST.replace(deadline_s=1.5)),
         "fifo": source("{secret}", NotARegularFileError, "FIFO"),
         "device": source("/dev/zero", NotARegularFileError, "a device"),
+        "kernel pseudo-file": source("/proc/self/environ", FormatRefusedError, "is empty (0 bytes)"),
         "directory": source("{directory}", IsADirectoryError, "is a directory"),
         "text file": source("{text}", FormatRefusedError, "text file"),
         "pixel bomb": source("{bomb}", FramePixelBudgetError, "16000x16000"),

@@ -321,11 +321,12 @@ def _local_file(path: str, name: str, policy: VideoIntakePolicy) -> str:
             "video's bytes or an http(s) URL."
         )
     try:
-        mode = os.stat(path).st_mode  # follows symlinks: the file itself is checked, opening nothing
+        status = os.stat(path)  # follows symlinks: the file itself is checked, opening nothing
     except FileNotFoundError:
         raise FileNotFoundError(
             f"Video file {name} does not exist; pass an existing path, an http(s) URL, bytes or a binary file object."
         ) from None
+    mode = status.st_mode
     if stat.S_ISDIR(mode):
         raise IsADirectoryError(f"{name} is a directory, not a video file; pass the path of a video file.")
     if not stat.S_ISREG(mode):
@@ -334,6 +335,11 @@ def _local_file(path: str, name: str, policy: VideoIntakePolicy) -> str:
         raise NotARegularFileError(
             f"{name} is {kind}, not a regular file; reading it could block or never end. Pass a video file, or read a "
             "live stream with `storm_hf.streaming.iter_video_frames` (a file object of the pipe)."
+        )
+    if status.st_size == 0:
+        raise FormatRefusedError(
+            f"{name} is empty (0 bytes), not a video. (Kernel pseudo-files, e.g. under /proc, report 0 bytes and may "
+            "block or never end when read.) Pass a video file."
         )
     return "file:" + os.path.abspath(path)  # "file:" so that the name is never read as an FFmpeg protocol
 
