@@ -376,6 +376,19 @@ def test_the_witnesses_see_what_a_permissive_policy_opens(media, secret, interna
     assert internal.log == ["/video.mp4"]
 
 
+def test_silent_live_source_ends_within_the_read_timeout():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    policy = VideoIntakePolicy(live_protocols={"udp"}, read_timeout_s=1, deadline_s=None)
+    started = time.monotonic()
+    with pytest.raises(VideoDecodingError, match=f"'udp://127.0.0.1:{port}' sent no data for 1s"):
+        next(iter_video_frames(f"udp://127.0.0.1:{port}", policy=policy, format="mpegts"))
+    assert time.monotonic() - started < CASE_TIME_LIMIT_S
+
+
 def test_redirects_are_checked_again_and_bounded(media, internal, trusted):
     with pytest.raises(PrivateAddressError):
         read_video(f"{trusted.url}/redirect-internal", policy=TRUST)

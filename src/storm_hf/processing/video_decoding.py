@@ -300,6 +300,8 @@ class _VideoInput:
     def unreadable(self, error: Exception, decoded: int | None = None) -> VideoDecodingError:
         """The error for a video that opened but whose packets could not be read or decoded (or whose decoder refused
         a frame over the pixel budget, larger than the stream header said)."""
+        if self.resolved.is_live and _is_read_timeout(error):
+            return self._silent_error()
         oversized = _OVERSIZED_FRAME.search(str(error))
         if oversized is not None:
             return FramePixelBudgetError(
@@ -341,8 +343,10 @@ class _VideoInput:
         return container
 
     def _open_error(self, error: Exception) -> VideoDecodingError:
-        """Why FFmpeg refused to open the input: a format the policy does not accept (a playlist, an image, text), or
-        not a readable video at all."""
+        """Why FFmpeg refused to open the input: a live source that sent nothing in time, a format the policy does not
+        accept (a playlist, an image, text), or not a readable video at all."""
+        if self.resolved.is_live and _is_read_timeout(error):
+            return self._silent_error()
         head = self._head()
         for signature, what in _NON_VIDEO_SIGNATURES:
             if signature.match(head):
@@ -361,6 +365,12 @@ class _VideoInput:
         return VideoDecodingError(
             f"{self.name} could not be opened as a video ({error}); pass an existing, complete video (e.g. mp4, webm, "
             "mkv) in a container the intake policy accepts."
+        )
+
+    def _silent_error(self) -> VideoDecodingError:
+        return VideoDecodingError(
+            f"{self.name} sent no data for {self.policy.read_timeout_s:g}s; check that the stream is live, or raise "
+            "`VideoIntakePolicy(read_timeout_s=...)`."
         )
 
     def _head(self, size: int = 4096) -> bytes:
@@ -395,6 +405,14 @@ def _capture_ffmpeg_errors():
     finally:
         if level is None:
             av.logging.set_level(None)
+
+
+def _is_read_timeout(error: Exception) -> bool:
+    """Whether FFmpeg gave up on a live source because a read took longer than its timeout (PyAV's interrupt, or
+    FFmpeg's own `rw_timeout`)."""
+    import av
+
+    return isinstance(error, (av.error.ExitError, av.error.TimeoutError))
 
 
 def _image_format(head: bytes) -> str | None:
