@@ -56,6 +56,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import PAD_TOKEN_ID, VIDEO_TOKEN_ID, mid_size_config, proc_status_kib
+
 
 SETTINGS = {  # name: (temporal_pool_size, spatial_pool_size, temporal_sampling_stride)
     "none": (1, 1, 1),
@@ -64,9 +66,7 @@ SETTINGS = {  # name: (temporal_pool_size, spatial_pool_size, temporal_sampling_
     "T.Pool+S.Pool+T.Sampling": (4, 2, 2),
 }
 BASELINE = "none"
-VIDEO_TOKEN_ID, IMAGE_TOKEN_ID, PAD_TOKEN_ID = 151656, 151655, 0
 TEXT_BEFORE, TEXT_AFTER = 20, 16  # ChatML system prompt + user turn header / question + assistant header
-PATCH_SIZE = 16
 
 
 def parse_args():
@@ -92,40 +92,6 @@ def parse_args():
     return args
 
 
-def bench_config(image_size: int, **overrides):
-    from storm_hf import StormConfig
-
-    return StormConfig(
-        vision_config=dict(  # SigLIP-base (siglip-base-patch16-*) widths and depth
-            model_type="siglip_vision_model",
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=image_size,
-            patch_size=PATCH_SIZE,
-            vision_use_head=False,
-        ),
-        text_config=dict(  # Qwen2-0.5B widths, depth and vocabulary
-            model_type="qwen2",
-            vocab_size=151936,
-            hidden_size=896,
-            intermediate_size=4864,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            rms_norm_eps=1e-6,
-            pad_token_id=PAD_TOKEN_ID,
-            bos_token_id=None,
-            eos_token_id=None,  # random weights: never stop early, every call generates exactly --new-tokens
-        ),
-        image_token_id=IMAGE_TOKEN_ID,
-        video_token_id=VIDEO_TOKEN_ID,
-        **overrides,
-    )
-
-
 def apply_setting(model, name):
     """Switches the compression of an already built model (the pooling sizes are weightless config values)."""
     temporal_pool, spatial_pool, _ = SETTINGS[name]
@@ -140,7 +106,7 @@ def visual_tokens(setting, frames, image_size):
 
     temporal_pool, spatial_pool, stride = SETTINGS[setting]
     return video_tokens(
-        bench_config(image_size),
+        mid_size_config(image_size),
         frames,
         temporal_pool_size=temporal_pool,
         spatial_pool_size=spatial_pool,
@@ -250,7 +216,7 @@ def run_benchmark(args):
     build_start = time.perf_counter()
     # built in `dtype` (not cast afterwards, which would also round the rotary `inv_freq` buffers to bf16), exactly as
     # `from_pretrained(..., dtype=dtype)` builds it in the memory workers
-    model = StormForConditionalGeneration._from_config(bench_config(args.image_size), dtype=dtype).to(device).eval()
+    model = StormForConditionalGeneration._from_config(mid_size_config(args.image_size), dtype=dtype).to(device).eval()
     build_seconds = time.perf_counter() - build_start
     core = model.model
     model_text = describe_model(model)
@@ -381,20 +347,17 @@ def run_worker(args):
     print(json.dumps({"peak_mb": peak / 2**20, "baseline_mb": baseline / 2**20, "generated": generated}))
 
 
-def proc_status_kib(field):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
-
-
 def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
 
 
 def describe_model(model):
+    from storm_hf.accounting import video_tokens
+
     config, core = model.config, model.model
     vision, text = config.vision_config, config.text_config
     grid = vision.image_size // vision.patch_size
-    tokens = config.merged_grid_size**2
+    tokens = video_tokens(config, 1, temporal_pool_size=1, spatial_pool_size=1)
     return (
         f"vision tower {count_parameters(core.vision_tower) / 1e6:.1f}M params (SigLIP-base-like: hidden "
         f"{vision.hidden_size}, {vision.num_hidden_layers} layers, {vision.image_size} px, patch {vision.patch_size} "

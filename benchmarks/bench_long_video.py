@@ -49,7 +49,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_compression import bench_config, code_state, machine_description, proc_status_kib  # noqa: E402
+from bench_compression import code_state, machine_description  # noqa: E402
+from common import mid_size_config, proc_status_kib  # noqa: E402
 from long_video_hour import render_hour, run_hour  # noqa: E402
 
 
@@ -99,7 +100,7 @@ def build_encoder_parts(image_size: int):
     from storm_hf import StormModel
     from storm_hf.modeling.modeling_storm import build_vision_encoder
 
-    config = bench_config(image_size)
+    config = mid_size_config(image_size)
     torch.manual_seed(0)
     full_tower = SiglipVisionModel(config.vision_config).eval()
     with torch.device("meta"):
@@ -165,8 +166,11 @@ def run_worker(args):
 
 
 def projector_tokens_mb(config, num_frames: int) -> float:
-    """Bytes of the projector's output tokens (float32): frames x tokens per frame x LLM width."""
-    return num_frames * config.merged_grid_size**2 * config.text_config.hidden_size * 4 / 2**20
+    """MiB of the projector's output tokens (float32): its tokens (before compression) x LLM width."""
+    from storm_hf.accounting import video_tokens
+
+    tokens = video_tokens(config, num_frames, temporal_pool_size=1, spatial_pool_size=1, temporal_sampling_stride=1)
+    return tokens * config.text_config.hidden_size * 4 / 2**20
 
 
 def run_encoding(args) -> list[dict]:
@@ -215,6 +219,8 @@ def plot(rows, config, path: Path):
 
 
 def render(rows, config, settings) -> str:
+    from storm_hf.accounting import video_tokens
+
     lines = [
         "# Long-video encoding: memory and time",
         "",
@@ -223,12 +229,13 @@ def render(rows, config, settings) -> str:
         f"Machine: {settings['machine']}; load average at start {settings['load_start']}, at end "
         f"{settings['load_end']} (a shared machine: times are noisy, memory is not).",
         "",
-        f"Model: `bench_compression.bench_config({settings['image_size']})` (mid-size: SigLIP-base-like tower, 12 "
+        f"Model: `common.mid_size_config({settings['image_size']})` (mid-size: SigLIP-base-like tower, 12 "
         f"layers, width 768, features of layer {config.vision_feature_layer}; {config.mamba_num_layers} bidirectional "
         f"Mamba layers into width {config.text_config.hidden_size}; temporal pool {config.temporal_pool_size}), "
         "float32, "
         f"{settings['image_size']} px frames (patch 16: {(settings['image_size'] // 16) ** 2} patches, "
-        f"{config.merged_grid_size**2} tokens per frame; the image size is reduced from bench_compression's 256 px so "
+        f"{video_tokens(config, 1, temporal_pool_size=1)} tokens per frame; the image size is reduced from "
+        "bench_compression's 256 px so "
         "that both arms fit the 6 GB / ~10 min limits at 1024 frames on this shared machine). Micro-batch: "
         f"`vision_batch_size={config.vision_batch_size}` (the config default). {settings['threads']} torch thread(s) "
         "per worker; the two arms of a frame count run side by side, each in a fresh process. Both arms share the "
@@ -335,7 +342,7 @@ def main():
     settings.update(image_size=args.image_size, frames=args.frames)
     rows = run_encoding(args)
     settings["load_end"] = " ".join(f"{load:.1f}" for load in os.getloadavg())
-    config = bench_config(args.image_size)
+    config = mid_size_config(args.image_size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, config, args.out.with_suffix(".png"))
     args.out.write_text(render(rows, config, settings))

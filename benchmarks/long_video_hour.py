@@ -9,37 +9,13 @@ language-model call) and decoding (the later ones). Peak memory is the process's
 weights, pixels, activations and KV cache. Target of issue 9: the hour answered within 8 GB peak RSS.
 """
 
-import fractions
 import time
 from pathlib import Path
 
-import numpy as np
-from bench_compression import bench_config, proc_status_kib
+from common import mid_size_config, moving_bar_frame, proc_status_kib, write_video
 
 
 QUESTION = "What happens in this video?"
-
-
-def write_hour_video(path: Path, seconds: int, fps: int, size: int) -> None:
-    """An h264 video of `seconds * fps` distinct frames: a bar sweeping over a background that changes every frame."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("h264", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = fractions.Fraction(1, fps)
-        stream.options = {"preset": "ultrafast"}
-        frame_index = np.arange(seconds * fps)
-        colours = np.stack([(frame_index * 7) % 256, (frame_index * 13) % 256, (frame_index * 29) % 256], axis=1)
-        for index, colour in enumerate(colours.astype(np.uint8)):
-            frame = np.empty((size, size, 3), dtype=np.uint8)
-            frame[:] = colour
-            frame[:, (index * 3) % size] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def build_tokenizer():
@@ -93,7 +69,7 @@ def run_hour(args, work_dir: Path) -> dict:
     from storm_hf.conversion.processor import build_processor
 
     tokenizer = build_tokenizer()
-    config = bench_config(args.hour_image_size)
+    config = mid_size_config(args.hour_image_size)
     config.video_token_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
     config.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     config.text_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -104,7 +80,8 @@ def run_hour(args, work_dir: Path) -> dict:
 
     video = work_dir / "hour.mp4"
     started = time.perf_counter()
-    write_hour_video(video, args.hour_seconds, args.hour_fps, args.hour_image_size)
+    frames = (moving_bar_frame(index, args.hour_image_size) for index in range(args.hour_seconds * args.hour_fps))
+    write_video(video, frames, args.hour_fps, codec="h264", options={"preset": "ultrafast"})
     write_seconds = time.perf_counter() - started
 
     budget = {"max_visual_tokens": args.max_visual_tokens}
