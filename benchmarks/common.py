@@ -106,8 +106,10 @@ def start_run(argv: list[str] | None = None) -> dict:
 
 
 def finish_run(run: dict) -> dict:
-    """`run` (from `start_run`) with the load average after and the wall time in seconds."""
+    """`run` (from `start_run`) with the machine as the run ended (torch threads as the benchmark set them), the load
+    average after and the wall time in seconds."""
     finished = {key: value for key, value in run.items() if key != "started"}
+    finished["machine"] = machine()  # torch threads as the benchmark set them
     finished["load_after"] = load_average()
     finished["wall_seconds"] = round(time.time() - run["started"], 1)
     return finished
