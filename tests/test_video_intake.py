@@ -87,7 +87,8 @@ class OpenWatch:
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Routes: /video.mp4 (a real video), /redirect-internal (302 to the internal server), /redirect-file (302 to a
     file:// URL), /loop (302 to itself),
-    /endless (a body without end), /trickle (188 bytes every 0.2 s), /huge (Content-Length of 1 TB)."""
+    /endless (a body without end), /trickle (188 bytes every 0.2 s), /trickle-headers (a header one byte every 0.05 s),
+    /huge (Content-Length of 1 TB)."""
 
     def do_GET(self):
         server = self.server
@@ -102,6 +103,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", str(10**12))
             self.end_headers()
+        elif self.path == "/trickle-headers":
+            with contextlib.suppress(OSError):
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(400):  # bounded: 20 s of header
+                    self.wfile.write(b"a")
+                    time.sleep(0.05)
         elif self.path in ("/endless", "/trickle"):
             self.send_response(200)
             self.end_headers()
@@ -285,6 +292,9 @@ def hostile_cases():
         ),
         "huge content length": source("{trusted}/huge", ByteBudgetError, "byte budget", TRUST),
         "trickling body": source("{trusted}/trickle", DeadlineExceededError, "1.5s", TRUST.replace(deadline_s=1.5)),
+        "trickling headers": source(
+            "{trusted}/trickle-headers", DeadlineExceededError, "1.5s", TRUST.replace(deadline_s=1.5)
+        ),
         "fifo": source("{secret}", NotARegularFileError, "FIFO"),
         "device": source("/dev/zero", NotARegularFileError, "a device"),
         "kernel pseudo-file": source("/proc/self/environ", FormatRefusedError, "is empty (0 bytes)"),

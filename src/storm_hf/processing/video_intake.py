@@ -13,6 +13,7 @@ Every refusal is a subclass of `VideoDecodingError` naming the rule and the sett
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import http.client
 import ipaddress
@@ -23,6 +24,7 @@ import socket
 import ssl
 import stat
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -429,39 +431,44 @@ def _download(url: str, name: str, policy: VideoIntakePolicy, deadline: Deadline
     host, port = parts.hostname or "", parts.port or (443 if https else 80)
     address = checked_address(host, port, name, policy)
     try:
-        sock = socket.create_connection((address, port), timeout=deadline.timeout(policy.read_timeout_s))
-        if https:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-        connection = http.client.HTTPConnection(host, port)  # the connected socket is used as is
-        connection.sock = sock
-        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
-        connection.request("GET", target, headers={"Accept-Encoding": "identity", "User-Agent": "storm-hf"})
-        response = connection.getresponse()
-        try:
-            if response.status in _REDIRECT_STATUSES:
-                location = response.getheader("Location")
-                if not location:
-                    raise VideoDecodingError(f"{name} answered HTTP {response.status} without a Location.")
-                return location
-            if response.status != 200:
-                raise VideoDecodingError(f"{name} answered HTTP {response.status} {response.reason}; check the URL.")
-            length = response.getheader("Content-Length")
-            if length is not None and length.isdigit() and int(length) > policy.max_bytes:
-                raise _over_budget(name, policy)
-            spool.seek(0)
-            spool.truncate()
-            received = 0
-            while True:
-                sock.settimeout(deadline.timeout(policy.read_timeout_s))
-                chunk = response.read1(_DOWNLOAD_CHUNK)
-                if not chunk:
-                    return None
-                received += len(chunk)
-                if received > policy.max_bytes:
+        with _DeadlineWatchdog(deadline) as watchdog:
+            sock = socket.create_connection((address, port), timeout=deadline.timeout(policy.read_timeout_s))
+            watchdog.watch(sock)
+            if https:  # the handshake as a whole is bounded by the socket's timeout
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+                watchdog.watch(sock)
+            connection = http.client.HTTPConnection(host, port)  # the connected socket is used as is
+            connection.sock = sock
+            target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+            connection.request("GET", target, headers={"Accept-Encoding": "identity", "User-Agent": "storm-hf"})
+            response = connection.getresponse()
+            try:
+                if response.status in _REDIRECT_STATUSES:
+                    location = response.getheader("Location")
+                    if not location:
+                        raise VideoDecodingError(f"{name} answered HTTP {response.status} without a Location.")
+                    return location
+                if response.status != 200:
+                    raise VideoDecodingError(
+                        f"{name} answered HTTP {response.status} {response.reason}; check the URL."
+                    )
+                length = response.getheader("Content-Length")
+                if length is not None and length.isdigit() and int(length) > policy.max_bytes:
                     raise _over_budget(name, policy)
-                spool.write(chunk)
-        finally:
-            connection.close()
+                spool.seek(0)
+                spool.truncate()
+                received = 0
+                while True:
+                    sock.settimeout(deadline.timeout(policy.read_timeout_s))
+                    chunk = response.read1(_DOWNLOAD_CHUNK)
+                    if not chunk:
+                        return None
+                    received += len(chunk)
+                    if received > policy.max_bytes:
+                        raise _over_budget(name, policy)
+                    spool.write(chunk)
+            finally:
+                connection.close()
     except (TimeoutError, socket.timeout):
         deadline.check()
         raise VideoDecodingError(
@@ -470,6 +477,45 @@ def _download(url: str, name: str, policy: VideoIntakePolicy, deadline: Deadline
         ) from None
     except (OSError, http.client.HTTPException) as error:
         raise VideoDecodingError(f"{name} could not be fetched ({error}); check the URL.") from None
+
+
+class _DeadlineWatchdog:
+    """Shuts the watched socket down once the deadline has passed, which ends any read blocked on it: the per-read
+    timeout does not bound a server that trickles its status line or headers a byte at a time (`http.client` reads
+    them without looking at the deadline). Leaving the block closes the socket, and raises `DeadlineExceededError`
+    when the watchdog fired, whatever the cut-off reads made of the response."""
+
+    def __init__(self, deadline: Deadline):
+        self.deadline, self.sock, self.fired = deadline, None, False
+        remaining = deadline.remaining()
+        # A little past the end, so that `deadline.check()` raises once the watchdog has fired.
+        self.timer = None if remaining is None else threading.Timer(max(remaining, 0.0) + 0.01, self._shut_down)
+
+    def __enter__(self):
+        if self.timer is not None:
+            self.timer.daemon = True
+            self.timer.start()
+        return self
+
+    def watch(self, sock) -> None:
+        """Watch `sock` from now on (a TLS socket replaces the plain one it wraps); raises when the deadline has
+        passed, in case the watchdog fired before."""
+        self.sock = sock
+        self.deadline.check()
+
+    def _shut_down(self) -> None:
+        self.fired = True
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    def __exit__(self, *exc_info):
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.sock is not None:
+            self.sock.close()
+        if self.fired:
+            self.deadline.check()
 
 
 def _over_budget(name: str, policy: VideoIntakePolicy) -> ByteBudgetError:
