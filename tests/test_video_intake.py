@@ -504,6 +504,16 @@ def test_image_entries_are_read_under_the_policy(media, internal, tmp_path):
     torch.testing.assert_close(from_path["pixel_values"], from_image["pixel_values"], rtol=0, atol=0)
 
 
+def test_image_pixel_bombs_are_refused_by_name(tmp_path):
+    over_budget, over_pil_limit = tmp_path / "over_budget.png", tmp_path / "over_pil_limit.png"
+    over_budget.write_bytes(png_bytes(5000, 5000))  # 25 M pixels: over the 16.8 M budget, under PIL's limit
+    over_pil_limit.write_bytes(png_bytes(16000, 16000))  # 256 M pixels: PIL refuses it as it opens it
+    with pytest.raises(FramePixelBudgetError, match="5000x5000 image, over the intake pixel budget of 16777216"):
+        PROCESSOR(text=PROCESSOR.image_token, images=[str(over_budget)])
+    with pytest.raises(FramePixelBudgetError, match="decompression-bomb limit .* intake pixel budget of 16777216"):
+        PROCESSOR(text=PROCESSOR.image_token, images=[str(over_pil_limit)])
+
+
 def test_gif_in_a_video_entry_is_decoded_as_a_video(tmp_path):
     frames = [Image.fromarray(frame) for frame in make_frames(6)]
     animated, still = tmp_path / "animated.gif", tmp_path / "still.gif"

@@ -544,6 +544,12 @@ def read_image_frame(source, policy: VideoIntakePolicy):
                     f"{policy.max_frame_pixels} pixels per frame; raise `VideoIntakePolicy(max_frame_pixels=...)`."
                 )
             return np.array(image.convert("RGB"))  # writable: torch.from_numpy warns about read-only arrays
+    except PIL.Image.DecompressionBombError as error:  # over PIL's own limit, refused as PIL opens it
+        raise FramePixelBudgetError(
+            f"{name} is an image over PIL's decompression-bomb limit ({error}), and over the intake pixel budget of "
+            f"{policy.max_frame_pixels} pixels per frame unless `VideoIntakePolicy(max_frame_pixels=...)` was raised; "
+            "to decode it, raise that budget and `PIL.Image.MAX_IMAGE_PIXELS`."
+        ) from None
     except PIL.UnidentifiedImageError:
         raise FormatRefusedError(
             f"{name} is not an image PIL can read; if it is a video, pass it as a video (`videos=` or a "
