@@ -497,6 +497,10 @@ def test_image_entries_are_read_under_the_policy(media, internal, tmp_path):
     assert internal.log == []
     with pytest.raises(FormatRefusedError, match="given.mp4' is not an image .* pass it as a video"):
         PROCESSOR.apply_chat_template(image_chat(str(media["given"])), tokenize=True, return_dict=True)
+    eps = tmp_path / "drawing.eps"  # PIL would render it by running Ghostscript on it
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n")
+    with pytest.raises(FormatRefusedError, match="drawing.eps' is not an image in a format the intake reads"):
+        PROCESSOR.apply_chat_template(image_chat(str(eps)), tokenize=True, return_dict=True)
     photo = tmp_path / "photo.png"
     Image.fromarray(make_frames(1)[0]).save(photo)
     from_path = PROCESSOR.apply_chat_template(image_chat(str(photo)), tokenize=True, return_dict=True)

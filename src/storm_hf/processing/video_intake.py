@@ -100,6 +100,9 @@ LIVE_PROTOCOLS = {
 }
 # Live URLs that receive rather than connect (a listening tcp/rtmp/srt socket, any udp input) reach no other host.
 _LISTEN_QUERY = {"tcp": ("listen",), "rtmp": ("listen",), "rtmps": ("listen",), "srt": ("mode",)}
+# Raster formats PIL decodes itself that images are read in (PIL's names); others are refused unopened: EPS, for
+# one, is rendered by running Ghostscript on the file.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 _DOWNLOAD_CHUNK = 1 << 16
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
@@ -537,7 +540,8 @@ def read_image_frame(source, policy: VideoIntakePolicy):
         if resolved.is_live:
             raise VideoSourceRefusedError(f"{name} is a live stream, not an image file.")
         target = resolved.target
-        with PIL.Image.open(target[len("file:") :] if isinstance(target, str) else target) as image:
+        path_or_file = target[len("file:") :] if isinstance(target, str) else target
+        with PIL.Image.open(path_or_file, formats=IMAGE_FORMATS) as image:
             if image.width * image.height > policy.max_frame_pixels:
                 raise FramePixelBudgetError(
                     f"{name} is a {image.width}x{image.height} image, over the intake pixel budget of "
@@ -552,8 +556,8 @@ def read_image_frame(source, policy: VideoIntakePolicy):
         ) from None
     except PIL.UnidentifiedImageError:
         raise FormatRefusedError(
-            f"{name} is not an image PIL can read; if it is a video, pass it as a video (`videos=` or a "
-            '`{"type": "video"}` chat entry).'
+            f"{name} is not an image in a format the intake reads ({', '.join(IMAGE_FORMATS)}); convert it to PNG or "
+            'JPEG, or if it is a video, pass it as a video (`videos=` or a `{"type": "video"}` chat entry).'
         ) from None
     finally:
         resolved.close()
