@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -47,7 +46,7 @@ import numpy as np
 
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import HEADLINE_END, HEADLINE_START  # noqa: E402
+from common import HEADLINE_END, HEADLINE_START, code_state  # noqa: E402
 
 
 RESULTS = Path(__file__).parent / "results"
@@ -373,12 +372,9 @@ def plot(table: list[dict], path: Path, title: str) -> None:
 
 
 def git_commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-    )
-    return commit + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    """The commit, flagged when tracked files differ from it (`common.code_state`)."""
+    state = code_state()
+    return state["commit"] + (" (with uncommitted changes)" if state["dirty"] else "")
 
 
 def write_report(out: Path, results, data_report, overlap, settings, environment) -> str:
