@@ -47,7 +47,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -56,6 +55,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
 from common import PAD_TOKEN_ID, VIDEO_TOKEN_ID, mid_size_config, proc_status_kib
 
 
@@ -373,32 +373,18 @@ def describe_model(model):
 
 
 def code_state():
-    """The commit, and the model files that differ from it (the model is benchmarked as it is in the working tree)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src/storm_hf/modeling"], cwd=root, capture_output=True, text=True
-        ).stdout.split("\n")
-    except OSError:
-        return "unknown (no git)"
-    dirty = [line.strip() for line in dirty if line.strip()]
-    return f"commit {head.strip()}" + (f"; model files not as committed: {', '.join(dirty)}" if dirty else "")
+    """The commit and the tracked files that differ from it (`common.code_state`), as one line."""
+    state = common.code_state()
+    changed = f"; uncommitted changes to {', '.join(state['uncommitted_files'])}" if state["dirty"] else ""
+    return f"commit {state['commit'][:12]}{changed}"
 
 
 def machine_description(args):
-    import torch
-
-    if args.device.startswith("cuda"):
-        name = torch.cuda.get_device_name(torch.device(args.device))
-        return f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    with open("/proc/cpuinfo") as cpuinfo:
-        cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    return (
-        f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, {platform.system()} "
-        f"{platform.release()}"
-    )
+    """The GPU, or the CPU with its cores and torch threads (`common.machine`), and the versions, as one line."""
+    machine, versions = common.machine(), common.versions()
+    cpu = f"{machine['cpu']} ({machine['architecture']}), {machine['cpu_count']} cores"
+    device = machine["gpu"] if args.device.startswith("cuda") else f"{cpu}, {machine['torch_threads']} torch threads"
+    return f"{device}, torch {versions['torch']}, Python {versions['python']}, {machine['os']}"
 
 
 def summarize(samples, args):
