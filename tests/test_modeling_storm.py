@@ -428,6 +428,7 @@ def test_trust_remote_code_loading_without_storm_hf(tmp_path):
     assert config["auto_map"] == {
         "AutoConfig": "configuration_storm.StormConfig",
         "AutoModelForImageTextToText": "modeling_storm.StormForConditionalGeneration",
+        "AutoModelForMultimodalLM": "modeling_storm.StormForConditionalGeneration",
     }
     with torch.no_grad():  # as the loaded model runs: inference scans in chunks, training at once (equal to rounding)
         torch.save({"inputs": inputs, "logits": model(**inputs).logits}, tmp_path / "expected.pt")
