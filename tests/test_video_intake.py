@@ -651,6 +651,36 @@ def test_pixel_bombs_stay_within_bounded_memory(media):
     assert int(growth_mib) < 1536, f"peak RSS grew by {growth_mib} MiB"
 
 
+IMAGE_FILES_MEMORY_SCRIPT = """
+import resource, sys
+from storm_hf.processing import StormVideoProcessor
+processor = StormVideoProcessor()
+processor(sys.argv[1:3], do_sample_frames=False)  # warm up
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+processor(sys.argv[1:], do_sample_frames=False)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) // 1024)  # MiB (Linux reports KiB)
+"""
+
+
+def test_a_video_of_image_files_is_read_within_the_frame_budget_and_resized_as_read(tmp_path):
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(png_bytes(3000, 3000))  # 26 MiB per frame as RGB, within the pixel budget
+    with pytest.raises(FrameCountBudgetError, match="the video of 5 image files would return 5 frames, over .* of 4"):
+        PROCESSOR.video_processor([str(frame)] * 5, do_sample_frames=False, intake_policy=VIDEO_BUDGET_OF_4)
+    result = subprocess.run(
+        [sys.executable, "-c", IMAGE_FILES_MEMORY_SCRIPT, *[str(frame)] * 12],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    # measured: 37 MiB; 574 MiB when the frames were kept at their size until the whole list was read
+    assert int(result.stdout) < 200, f"peak RSS grew by {result.stdout.strip()} MiB for 12 frames"
+
+
+VIDEO_BUDGET_OF_4 = VideoIntakePolicy(max_decoded_frames=4)
+
+
 # ---------------------------------------------------------------- the pipeline and the commands
 
 

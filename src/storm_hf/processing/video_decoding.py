@@ -43,7 +43,6 @@ from transformers.video_utils import VideoMetadata
 from .video_intake import (
     Deadline,
     FormatRefusedError,
-    FrameCountBudgetError,
     FramePixelBudgetError,
     ImageNotVideoError,
     MissingTimestampsError,
@@ -239,8 +238,7 @@ def iter_video_frames(
                             continue
                         next_time = seconds + 1 / fps if fps is not None else None
                         yielded += 1
-                        if policy.max_decoded_frames is not None and yielded > policy.max_decoded_frames:
-                            raise _frame_count_error(video_input.name, f"more than {yielded - 1}", policy)
+                        policy.check_frame_count(yielded, video_input.name)
                         rgb = _to_rgb(frame)
                         yield seconds, rgb if resize_frames is None else resize_frames(rgb[None])[0]
             except av.FFmpegError as error:
@@ -575,9 +573,8 @@ def _sample(sample_indices_fn, metadata: StormVideoMetadata, video_input: _Video
     frames than the intake policy's `max_decoded_frames`."""
     name = video_input.name
     if sample_indices_fn is None:
-        indices = np.arange(metadata.total_num_frames)
-        _check_frame_count(indices, video_input)
-        return indices
+        video_input.policy.check_frame_count(metadata.total_num_frames, name)
+        return np.arange(metadata.total_num_frames)
     try:
         indices = np.asarray(sample_indices_fn(metadata=metadata))
     except ValueError as error:  # e.g. more frames asked for than the video has
@@ -596,22 +593,8 @@ def _sample(sample_indices_fn, metadata: StormVideoMetadata, video_input: _Video
             f"Frame indices {indices.tolist()} are out of range for {name}, which has {total} frames "
             f"(indices 0 to {total - 1})."
         )
-    _check_frame_count(indices, video_input)
+    video_input.policy.check_frame_count(len(np.unique(indices)), name)
     return indices.astype(np.int64)
-
-
-def _check_frame_count(indices: np.ndarray, video_input: _VideoInput) -> None:
-    count = len(np.unique(indices))
-    if video_input.policy.max_decoded_frames is not None and count > video_input.policy.max_decoded_frames:
-        raise _frame_count_error(video_input.name, count, video_input.policy)
-
-
-def _frame_count_error(name: str, count: int | str, policy: VideoIntakePolicy) -> FrameCountBudgetError:
-    return FrameCountBudgetError(
-        f"Reading {name} would return {count} frames, over the intake budget of {policy.max_decoded_frames} frames "
-        "per video; sample fewer (`num_frames`, a lower `fps`, `max_frames`) or raise "
-        "`VideoIntakePolicy(max_decoded_frames=...)`."
-    )
 
 
 def _image_error(name: str, what: str) -> ImageNotVideoError:

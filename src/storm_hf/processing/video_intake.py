@@ -131,8 +131,9 @@ class VideoIntakePolicy:
             and every demuxed packet; None for no limit (live streams).
         max_bytes: largest network or `data:` source, in bytes.
         max_frame_pixels: largest frame (width x height, from the stream header, and enforced by the decoder).
-        max_decoded_frames: most frames returned for one video (the distinct sampled frames of `read_video`, the
-            frames `iter_video_frames` yields); None for no limit (live streams).
+        max_decoded_frames: most frames returned for one video (the distinct sampled frames of `read_video` and of a
+            video given as a list of image paths or URLs, the frames `iter_video_frames` yields); None for no limit
+            (live streams).
     """
 
     allow_local_files: bool = True
@@ -176,6 +177,15 @@ class VideoIntakePolicy:
     def replace(self, **changes) -> "VideoIntakePolicy":
         """A copy with `changes` applied."""
         return dataclasses.replace(self, **changes)
+
+    def check_frame_count(self, count: int, name: str) -> None:
+        """Raise `FrameCountBudgetError` when `count` frames of the video `name` are over `max_decoded_frames`."""
+        if self.max_decoded_frames is not None and count > self.max_decoded_frames:
+            raise FrameCountBudgetError(
+                f"Reading {name} would return {count} frames, over the intake budget of {self.max_decoded_frames} "
+                "frames per video; sample fewer (`num_frames`, a lower `fps`, `max_frames`) or raise "
+                "`VideoIntakePolicy(max_decoded_frames=...)`."
+            )
 
     def ffmpeg_options(self, protocols: tuple[str, ...]) -> dict[str, str]:
         """`av.open` options binding the open and every nested open to `protocols` and the allowed demuxers, and the

@@ -516,8 +516,8 @@ class StormVideoProcessor(BaseVideoProcessor):
     def _decode_and_sample(
         video, metadata: VideoMetadata | None, sampler, policy: VideoIntakePolicy, resize_frames
     ) -> tuple:
-        """Decode a file under the intake `policy` (frames resized by `resize_frames` as they are decoded), or take
-        decoded frames, keeping the frames `sampler(metadata=...)` picks (all when None).
+        """Decode a file, or read a list of image files, under the intake `policy` (frames resized by `resize_frames` as
+        they are decoded), or take decoded frames, keeping the frames `sampler(metadata=...)` picks (all when None).
 
         Returns the (num_frames, ...) frames and the metadata with `frames_indices` set.
         """
@@ -542,11 +542,18 @@ class StormVideoProcessor(BaseVideoProcessor):
         metadata.frames_indices = indices.tolist()
         if not isinstance(video, list):
             return video[torch.as_tensor(indices) if isinstance(video, torch.Tensor) else indices], metadata
-        frames = [_frame_to_array(video[index], policy) for index in indices.tolist()]
-        if len({frame.shape for frame in frames}) > 1:
+        from_files = isinstance(video[0], (str, os.PathLike))
+        if from_files:  # read like a video file: within the policy's frame budget, each frame resized as it is read
+            policy.check_frame_count(len(set(metadata.frames_indices)), f"the video of {len(video)} image files")
+        frames, shapes = [], set()
+        for index in metadata.frames_indices:
+            frame = _frame_to_array(video[index], policy)
+            shapes.add(frame.shape)
+            frames.append(resize_frames(frame[None])[0] if from_files and resize_frames is not None else frame)
+        if len(shapes) > 1:
             raise ValueError(
-                f"The frames of a video given as a list have different shapes {sorted({f.shape for f in frames})}; "
-                "all frames of a video must have the same size."
+                f"The frames of a video given as a list have different shapes {sorted(shapes)}; all frames of a video "
+                "must have the same size."
             )
         return np.stack(frames), metadata
 
