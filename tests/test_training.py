@@ -174,6 +174,12 @@ def test_trainer_lowers_the_loss_and_keeps_the_chat_columns(tmp_path, tokenizer,
     assert _loss(model, batch) < before - 1.0
 
 
+def test_trainer_keeps_label_names_the_caller_set(tmp_path, tokenizer, processor):
+    args = training_arguments(tmp_path, label_names=[])  # no label columns: evaluation computes no loss
+    trainer = StormTrainer(model=tiny_task_model(tokenizer), args=args, data_collator=StormDataCollator(processor))
+    assert trainer.args.label_names == [] and not trainer.args.remove_unused_columns
+
+
 def test_alignment_stage_trains_only_the_projector(tmp_path, tokenizer, processor, task):
     model = tiny_task_model(tokenizer)
     apply_training_stage(model, "alignment")

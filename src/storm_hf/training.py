@@ -263,7 +263,8 @@ class StormTrainer(Trainer):
                 logger.info(
                     "StormTrainer: trains with `remove_unused_columns=False` to keep the chat columns for the collator."
                 )
-            args = replace(args, remove_unused_columns=False, label_names=args.label_names or ["labels"])
+            label_names = ["labels"] if args.label_names is None else args.label_names
+            args = replace(args, remove_unused_columns=False, label_names=label_names)
         if processing_class is None:
             processing_class = getattr(data_collator, "processor", None)
         if processing_class is None:
