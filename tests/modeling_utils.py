@@ -52,6 +52,15 @@ def tiny_model(seed: int = 0, **overrides) -> StormForConditionalGeneration:
     return StormForConditionalGeneration(tiny_config(**overrides)).eval()
 
 
+def tiny_model_for(processor, seed: int = 0, **overrides) -> StormForConditionalGeneration:
+    """`tiny_model` with `processor`'s tokenizer: its vocabulary size, pad token and placeholder token ids."""
+    config = tiny_config(image_token_id=processor.image_token_id, video_token_id=processor.video_token_id, **overrides)
+    config.text_config.vocab_size = len(processor.tokenizer)
+    config.text_config.pad_token_id = processor.tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    return StormForConditionalGeneration(config).eval()
+
+
 def video_tokens(config: StormConfig, num_frames: int, stride: int = 1) -> int:
     return accounting.video_tokens(config, num_frames, temporal_sampling_stride=stride)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from media import decode_all, make_frames, make_processor, write_video
-from modeling_utils import tiny_config
+from modeling_utils import tiny_model_for
 from PIL import Image
 from transformers.cache_utils import DynamicLayer
 
@@ -34,17 +34,7 @@ def processor():
 
 
 def causal_model(processor, **overrides) -> StormForConditionalGeneration:
-    tokenizer = processor.tokenizer
-    config = tiny_config(
-        image_token_id=processor.image_token_id,
-        video_token_id=processor.video_token_id,
-        temporal_pool_size=POOL,
-        **{"mamba_bidirectional": False, **overrides},
-    )
-    config.text_config.vocab_size = len(tokenizer)
-    config.text_config.pad_token_id = tokenizer.pad_token_id
-    torch.manual_seed(0)
-    return StormForConditionalGeneration(config).eval()
+    return tiny_model_for(processor, temporal_pool_size=POOL, **{"mamba_bidirectional": False, **overrides})
 
 
 @pytest.fixture(scope="module")

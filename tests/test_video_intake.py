@@ -27,11 +27,10 @@ import numpy as np
 import pytest
 import torch
 from media import make_frames, make_processor, write_video
-from modeling_utils import tiny_config
+from modeling_utils import tiny_model_for
 from PIL import Image
 from transformers import AutoVideoProcessor
 
-from storm_hf import StormForConditionalGeneration
 from storm_hf.commands import main
 from storm_hf.hub import save_checkpoint
 from storm_hf.processing import (
@@ -686,17 +685,7 @@ VIDEO_BUDGET_OF_4 = VideoIntakePolicy(max_decoded_frames=4)
 
 @pytest.fixture(scope="module")
 def model():
-    tokenizer = PROCESSOR.tokenizer
-    config = tiny_config(
-        image_token_id=PROCESSOR.image_token_id,
-        video_token_id=PROCESSOR.video_token_id,
-        temporal_pool_size=2,
-        mamba_bidirectional=False,
-    )
-    config.text_config.vocab_size = len(tokenizer)
-    config.text_config.pad_token_id = tokenizer.pad_token_id
-    torch.manual_seed(0)
-    return StormForConditionalGeneration(config).eval()
+    return tiny_model_for(PROCESSOR, temporal_pool_size=2, mamba_bidirectional=False)
 
 
 @pytest.fixture(scope="module")
