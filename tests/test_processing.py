@@ -307,17 +307,16 @@ def test_max_visual_tokens_errors(processor):
 def test_images_by_path_and_url_in_call_and_chat(processor, tmp_path):
     import functools
     import http.server
-    import threading
+
+    from http_servers import http_server
 
     path = tmp_path / "image.png"
     Image.fromarray(make_frames(1)[0]).save(path)
     expected = processor(text="<|image_pad|>", images=Image.open(path))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/image.png"
     loopback = VideoIntakePolicy(trusted_hosts=("127.0.0.1",))  # the intake policy refuses loopback URLs by default
-    try:
+    with http_server(handler) as server:
+        url = f"{server.url}/image.png"
         for image in (str(path), url):
             output = processor(text="<|image_pad|>", images=image, intake_policy=loopback)
             torch.testing.assert_close(output["pixel_values"], expected["pixel_values"])
@@ -329,8 +328,6 @@ def test_images_by_path_and_url_in_call_and_chat(processor, tmp_path):
             )
             torch.testing.assert_close(output["pixel_values"], expected["pixel_values"])
             assert output["input_ids"][0].count(processor.image_token_id) == num_visual_tokens(1, 56, 56, patch_size=14)
-    finally:
-        server.shutdown()
 
 
 def test_video_as_frame_paths_and_as_datasets_lists_equals_the_array(processor, tmp_path):

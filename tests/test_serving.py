@@ -18,7 +18,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
+from http_servers import http_server
 from transformers import AutoProcessor
 
 from storm_hf.hub import save_checkpoint
@@ -147,12 +147,8 @@ def video_host(clips):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=folder))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with http_server(functools.partial(Handler, directory=folder)) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

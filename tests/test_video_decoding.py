@@ -11,12 +11,12 @@ import http.server
 import io
 import multiprocessing
 import queue
-import threading
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from http_servers import http_server
 from media import make_frames, write_image, write_video
 
 from storm_hf.processing import (
@@ -462,22 +462,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def serve(data: bytes, ranges: bool):
-    """An HTTP server on 127.0.0.1 (a free port) serving `data`, in a thread; `server.url` is its address."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.data, server.ranges, server.log, server.daemon_threads = data, ranges, [], True
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 @pytest.fixture(scope="module")
 def noisy_videos(tmp_path_factory) -> dict[str, Path]:
     """Videos of noise, hundreds of kilobytes: larger than FFmpeg's read buffer, so that seeks need new requests."""
@@ -492,7 +476,7 @@ LOOPBACK = VideoIntakePolicy(trusted_hosts=("127.0.0.1",), read_timeout_s=10)  #
 @pytest.mark.parametrize("ranges", [True, False], ids=["range requests", "no range support"])
 def test_http_url_reads_like_the_file(noisy_videos, ranges):
     path = noisy_videos["mkv"]
-    with serve(path.read_bytes(), ranges) as server:
+    with http_server(_Handler, data=path.read_bytes(), ranges=ranges, log=[]) as server:
         frames, metadata = read_video(f"{server.url}/clip.mkv", pick([2, 17, 27]), policy=LOOPBACK)
     np.testing.assert_array_equal(frames, sequential_decode(path)[0][[2, 17, 27]])
     assert metadata.total_num_frames == NUM_FRAMES
@@ -501,7 +485,7 @@ def test_http_url_reads_like_the_file(noisy_videos, ranges):
 
 def test_http_mp4_with_its_index_at_the_end_is_read_without_range_requests(noisy_videos):
     # PyAV writes the mp4 index (moov) after the frames: read whole (within the byte budget), it needs no seeking.
-    with serve(noisy_videos["mp4"].read_bytes(), ranges=False) as server:
+    with http_server(_Handler, data=noisy_videos["mp4"].read_bytes(), ranges=False, log=[]) as server:
         frames = read_video(f"{server.url}/clip.mp4", pick([5, 25]), policy=LOOPBACK)[0]
     np.testing.assert_array_equal(frames, sequential_decode(noisy_videos["mp4"])[0][[5, 25]])
 

@@ -26,6 +26,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from http_servers import http_server
 from media import make_frames, make_processor, write_video
 from modeling_utils import tiny_model_for
 from PIL import Image
@@ -134,21 +135,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def serve(host: str, video: bytes, internal_url: str = ""):
-    server = http.server.ThreadingHTTPServer((host, 0), _Handler)
-    server.daemon_threads, server.video, server.internal_url, server.log = True, video, internal_url, []
-    server.url = f"http://{host}:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 # ---------------------------------------------------------------- hostile files
 
 
@@ -206,13 +192,14 @@ def secret(tmp_path):
 
 @pytest.fixture(scope="module")
 def internal(media):
-    with serve("127.0.0.1", media["given"].read_bytes()) as server:
+    with http_server(_Handler, video=media["given"].read_bytes(), internal_url="", log=[]) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def trusted(media, internal):
-    with serve(TRUSTED_HOST, media["given"].read_bytes(), internal_url=internal.url) as server:
+    video = media["given"].read_bytes()
+    with http_server(_Handler, TRUSTED_HOST, video=video, internal_url=internal.url, log=[]) as server:
         yield server
 
 
