@@ -108,10 +108,6 @@ def tensor_shape(tensor) -> tuple[int, ...]:
     return tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else tuple(tensor.get_shape())
 
 
-def materialize(tensor) -> torch.Tensor:
-    return tensor if isinstance(tensor, torch.Tensor) else tensor[:]
-
-
 @dataclass(frozen=True)
 class Rule:
     """Source keys matching `pattern` (a full-match regex) become `target` (a `re` template, or a function of the
