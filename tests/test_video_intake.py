@@ -14,6 +14,7 @@ import fractions
 import http.server
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -373,8 +374,6 @@ def test_the_witnesses_see_what_a_permissive_policy_opens(media, secret, interna
 
 
 def test_silent_live_source_ends_within_the_read_timeout():
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -383,6 +382,26 @@ def test_silent_live_source_ends_within_the_read_timeout():
     with pytest.raises(VideoDecodingError, match=f"'udp://127.0.0.1:{port}' sent no data for 1s"):
         next(iter_video_frames(f"udp://127.0.0.1:{port}", policy=policy, format="mpegts"))
     assert time.monotonic() - started < CASE_TIME_LIMIT_S
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "tcp://127.0.0.1:{port}?listen=0",  # FFmpeg connects: listen=0 is not listening
+        "rtmp://127.0.0.1:{port}/live/key?listen=1",  # FFmpeg's rtmp reads no options from the URL: it connects
+        "srt://127.0.0.1:{port}?mode=rendezvous",  # rendezvous sends to the host
+    ],
+)
+def test_enabled_live_url_that_connects_has_its_host_checked(url):
+    scheme = url.partition(":")[0]
+    with socket.create_server(("127.0.0.1", 0)) as witness:
+        witness.settimeout(1)
+        source = url.format(port=witness.getsockname()[1])
+        policy = VideoIntakePolicy(live_protocols={scheme}, read_timeout_s=1, deadline_s=5)
+        with pytest.raises(PrivateAddressError, match="leads to 127.0.0.1"):
+            next(iter_video_frames(source, policy=policy, format="mpegts"))
+        with pytest.raises(TimeoutError):
+            witness.accept()[0].close()  # nothing connected to the internal host
 
 
 def test_redirects_are_checked_again_and_bounded(media, internal, trusted):
@@ -715,8 +734,6 @@ def test_commands_refuse_by_name_without_opening_anything_else(
 
 def test_stream_command_reads_a_live_tcp_source(checkpoint, media, capsys):
     """The documented live protocols stay open to `storm-hf stream`: a loopback TCP listener, fed an mpegts stream."""
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -98,8 +98,6 @@ LIVE_PROTOCOLS = {
     "rtmps": ("rtmps", "rtmp", "tls", "tcp"),
     "srt": ("srt",),
 }
-# Live URLs that receive rather than connect (a listening tcp/rtmp/srt socket, any udp input) reach no other host.
-_LISTEN_QUERY = {"tcp": ("listen",), "rtmp": ("listen",), "rtmps": ("listen",), "srt": ("mode",)}
 # Raster formats PIL decodes itself that images are read in (PIL's names); others are refused unopened: EPS, for
 # one, is rendered by running Ghostscript on the file.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
@@ -401,14 +399,28 @@ def checked_address(host: str, port: int, name: str, policy: VideoIntakePolicy) 
 
 
 def _checked_live_url(url: str, scheme: str, name: str, policy: VideoIntakePolicy) -> str:
-    """A live URL, its host checked unless it only receives (udp input, a listening socket)."""
+    """A live URL, its host checked unless it only receives (udp input, a listening tcp or srt socket)."""
     parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qs(parts.query)
-    listens = any(key in query for key in _LISTEN_QUERY.get(scheme, ())) and query.get("mode") != ["caller"]
-    if scheme == "udp" or listens or not parts.hostname:
+    if scheme == "udp" or _listens(scheme, url) or not parts.hostname:
         return url
     checked_address(parts.hostname, parts.port or 0, name, policy)
     return url
+
+
+def _listens(scheme: str, url: str) -> bool:
+    """Whether FFmpeg opens the live `url` as a listening socket, read from its query as FFmpeg's tcp and srt protocols
+    read it (`av_find_info_tag`: from the first '?', the first option of a name, nothing percent-decoded). tcp listens
+    for a bare `listen`, `listen=1` or `listen=2` and connects for `listen=0` (FFmpeg refuses values it cannot read);
+    srt listens for `mode=listener` (not rendezvous, which sends to the host); rtmp takes `listen` only as an FFmpeg
+    option, never from the URL, so an rtmp URL always connects."""
+    options = {}
+    for option in url.partition("?")[2].split("&"):
+        key, _, value = option.partition("=")
+        options.setdefault(key, value)
+    if scheme == "tcp" and "listen" in options:
+        number = re.match(r"\s*[+-]?\d+", options["listen"])
+        return number is None or int(number[0]) in (1, 2)
+    return scheme == "srt" and options.get("mode") == "listener"
 
 
 def fetch_http(url: str, name: str, policy: VideoIntakePolicy, deadline: Deadline):
