@@ -359,10 +359,15 @@ def _local_file(path: str, name: str, policy: VideoIntakePolicy) -> str:
 
 def _data_url_bytes(url: str, name: str, policy: VideoIntakePolicy) -> bytes:
     if not policy.allow_data_urls:
-        raise VideoSourceRefusedError(f"{name} is a data: URL, which this intake policy does not allow.")
+        raise VideoSourceRefusedError(
+            f"{name} is a data: URL, which this intake policy does not allow (`allow_data_urls=False`); pass the "
+            "video's bytes instead, or allow data: URLs."
+        )
     header, comma, payload = url.partition(",")
     if not comma:
-        raise VideoDecodingError(f"{name} is not a valid data: URL (no ',' before the data).")
+        raise VideoDecodingError(
+            f"{name} is not a valid data: URL (no ',' before the data); write it as `data:video/mp4;base64,<data>`."
+        )
     is_base64 = header.lower().endswith(";base64")
     size = len(payload) * 3 // 4 if is_base64 else len(payload)
     if size > policy.max_bytes:
@@ -375,7 +380,7 @@ def _data_url_bytes(url: str, name: str, policy: VideoIntakePolicy) -> bytes:
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise VideoDecodingError(f"{name} is not valid base64 ({error}).") from None
+        raise VideoDecodingError(f"{name} is not valid base64 ({error}); encode the video's bytes as base64.") from None
 
 
 def checked_address(host: str, port: int, name: str, policy: VideoIntakePolicy) -> str:
@@ -386,7 +391,9 @@ def checked_address(host: str, port: int, name: str, policy: VideoIntakePolicy) 
         try:
             answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as error:
-            raise VideoDecodingError(f"{name}: the host {host!r} could not be resolved ({error}).") from None
+            raise VideoDecodingError(
+                f"{name}: the host {host!r} could not be resolved ({error}); check the URL's host name."
+            ) from None
         addresses = [ipaddress.ip_address(answer[4][0].split("%")[0]) for answer in answers]
     for address in addresses:
         if not policy.is_trusted(host, address):
@@ -439,7 +446,9 @@ def fetch_http(url: str, name: str, policy: VideoIntakePolicy, deadline: Deadlin
                 return spool
             url = urllib.parse.urljoin(url, location)
             if url_scheme(url) not in ("http", "https"):
-                raise VideoSourceRefusedError(f"{name} redirects to {url!r}, which is not an http(s) URL.")
+                raise VideoSourceRefusedError(
+                    f"{name} redirects to {url!r}, which is not an http(s) URL; only http(s) redirects are followed."
+                )
         raise TooManyRedirectsError(
             f"{name} redirected more than {policy.max_redirects} times; raise "
             "`VideoIntakePolicy(max_redirects=...)` or pass the final URL."
@@ -471,7 +480,9 @@ def _download(url: str, name: str, policy: VideoIntakePolicy, deadline: Deadline
                 if response.status in _REDIRECT_STATUSES:
                     location = response.getheader("Location")
                     if not location:
-                        raise VideoDecodingError(f"{name} answered HTTP {response.status} without a Location.")
+                        raise VideoDecodingError(
+                            f"{name} answered HTTP {response.status} without a Location; pass the video's final URL."
+                        )
                     return location
                 if response.status != 200:
                     raise VideoDecodingError(
@@ -560,7 +571,7 @@ def read_image_frame(source, policy: VideoIntakePolicy):
     resolved = resolve_source(source, name, policy, Deadline(policy.deadline_s, name))
     try:
         if resolved.is_live:
-            raise VideoSourceRefusedError(f"{name} is a live stream, not an image file.")
+            raise VideoSourceRefusedError(f"{name} is a live stream, not an image file; pass an image file or URL.")
         target = resolved.target
         path_or_file = target[len("file:") :] if isinstance(target, str) else target
         with PIL.Image.open(path_or_file, formats=IMAGE_FORMATS) as image:
