@@ -393,11 +393,10 @@ class StormVideoProcessor(BaseVideoProcessor):
                 for sample, sample_plans in zip(samples, plans)
             ]
         resize_frames = None if size is None else self.frame_resizer(kwargs.get("size"), kwargs.get("resample"))
+        policy = settings["intake_policy"] or environment_policy()
         decoded, sampled_metadata = [], []
         for video, video_metadata, sampler in zip(flat_videos, metadata, itertools.chain(*samplers)):
-            frames, video_metadata = self._decode_and_sample(
-                video, video_metadata, sampler, settings["intake_policy"] or environment_policy(), resize_frames
-            )
+            frames, video_metadata = self._decode_and_sample(video, video_metadata, sampler, policy, resize_frames)
             decoded.append(frames)
             sampled_metadata.append(video_metadata)
         sample_strides = [
