@@ -494,8 +494,9 @@ def render(rows: list[dict], args) -> tuple[str, str]:
     body = [
         f"Vision `{args.vision}` ({VISION_SHAPES[args.vision]['px']} px, patch {VISION_SHAPES[args.vision]['patch']}), "
         f"LLM `{args.llm}`-shaped Qwen2, random weights, {args.dtype} on {args.device}, "
-        f"{args.new_tokens} greedy tokens per generate. Prompt: {TEXT_BEFORE} text tokens, the visual placeholders, "
-        f"{TEXT_AFTER} text tokens. One process per arm; 1-minute load average during the arms "
+        f"{args.threads or 'default'} torch thread(s) per arm, {args.new_tokens} greedy tokens per generate. "
+        f"Prompt: {TEXT_BEFORE} text tokens, the visual placeholders, {TEXT_AFTER} text tokens. "
+        "One process per arm; 1-minute load average during the arms "
         f"{min(loads)}-{max(loads)}.",
         "",
         "Parameters per part (vision towers and LLMs checked equal to STORM's within 5%):",
@@ -512,6 +513,7 @@ def plot(rows: list[dict], path: Path, title: str):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for arm in ARMS:
@@ -519,8 +521,11 @@ def plot(rows: list[dict], path: Path, title: str):
         if points:
             axis.plot(*zip(*points), marker="o", label=arm, linestyle="--" if arm == "LLM alone" else "-")
     frames = sorted({row["frames"] for row in rows})
-    axis.set(xlabel="frames", ylabel="prefill CPU s (to the first token)", xscale="log", yscale="log", title=title)
+    axis.set(xlabel="frames", ylabel="prefill CPU s (to the first token)", yscale="log")
+    axis.set_title(title, fontsize=9)
+    axis.set_xscale("log", base=2)
     axis.set_xticks(frames, [str(f) for f in frames])
+    axis.xaxis.set_minor_locator(NullLocator())
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
