@@ -656,6 +656,16 @@ def test_pixel_bombs_stay_within_bounded_memory(media):
     assert int(growth_mib) < 1536, f"peak RSS grew by {growth_mib} MiB"
 
 
+@pytest.mark.parametrize("entry_point", ["decoder", "processor", "chat"])
+def test_a_video_of_more_frames_than_the_index_budget_is_refused_before_it_is_indexed(entry_point, media):
+    """Sampling 4 frames stays within `max_decoded_frames`; the 60 frames the file holds are over the index budget."""
+    policy = VideoIntakePolicy(max_indexed_frames=59)
+    with pytest.raises(FrameCountBudgetError, match="more than 59 frames.*max_indexed_frames"):
+        ENTRY_POINTS[entry_point](str(media["many_frames"]), policy)
+    frames, _ = read_video(str(media["many_frames"]), policy=policy.replace(max_indexed_frames=60))
+    assert len(frames) == 60
+
+
 IMAGE_FILES_MEMORY_SCRIPT = """
 import resource, sys
 from storm_hf.processing import StormVideoProcessor

@@ -523,6 +523,7 @@ class _FrameIndex:
             if packet.size == 0 or packet.is_discard:
                 continue
             pts.append(packet.pts)
+            video_input.policy.check_indexed_frames(len(pts), video_input.name)
             if packet.is_keyframe and packet.pts is not None:
                 dts = packet.dts if packet.dts is not None else packet.pts
                 keyframes.append((packet.pts, packet.pts if seek_by_pts else min(packet.pts, dts)))
@@ -544,7 +545,10 @@ class _FrameIndex:
         gave every frame a pts, in increasing order (else `time_base` is None)."""
         with video_input.open() as container:
             stream = _video_stream(container, video_input)
-            pts = [frame.pts for packet in _demux(container, stream, video_input) for frame in packet.decode()]
+            pts = []
+            for packet in _demux(container, stream, video_input):
+                pts.extend(frame.pts for frame in packet.decode())
+                video_input.policy.check_indexed_frames(len(pts), video_input.name)
             time_base, start_time = float(stream.time_base), (container.start_time or 0) / 1_000_000
         if None in pts or sorted(set(pts)) != pts:
             pts, time_base = list(range(len(pts))), None

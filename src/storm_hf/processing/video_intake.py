@@ -80,7 +80,7 @@ class FramePixelBudgetError(VideoBudgetError):
 
 
 class FrameCountBudgetError(VideoBudgetError):
-    """More frames were asked for than `max_decoded_frames`."""
+    """More frames were asked for than `max_decoded_frames`, or a video has more than `max_indexed_frames`."""
 
 
 # FFmpeg demuxers of video containers and elementary video streams (names as in `container.format.name`, which lists
@@ -132,6 +132,8 @@ class VideoIntakePolicy:
         max_decoded_frames: most frames returned for one video (the distinct sampled frames of `read_video` and of a
             video given as a list of image paths or URLs, the frames `iter_video_frames` yields); None for no limit
             (live streams).
+        max_indexed_frames: most frames a video may contain: reading one keeps the timestamp of each of its frames in
+            memory (about 100 bytes a frame), so a small file of millions of tiny frames is refused instead.
     """
 
     allow_local_files: bool = True
@@ -146,6 +148,7 @@ class VideoIntakePolicy:
     max_bytes: int = 8 * 2**30
     max_frame_pixels: int = 4096 * 4096
     max_decoded_frames: int | None = 4096
+    max_indexed_frames: int = 2_000_000
 
     def __post_init__(self):
         for name in ("live_protocols", "allowed_demuxers", "trusted_hosts"):
@@ -160,7 +163,13 @@ class VideoIntakePolicy:
         for host in self.trusted_hosts:
             if not isinstance(host, str) or not host:
                 raise ValueError(f"`trusted_hosts` holds host names or networks as strings, got {host!r}.")
-        counts = (("max_redirects", 0), ("max_bytes", 1), ("max_frame_pixels", 1), ("max_decoded_frames", 1))
+        counts = (
+            ("max_redirects", 0),
+            ("max_bytes", 1),
+            ("max_frame_pixels", 1),
+            ("max_decoded_frames", 1),
+            ("max_indexed_frames", 1),
+        )
         for name, smallest in counts:
             value = getattr(self, name)
             if value is None and name == "max_decoded_frames":
@@ -183,6 +192,14 @@ class VideoIntakePolicy:
                 f"Reading {name} would return {count} frames, over the intake budget of {self.max_decoded_frames} "
                 "frames per video; sample fewer (`num_frames`, a lower `fps`, `max_frames`) or raise "
                 "`VideoIntakePolicy(max_decoded_frames=...)`."
+            )
+
+    def check_indexed_frames(self, count: int, name: str) -> None:
+        """Raise `FrameCountBudgetError` once the video `name` has shown more than `max_indexed_frames` frames."""
+        if count > self.max_indexed_frames:
+            raise FrameCountBudgetError(
+                f"{name} has more than {self.max_indexed_frames} frames, the intake budget for the frames of one video "
+                "(each is indexed in memory); raise `VideoIntakePolicy(max_indexed_frames=...)` for a longer video."
             )
 
     def ffmpeg_options(self, protocols: tuple[str, ...]) -> dict[str, str]:
