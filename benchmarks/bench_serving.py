@@ -52,21 +52,8 @@ QUESTION = "Which way does the shape move, left or right?"
 LONG_VIDEO_SAMPLED_FRAMES = 256
 START_TIMEOUT_S = 300
 REQUEST_TIMEOUT_S = 300
-# `transformers serve` with `import storm_hf` failing, whichever way storm_hf is installed.
-WITHOUT_STORM_HF = """
-import sys
-
-class HideStormHf:
-    def find_spec(self, name, path=None, target=None):
-        if name == "storm_hf" or name.startswith("storm_hf."):
-            raise ModuleNotFoundError(f"No module named {name!r} (hidden from this server)", name=name)
-
-sys.meta_path.insert(0, HideStormHf())
-from transformers.cli.transformers import main
-
-sys.argv = ["transformers", *sys.argv[1:]]
-main()
-"""
+# transformers' own CLI where `import storm_hf` fails (a user without storm_hf).
+WITHOUT_STORM_HF = str(Path(__file__).resolve().parents[1] / "scripts" / "transformers_without_storm_hf.py")
 
 
 def free_port() -> int:
@@ -91,7 +78,7 @@ class Server:
             "OMP_NUM_THREADS": "1",
         }
         self.log = folder / f"server-{self.port}.log"
-        command = [sys.executable, "-c", WITHOUT_STORM_HF, "serve", self.checkpoint, "--trust-remote-code"]
+        command = [sys.executable, WITHOUT_STORM_HF, "serve", self.checkpoint, "--trust-remote-code"]
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [*command, "--host", "127.0.0.1", "--port", str(self.port)], stdout=log, stderr=log, env=env
@@ -167,6 +154,18 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
+def summary(results: list[tuple[str, float]], wall: float) -> dict:
+    """Throughput and latency of (answer, latency in s) `results` that took `wall` seconds in all."""
+    latencies = [latency for _, latency in results]
+    return {
+        "requests": len(results),
+        "answers": sorted({text for text, _ in results}),
+        "requests_per_s": len(results) / wall,
+        "p50_s": statistics.median(latencies),
+        "p95_s": percentile(latencies, 95),
+    }
+
+
 def load_under(servers: list[Server], url: str, num_frames: int, clients: int, requests: int) -> dict:
     """`requests` requests from `clients` concurrent clients, spread round-robin over `servers`."""
     targets = itertools.cycle(servers)
@@ -174,15 +173,7 @@ def load_under(servers: list[Server], url: str, num_frames: int, clients: int, r
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda server: server.ask(url, num_frames), jobs))
-    wall = time.perf_counter() - started
-    latencies = [latency for _, latency in results]
-    return {
-        "requests": requests,
-        "answers": sorted({text for text, _ in results}),
-        "requests_per_s": requests / wall,
-        "p50_s": statistics.median(latencies),
-        "p95_s": percentile(latencies, 95),
-    }
+    return summary(results, time.perf_counter() - started)
 
 
 def direct_generate(checkpoint: Path, video: Path, num_frames: int, requests: int) -> dict:
@@ -210,15 +201,7 @@ def direct_generate(checkpoint: Path, video: Path, num_frames: int, requests: in
     one()  # warm-up
     started = time.perf_counter()
     results = [one() for _ in range(requests)]
-    wall = time.perf_counter() - started
-    latencies = [latency for _, latency in results]
-    return {
-        "requests": requests,
-        "answers": sorted({text for text, _ in results}),
-        "requests_per_s": requests / wall,
-        "p50_s": statistics.median(latencies),
-        "p95_s": percentile(latencies, 95),
-    }
+    return summary(results, time.perf_counter() - started)
 
 
 def health_while_decoding(busy: Server, probed: Server, long_url: str) -> dict:

@@ -36,21 +36,8 @@ from storm_hf.synthetic.render import QUESTIONS, sample_scene, write_video
 QUESTION = QUESTIONS["direction"]
 START_TIMEOUT_S = 300  # loading torch, transformers and the model on a busy 2-core machine
 REQUEST_TIMEOUT_S = 120
-# Imports of `storm_hf` fail in the server process, whichever way the package is installed.
-WITHOUT_STORM_HF = """
-import sys
-
-class HideStormHf:
-    def find_spec(self, name, path=None, target=None):
-        if name == "storm_hf" or name.startswith("storm_hf."):
-            raise ModuleNotFoundError(f"No module named {name!r} (hidden from this server)", name=name)
-
-sys.meta_path.insert(0, HideStormHf())
-from transformers.cli.transformers import main
-
-sys.argv = ["transformers", *sys.argv[1:]]
-main()
-"""
+# transformers' own CLI where `import storm_hf` fails (a user without storm_hf).
+WITHOUT_STORM_HF = str(Path(__file__).resolve().parents[1] / "scripts" / "transformers_without_storm_hf.py")
 
 
 def free_port() -> int:
@@ -170,7 +157,7 @@ def server(self_contained_checkpoint, tmp_path_factory):
     test's http host and no local files."""
     folder = tmp_path_factory.mktemp("server")
     policy = {"allow_local_files": False, "trusted_hosts": ["127.0.0.1"]}
-    command = [sys.executable, "-c", WITHOUT_STORM_HF, "serve", str(self_contained_checkpoint), "--trust-remote-code"]
+    command = [sys.executable, WITHOUT_STORM_HF, "serve", str(self_contained_checkpoint), "--trust-remote-code"]
     env = {"HF_MODULES_CACHE": str(folder / "modules"), "STORM_VIDEO_INTAKE_POLICY": json.dumps(policy)}
     server = Server(command, str(self_contained_checkpoint), folder / "server.log", env)
     yield server
