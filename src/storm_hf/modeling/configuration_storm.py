@@ -69,7 +69,7 @@ class StormConfig(PreTrainedConfig):
             direction carrying its state from chunk to chunk (same output; `in_proj` and `out_proj` then run once per
             direction, and the layer's working memory is one chunk's intermediates whatever the video's length).
             `None`: always at once. Training and mamba-ssm's CUDA scan always scan the whole sequence. 128 keeps
-            `benchmarks/bench_long_video.py` within its memory target (256 does not). `benchmarks/bench_chunk_length.py`
+            `benchmarks/bench_long_video.py` within its memory target. `benchmarks/bench_chunk_length.py`
             (2 layers of width 896, one CPU thread, `results/chunk_length.md`): at 4096 / 16384 positions 128 takes
             1.6x / 1.5x the time of the whole sequence (the per-direction `in_proj`/`out_proj`) for 44 / 128 MiB
             instead of 221 / 855 MiB; 512 is no faster, 2048 1.4x / 1.2x, 32 2.8x / 2.2x. Set `None` (or more) where
