@@ -46,6 +46,7 @@ per core, every parallel region waits for whichever thread was descheduled (meas
 import argparse
 import gc
 import json
+import math
 import os
 import shutil
 import statistics
@@ -256,7 +257,9 @@ def run_benchmark(args):
                 del projected
             gc.collect()
         loads[frames].append(os.getloadavg()[0])
-    expected_vision_calls = len(args.frames) * args.repeats * (len(args.settings) + 1)
+    # each encoding runs the tower once per micro-batch of `vision_batch_size` frames
+    micro_batches = sum(math.ceil(frames / model.config.vision_batch_size) for frames in args.frames)
+    expected_vision_calls = micro_batches * args.repeats * (len(args.settings) + 1)
     assert len(vision_calls) == expected_vision_calls, (
         f"vision tower ran {len(vision_calls)} times, expected {expected_vision_calls}: generate re-encodes the video"
     )

@@ -13,19 +13,19 @@ medians of the wall time and of the process CPU time (all threads, user + system
 included. CPU time is the steadier number when other processes compete for the cores. A measurement that runs past
 `--time-limit` (which includes the worker's start-up) is reported as a timeout, with the calls it finished before.
 
-    python benchmarks/bench_scan.py [--lengths 2048 8192 32768] [--repeats 3] [--out benchmarks/results/scan.md]
+    python benchmarks/bench_scan.py [--lengths 2048 8192 32768] [--repeats 3]   # -> benchmarks/results/scan.md
 """
 
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from common import start_run, write_results
 
 
 METHODS = ("ours", "mambapy", "fallback")
@@ -42,13 +42,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds per (method, length, mode)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scan.md")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "LENGTH", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         method, length, mode = args.worker
         return run_worker(method, int(length), mode, args.repeats, args.threads)
 
+    run = start_run()
     results = {}
     for length in args.lengths:
         for method in args.methods:
@@ -60,9 +60,9 @@ def main():
                     f"  load {result['load']:.1f}",
                     flush=True,
                 )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render_markdown(results, args))
-    print(f"wrote {args.out}")
+    data = {"cells": [{"method": m, "length": n, "mode": mode, **result} for (m, n, mode), result in results.items()]}
+    table = results_table(results, args)
+    print(f"wrote {write_results('scan', '# Selective scan on CPU', describe(args), data, run, table)}")
 
 
 def measure(method, length, mode, repeats, time_limit, threads):
@@ -219,39 +219,27 @@ def speedup(results, method, length):
     return f"{statistics.median(other['wall']) / ours_wall:.1f}x / {statistics.median(other['cpu']) / ours_cpu:.1f}x"
 
 
-def machine_description(threads):
-    import torch
-
-    with open("/proc/cpuinfo") as cpuinfo:
-        cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} (threads: {threads or torch.get_num_threads()}), "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+def describe(args) -> str:
+    return "\n".join(
+        [
+            f"Shapes: batch {BATCH}, d_model {D_MODEL}, expand {EXPAND} -> d_inner {D_INNER}, d_state {D_STATE}, "
+            f"float32, {args.threads or 'default'} torch thread(s). Each cell is one fresh subprocess: medians over "
+            f"{args.repeats} calls (the first included) of the wall time and the process CPU time (all threads), and "
+            "the peak RSS growth over the inputs during the first call. `fwd` runs under `torch.no_grad()`, `fwd+bwd` "
+            "is forward and backward w.r.t. all inputs. `load`: the highest 1-minute load average seen around the "
+            "row's measurements (other processes on the machine stretch the wall times).",
+            "",
+            "- ours: `storm_hf.modeling.selective_scan.selective_scan_chunked` (default chunk_size 32)",
+            "- mambapy: transformers `mamba_selective_scan(..., use_mambapy=True)` = mambapy `pscan`, what MambaMixer "
+            "runs with `use_mambapy=True`",
+            "- fallback: transformers `mamba_selective_scan(..., use_mambapy=False)` = the token loop MambaMixer runs "
+            "without mamba_ssm (the scan only, not the whole layer)",
+        ]
     )
 
 
-def render_markdown(results, args):
-    command = " ".join(["python benchmarks/bench_scan.py", *sys.argv[1:]])
+def results_table(results, args) -> str:
     lines = [
-        "# Selective scan on CPU",
-        "",
-        f"Machine: {machine_description(args.threads)}.",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Shapes: batch {BATCH}, d_model {D_MODEL}, expand {EXPAND} -> d_inner {D_INNER}, d_state {D_STATE}, float32. "
-        f"Each cell is one fresh subprocess: medians over {args.repeats} calls (the first included) of the wall time "
-        "and the process CPU time (all threads), and the peak RSS growth over the inputs during the first call. "
-        "`fwd` runs under `torch.no_grad()`, `fwd+bwd` is forward and backward w.r.t. all inputs. "
-        "`load`: the highest 1-minute load average seen around the row's measurements (other processes on the "
-        "machine stretch the wall times).",
-        "",
-        "- ours: `storm_hf.modeling.selective_scan.selective_scan_chunked` (default chunk_size 32)",
-        "- mambapy: transformers `mamba_selective_scan(..., use_mambapy=True)` = mambapy `pscan`, what MambaMixer "
-        "runs with `use_mambapy=True`",
-        "- fallback: transformers `mamba_selective_scan(..., use_mambapy=False)` = the token loop MambaMixer runs "
-        "without mamba_ssm (the scan only, not the whole layer)",
-        "",
         "| seqlen | method | fwd wall / CPU | fwd peak mem | fwd+bwd wall / CPU | fwd+bwd peak mem "
         "| ours faster, fwd+bwd (wall / CPU) | load |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -265,7 +253,7 @@ def render_markdown(results, args):
                 loads += [] if result is None else [result["load"]]
             cells += [speedup(results, method, length), f"{max(loads):.1f}" if loads else ""]
             lines.append(f"| {length} | {method} | {' | '.join(cells)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
