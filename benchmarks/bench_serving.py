@@ -45,10 +45,10 @@ from common import write_video as write_long_video
 
 from storm_hf.hub import save_checkpoint
 from storm_hf.synthetic.demo import bundled_checkpoint, load
-from storm_hf.synthetic.render import sample_scene, write_video
+from storm_hf.synthetic.render import QUESTIONS, sample_scene, write_video
 
 
-QUESTION = "Which way does the shape move, left or right?"
+QUESTION = QUESTIONS["direction"]
 LONG_VIDEO_SAMPLED_FRAMES = 256
 START_TIMEOUT_S = 300
 REQUEST_TIMEOUT_S = 300
