@@ -103,12 +103,37 @@ def parse_args():
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--name", help="results file name (default peers_<vision>_<llm>)")
+    parser.add_argument(
+        "--storm-config",
+        nargs="+",
+        default=[],
+        metavar="KEY=JSON",
+        help="StormConfig settings of the STORM arms, e.g. mamba_inference_chunk_length=null vision_batch_size=64",
+    )
+    parser.add_argument(
+        "--vision-attention",
+        choices=("sdpa", "eager"),
+        default="sdpa",
+        help="attention implementation of every arm's vision tower (the LLMs keep sdpa)",
+    )
     parser.add_argument("--worker", metavar="ARM", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.new_tokens < 3:
         parser.error("--new-tokens must be >= 3 (a prefill token, then decode steps to time)")
     args.name = args.name or f"peers_{args.vision}_{args.llm}"
+    try:
+        args.storm_config = dict(_setting(item) for item in args.storm_config)
+    except ValueError as error:
+        parser.error(f"--storm-config: {error}")
     return args
+
+
+def _setting(item: str) -> tuple[str, object]:
+    """`KEY=JSON` -> (KEY, value), e.g. `vision_batch_size=64`, `mamba_inference_chunk_length=null`."""
+    key, separator, value = item.partition("=")
+    if not separator:
+        raise ValueError(f"{item!r} is not KEY=JSON")
+    return key, json.loads(value)
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -171,6 +196,7 @@ def build(arm: str, args):
             temporal_pool_size=temporal_pool,
             spatial_pool_size=spatial_pool,
             temporal_sampling_stride=stride,
+            **args.storm_config,
         )
         model = StormForConditionalGeneration(config)
         core = model.model
@@ -225,6 +251,8 @@ def build(arm: str, args):
     if arm == "Qwen2-VL":  # the merger sits inside the visual module
         counts["vision"] -= counts["projector"]
     counts["llm"] += model.lm_head.weight.numel()
+    if arm != "LLM alone":
+        model.set_attn_implementation({"vision_config": args.vision_attention})
     return model.eval(), parts, counts
 
 
@@ -443,6 +471,9 @@ def measure(args):
         command = [sys.executable, __file__, "--worker", arm, "--frames", *map(str, args.frames)]
         command += ["--llm", args.llm, "--vision", args.vision, "--new-tokens", str(args.new_tokens)]
         command += ["--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)]
+        command += ["--vision-attention", args.vision_attention]
+        if args.storm_config:
+            command += ["--storm-config", *(f"{key}={json.dumps(value)}" for key, value in args.storm_config.items())]
         load = os.getloadavg()[0]
         worker = subprocess.run(command, capture_output=True, text=True)
         arm_rows = [json.loads(line) for line in worker.stdout.splitlines() if line.startswith("{")]
@@ -494,7 +525,9 @@ def render(rows: list[dict], args) -> tuple[str, str]:
     body = [
         f"Vision `{args.vision}` ({VISION_SHAPES[args.vision]['px']} px, patch {VISION_SHAPES[args.vision]['patch']}), "
         f"LLM `{args.llm}`-shaped Qwen2, random weights, {args.dtype} on {args.device}, "
-        f"{args.threads or 'default'} torch thread(s) per arm, {args.new_tokens} greedy tokens per generate. "
+        f"{args.threads or 'default'} torch thread(s) per arm, {args.new_tokens} greedy tokens per generate, "
+        f"{args.vision_attention} attention in the vision towers, STORM settings "
+        f"{json.dumps(args.storm_config) if args.storm_config else 'the StormConfig defaults'}. "
         f"Prompt: {TEXT_BEFORE} text tokens, the visual placeholders, {TEXT_AFTER} text tokens. "
         "One process per arm; 1-minute load average during the arms "
         f"{min(loads)}-{max(loads)}.",
@@ -538,7 +571,10 @@ def main():
         return
     run = start_run([shlex.quote(arg) for arg in sys.argv[1:]])
     title = f"STORM vs LLaVA-OneVision vs Qwen2-VL ({args.vision}, {args.llm} LLM, {args.device}, {args.dtype})"
-    settings = {name: getattr(args, name) for name in ("frames", "llm", "vision", "device", "dtype", "threads")}
+    settings = {
+        name: getattr(args, name)
+        for name in ("frames", "llm", "vision", "device", "dtype", "threads", "vision_attention", "storm_config")
+    }
     for rows in measure(args):  # the results files are rewritten after each arm: a cut-short run keeps its arms
         headline, body = render(rows, args)
         done = {row["arm"] for row in rows}
