@@ -20,25 +20,29 @@ against the training clips of every seed: none equals a training clip up to nois
 results report, per question type, the candidates rejected and the overlap left (0), and how many distinct clips and
 scenes the task's scene space gave in a separate sample of draws.
 
+What memory alone scores on the same clips is a row of the same table: each test clip answered with the answer of the
+training clip of its question type nearest to it in foreground pixels (`foreground`: the frames minus their per-pixel
+median over time), with no learning, once per seed's training set. If it scores as high as a trained arm, the test
+clips are near enough to training clips for template matching to answer them: the arms then show that a model fits the
+task, not that it generalises beyond memory.
+
     python benchmarks/bench_temporal_task.py --size full      # 4000 clips/seed, 600 + 2400 steps: 52 min at load 1-3
     python benchmarks/bench_temporal_task.py --size reduced   # 800 clips/seed, 300 + 100 steps: a quick look
 
-writes benchmarks/results/temporal_task.md, .json and .png (accuracy vs visual tokens per arm). Each (arm, seed) run
-is one process with one torch thread (`--jobs` at a time); clips and finished runs are kept in `--data`, in a folder
-named after a hash of the settings and the rendering, and reused by a rerun only when both are unchanged.
+writes benchmarks/results/temporal_task.md, .json and .png (accuracy vs visual tokens per arm) through
+`common.write_results`. Each (arm, seed) run is one process with one torch thread (`--jobs` at a time); clips, the
+nearest-neighbour accuracies and finished runs are kept in `--data`, in a folder named after a hash of the settings and
+the rendering, and reused by a rerun only when both are unchanged.
 """
 
 import argparse
 import hashlib
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -46,10 +50,9 @@ import numpy as np
 
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import HEADLINE_END, HEADLINE_START, code_state  # noqa: E402
+from common import RESULTS, start_run, write_results  # noqa: E402
 
 
-RESULTS = Path(__file__).parent / "results"
 LEARNING_RATE = 1e-3  # every part, the LLM included: short runs need the LLM to learn the answer format fast
 
 
@@ -192,6 +195,59 @@ def check_overlap(data: Path, settings: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# What memory alone scores: the answer of the nearest training clip, no learning
+# --------------------------------------------------------------------------------------------------------------------
+
+NEAREST_NEIGHBOUR_LABEL = "1-nearest training clip (foreground pixels, no learning)"
+
+
+def foreground(frames: np.ndarray) -> np.ndarray:
+    """`(num_frames, H, W, 3)` uint8 -> the frames minus their per-pixel median over time, flattened, int16 (exact:
+    a median of uint8 values is a whole or half level, so it is taken rounded down)."""
+    frames = frames.astype(np.int16)
+    return (frames - np.floor(np.median(frames, axis=0, keepdims=True)).astype(np.int16)).reshape(-1)
+
+
+def nearest_neighbour_answers(train_features: np.ndarray, train_answers: list[str], test_features: np.ndarray):
+    """The answer of each test row's nearest training row (squared Euclidean distance, ties to the first)."""
+    distances = (
+        (test_features**2).sum(1)[:, None] - 2 * test_features @ train_features.T + (train_features**2).sum(1)[None]
+    )
+    return [train_answers[index] for index in distances.argmin(1)]
+
+
+def foreground_features(clips: StoredClips, question_type: str) -> tuple[np.ndarray, list[str]]:
+    """The `foreground` of every clip of `question_type` in `clips`, `(num_clips, num_values)` float32, and their
+    answers."""
+    indices = [index for index, row in enumerate(clips.rows) if row["question_type"] == question_type]
+    features = np.stack([foreground(clips.frames[index]) for index in indices]).astype(np.float32)
+    return features, [clips.rows[index]["answer"] for index in indices]
+
+
+def nearest_neighbour_accuracy(data: Path, settings: dict) -> dict[str, dict[str, float]]:
+    """Per seed (a string) and question type, and "all" (their mean): the accuracy of answering each test clip with
+    the answer of the training clip of its question type nearest to it in `foreground` pixels, among that seed's
+    training clips. Computed once per data folder (a `data_folder`) and kept there."""
+    from storm_hf.synthetic import QUESTION_TYPES
+
+    kept = data / "nearest_neighbour.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())
+    test = StoredClips(data / "test")
+    test_features = {question_type: foreground_features(test, question_type) for question_type in QUESTION_TYPES}
+    accuracy = {}
+    for seed in settings["seeds"]:
+        train, of_seed = StoredClips(data / f"train_seed{seed}"), {}
+        for question_type, (features, answers) in test_features.items():
+            predicted = nearest_neighbour_answers(*foreground_features(train, question_type), features)
+            of_seed[question_type] = float(np.mean([guess == answer for guess, answer in zip(predicted, answers)]))
+        accuracy[str(seed)] = of_seed | {"all": statistics.mean(of_seed.values())}
+        print(f"1-nearest training clip, seed {seed}: {json.dumps(accuracy[str(seed)])}", flush=True)
+    kept.write_text(json.dumps(accuracy, indent=2) + "\n")
+    return accuracy
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # One (arm, seed) run, in its own process
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -289,6 +345,14 @@ def run_one(arm_name: str, seed: int, settings: dict, data: str, demo_checkpoint
 # Report
 # --------------------------------------------------------------------------------------------------------------------
 
+TITLE = "# Synthetic long videos: a small replica of the paper's Table 2"
+
+
+def seed_statistics(values: list[float]) -> dict:
+    """Mean and standard deviation (0 for one seed) of per-seed `values`, and the values."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return dict(mean=statistics.mean(values), std=spread, per_seed=values)
+
 
 def rows_of(results: list[dict]) -> list[dict]:
     """One table row per (arm, test-time stride): mean, std and per-seed values of every accuracy."""
@@ -301,18 +365,16 @@ def rows_of(results: list[dict]) -> list[dict]:
             continue
         for stride in (1, *arm.test_time_strides):
             evaluations = [run["evaluations"][str(stride)] for run in runs]
-            accuracy = {}
-            for key in (*QUESTION_TYPES, "all"):
-                values = [evaluation["accuracy"][key] for evaluation in evaluations]
-                spread = statistics.stdev(values) if len(values) > 1 else 0.0
-                accuracy[key] = dict(mean=statistics.mean(values), std=spread, per_seed=values)
             table.append(
                 dict(
                     arm=arm_name,
                     test_time_stride=stride,
                     label=arm.label + (f" + T.Sampling s={stride} (test time)" if stride > 1 else ""),
                     visual_tokens=evaluations[0]["visual_tokens"],
-                    accuracy=accuracy,
+                    accuracy={
+                        key: seed_statistics([evaluation["accuracy"][key] for evaluation in evaluations])
+                        for key in (*QUESTION_TYPES, "all")
+                    },
                     prefill_ms=statistics.median(evaluation["prefill_ms"] for evaluation in evaluations),
                     seeds=[run["seed"] for run in runs],
                 )
@@ -320,28 +382,86 @@ def rows_of(results: list[dict]) -> list[dict]:
     return table
 
 
-def markdown_table(table: list[dict]) -> list[str]:
+def nearest_neighbour_row(accuracy: dict[str, dict[str, float]]) -> dict:
+    """The table row of `nearest_neighbour_accuracy`: mean, std and per-seed values of every accuracy."""
+    from storm_hf.synthetic import QUESTION_TYPES
+
+    seeds = sorted(accuracy, key=int)
+    return dict(
+        label=NEAREST_NEIGHBOUR_LABEL,
+        accuracy={key: seed_statistics([accuracy[seed][key] for seed in seeds]) for key in (*QUESTION_TYPES, "all")},
+        seeds=[int(seed) for seed in seeds],
+    )
+
+
+def markdown_table(table: list[dict], nearest_neighbour: dict) -> str:
+    """The headline table: the two references (a bag of frames, the nearest training clip), then every arm."""
     from storm_hf.synthetic import BAG_OF_FRAMES_CHANCE, QUESTION_TYPES
 
     chances = [BAG_OF_FRAMES_CHANCE[question_type] for question_type in QUESTION_TYPES]
-    cell = lambda a: f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f}"  # noqa: E731
+
+    def cells(row):
+        return " | ".join(
+            f"{100 * row['accuracy'][key]['mean']:.1f} ± {100 * row['accuracy'][key]['std']:.1f}"
+            for key in (*QUESTION_TYPES, "all")
+        )
+
     lines = [
         f"| arm | visual tokens | {' | '.join(QUESTION_TYPES)} | all | prefill (ms, batch of {PREFILL_BATCH}) |",
         "|---|---|" + "---|" * (len(QUESTION_TYPES) + 2),
         f"| best a bag of frames can do | | {' | '.join(f'{100 * chance:.1f}' for chance in chances)}"
         f" | {100 * statistics.mean(chances):.1f} | |",
+        f"| {nearest_neighbour['label']} | | {cells(nearest_neighbour)} | |",
     ]
-    for row in table:
-        accuracies = " | ".join(cell(row["accuracy"][key]) for key in (*QUESTION_TYPES, "all"))
-        lines.append(f"| {row['label']} | {row['visual_tokens']} | {accuracies} | {row['prefill_ms']:.1f} |")
-    return lines
+    lines += [f"| {row['label']} | {row['visual_tokens']} | {cells(row)} | {row['prefill_ms']:.1f} |" for row in table]
+    return "\n".join(lines)
 
 
-def plot(table: list[dict], path: Path, title: str) -> None:
+def report_body(settings: dict, data_report: dict, overlap: dict, reused_runs: int, plot_name: str) -> str:
+    """The results file below the headline table: the method, the unseen-clips check and the plot."""
+    from storm_hf.synthetic import QUESTION_TYPES
+
+    lines = [
+        f"Configuration **{settings['size']}**: {settings['num_train']} training clips per seed, "
+        f"{settings['first_stage_steps']} steps of {settings['batch_size']} `direction` clips (first stage), then "
+        f"{settings['steps']} steps of {settings['batch_size']} clips of every question type, seeds "
+        f"{list(settings['seeds'])}, {settings['num_test']} test clips per question type (one test set for every arm "
+        "and seed). 32-frame 32x32 px clips, one visual token per frame before compression. Accuracy: greedy exact "
+        "match, mean ± standard deviation over the seeds (per-seed values in the .json). Prefill: median of 5 "
+        f"forward passes over a batch of {PREFILL_BATCH} prompts on 1 CPU thread, median over the seeds (a shared "
+        f"machine: indicative only). {settings['jobs']} runs at a time, one process and 1 torch thread each; "
+        f"{reused_runs} runs reused from an earlier invocation with the same settings and rendering.",
+        "",
+        f'The row "{NEAREST_NEIGHBOUR_LABEL}" learns nothing: each test clip takes the answer of the training clip '
+        "of its question type nearest to it in Euclidean distance over its foreground (the frames minus their "
+        "per-pixel median over time, 32 x 32 x 32 x 3 values), among one seed's training clips; mean ± standard "
+        "deviation over the seeds' training sets. Where it scores as high as an arm, template matching against the "
+        "training clips answers the test clips as well as that model does.",
+        "",
+        "## Test clips are unseen (checked by content hash)",
+        "",
+        "| question type | test clips | equal to a training clip (up to noise) | reordering a training scene "
+        "| candidates rejected | distinct clips / scenes in a separate draw |",
+        "|---|---|---|---|---|---|",
+    ]
+    for question_type in QUESTION_TYPES:
+        counts, distinct = (overlap[question_type], data_report["distinct_in_draws"][question_type])
+        lines.append(
+            f"| {question_type} | {counts['rows']} | {counts['clips']} | {counts['scenes']} | "
+            f"{data_report['test_candidates_rejected'][question_type]} | {distinct['distinct_clips']} / "
+            f"{distinct['distinct_scenes']} of {distinct['draws']} |"
+        )
+    lines += ["", f"![accuracy vs visual tokens]({plot_name})"]
+    return "\n".join(lines)
+
+
+def plot(table: list[dict], nearest_neighbour: dict, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from storm_hf.synthetic import BAG_OF_FRAMES_CHANCE
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     families = {}
@@ -357,8 +477,9 @@ def plot(table: list[dict], path: Path, title: str) -> None:
             capsize=3,
             label=ARMS[family].label + (" (s = 1, 2, 4)" if len(rows) > 1 else ""),
         )
-    from storm_hf.synthetic import BAG_OF_FRAMES_CHANCE
-
+    axes.axhline(
+        100 * nearest_neighbour["accuracy"]["all"]["mean"], color="black", linestyle="--", label=NEAREST_NEIGHBOUR_LABEL
+    )
     axes.axhline(
         100 * statistics.mean(BAG_OF_FRAMES_CHANCE.values()), color="grey", linestyle=":", label="bag of frames"
     )
@@ -371,73 +492,15 @@ def plot(table: list[dict], path: Path, title: str) -> None:
     figure.savefig(path, dpi=120)
 
 
-def git_commit() -> str:
-    """The commit, flagged when tracked files differ from it (`common.code_state`)."""
-    state = code_state()
-    return state["commit"] + (" (with uncommitted changes)" if state["dirty"] else "")
-
-
-def write_report(out: Path, results, data_report, overlap, settings, environment) -> str:
-    from storm_hf.synthetic import QUESTION_TYPES
-
-    table = rows_of(results)
-    lines = [
-        "# Synthetic long videos: a small replica of the paper's Table 2",
-        "",
-        f"Configuration **{settings['size']}**: {settings['num_train']} training clips per seed, "
-        f"{settings['first_stage_steps']} steps of {settings['batch_size']} `direction` clips (first stage), then "
-        f"{settings['steps']} steps of {settings['batch_size']} clips of every question type, seeds "
-        f"{list(settings['seeds'])}, {settings['num_test']} test clips per question type (one test set for every arm "
-        "and seed). 32-frame 32x32 px clips, one visual token per frame before compression. Accuracy: greedy exact "
-        "match, mean ± standard deviation over the seeds (per-seed values in the .json). Prefill: median of 5 "
-        "forward passes over a batch of 16 prompts on 1 CPU thread, median over the seeds (a shared machine: "
-        "indicative only).",
-        "",
-        HEADLINE_START,
-        *markdown_table(table),
-        HEADLINE_END,
-        "",
-        "## Test clips are unseen (checked by content hash)",
-        "",
-        "| question type | test clips | equal to a training clip (up to noise) | reordering a training scene "
-        "| candidates rejected | distinct clips / scenes in a separate draw |",
-        "|---|---|---|---|---|---|",
-    ]
-    for question_type in QUESTION_TYPES:
-        counts, distinct = (overlap[question_type], data_report["distinct_in_draws"][question_type])
-        lines.append(
-            f"| {question_type} | {counts['rows']} | {counts['clips']} | {counts['scenes']} | "
-            f"{data_report['test_candidates_rejected'][question_type]} | {distinct['distinct_clips']} / "
-            f"{distinct['distinct_scenes']} of {distinct['draws']} |"
-        )
-    lines += [
-        "",
-        "![accuracy vs visual tokens](temporal_task.png)",
-        "",
-        f"Command: `{environment['command']}`  ",
-        f"Commit: {environment['commit']}  ",
-        f"Machine: {environment['machine']}; load average {environment['load_before']} before, "
-        f"{environment['load_after']} after (a machine shared by several jobs)  ",
-        f"Date: {environment['date']}; wall time {environment['wall_minutes']:.0f} min, {settings['jobs']} runs at a "
-        "time, 1 torch thread each",
-        "",
-    ]
-    text = "\n".join(lines)
-    out.write_text(text)
-    payload = dict(environment=environment, settings=settings, data=data_report, test_overlap_checked=overlap)
-    payload.update(table=table, runs=results)
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    plot(table, out.with_suffix(".png"), f"synthetic temporal task, {settings['size']} configuration")
-    return "\n".join(markdown_table(table))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=list(SIZES), default="full")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one process, one torch thread each)")
     parser.add_argument("--data", type=Path, default=Path("/tmp/storm_temporal_task"), help="clips and finished runs")
-    parser.add_argument("--out", type=Path, default=RESULTS / "temporal_task.md")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "temporal_task.md", help="the results file (.json and .png beside it)"
+    )
     parser.add_argument(
         "--demo-checkpoint",
         type=Path,
@@ -449,14 +512,19 @@ def main(argv=None):
         help="also save the causal_storm_tpool model of the first seed here (the streaming demo checkpoint)",
     )
     args = parser.parse_args(argv)
+    if args.out.suffix != ".md":
+        parser.error(f"--out {args.out}: give the path of a markdown file (ending in .md); .json and .png go beside it")
+    import torch
+
+    torch.set_num_threads(1)  # as in every run's process, so that the provenance records the threads the runs use
+    run = start_run(argv)  # the code that runs, not the code at the end of the run
     settings = dict(SIZES[args.size], size=args.size, jobs=args.jobs)
-    started, load_before = time.time(), os.getloadavg()
-    commit = git_commit()  # the code that runs, not the code at the end of the run
     fingerprint = rendering_fingerprint()
     data = data_folder(args.data, settings, fingerprint)
     data.mkdir(parents=True, exist_ok=True)
     data_report = prepare_data(data, settings, fingerprint)
     overlap = check_overlap(data, settings)
+    nearest_neighbour = nearest_neighbour_row(nearest_neighbour_accuracy(data, settings))
 
     jobs = [(arm, seed) for arm in args.arms for seed in settings["seeds"]]
     done = lambda arm, seed: data / "runs" / f"{arm}_seed{seed}.json"  # noqa: E731
@@ -479,17 +547,27 @@ def main(argv=None):
             done(arm, seed).write_text(json.dumps(future.result(), indent=2) + "\n")
     results = [json.loads(done(*job).read_text()) for job in jobs]
 
-    environment = dict(
-        command="python benchmarks/bench_temporal_task.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        commit=commit,
-        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
-        load_before=[round(x, 1) for x in load_before],
-        load_after=[round(x, 1) for x in os.getloadavg()],
-        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        wall_minutes=(time.time() - started) / 60,
-        reused_runs=len(jobs) - len(todo),
+    table = rows_of(results)
+    headline = markdown_table(table, nearest_neighbour)
+    write_results(
+        args.out.stem,
+        TITLE,
+        report_body(settings, data_report, overlap, len(jobs) - len(todo), args.out.with_suffix(".png").name),
+        dict(
+            settings=settings,
+            data=data_report,
+            test_overlap_checked=overlap,
+            reused_runs=len(jobs) - len(todo),
+            nearest_neighbour=nearest_neighbour,
+            table=table,
+            runs=results,
+        ),
+        run,
+        headline=headline,
+        results_dir=args.out.parent,
     )
-    print(write_report(args.out, results, data_report, overlap, settings, environment))
+    plot(table, nearest_neighbour, args.out.with_suffix(".png"), f"synthetic temporal task, {args.size} configuration")
+    print(headline)
 
 
 if __name__ == "__main__":
