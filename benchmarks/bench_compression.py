@@ -41,13 +41,17 @@ On a CPU that other jobs keep busy, `--threads 1` measures the model rather than
 per core, every parallel region waits for whichever thread was descheduled (measured here at load 8 on 2 cores:
 2 threads 3-10x slower than 1 thread for the same prefill/decode).
     python benchmarks/bench_compression.py --device cuda --frames 32 64 128 256 512
+    python benchmarks/bench_compression.py --frames 8 --repeats 1 --new-tokens 2 --image-size 64 \
+        --out /tmp/compression_check.md                                      # a quick check of the script
+
+Writes benchmarks/results/compression.md and .json through `common.write_results` (command, commit, machine, load,
+versions); its headline is each setting at the largest frame count.
 """
 
 import argparse
 import gc
 import json
 import math
-import os
 import shutil
 import statistics
 import subprocess
@@ -56,8 +60,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
-from common import PAD_TOKEN_ID, VIDEO_TOKEN_ID, mid_size_config, proc_status_kib
+from common import (
+    PAD_TOKEN_ID,
+    RESULTS,
+    VIDEO_TOKEN_ID,
+    load_average,
+    mid_size_config,
+    proc_status_kib,
+    start_run,
+    write_results,
+)
 
 
 SETTINGS = {  # name: (temporal_pool_size, spatial_pool_size, temporal_sampling_stride)
@@ -83,7 +95,12 @@ def parse_args():
     parser.add_argument("--image-size", type=int, default=256, help="frame side in pixels (patch 16)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compression.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "compression.md",
+        help="results file; its .json is written beside it (a quick check: a path in /tmp)",
+    )
     parser.add_argument("--worker", nargs=3, metavar=("MODEL_DIR", "SETTING", "FRAMES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.new_tokens < 2:
@@ -211,8 +228,6 @@ def run_benchmark(args):
     logging.set_verbosity_error()
     set_threads(args)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    started = time.perf_counter()
-    load_start = os.getloadavg()
     torch.manual_seed(0)
     build_start = time.perf_counter()
     # built in `dtype` (not cast afterwards, which would also round the rotary `inv_freq` buffers to bf16), exactly as
@@ -235,7 +250,7 @@ def run_benchmark(args):
 
     samples, loads = {}, {}
     for frames in args.frames:
-        loads[frames] = [os.getloadavg()[0]]
+        loads[frames] = [load_average()[0]]
         inputs = {s: make_inputs(s, frames, args.image_size, dtype, device) for s in args.settings}
         pixels = inputs[BASELINE]["pixel_values_videos"][0]
         for repeat in range(args.repeats):
@@ -256,7 +271,7 @@ def run_benchmark(args):
                     )
                 del projected
             gc.collect()
-        loads[frames].append(os.getloadavg()[0])
+        loads[frames].append(load_average()[0])
     # each encoding runs the tower once per micro-batch of `vision_batch_size` frames
     micro_batches = sum(math.ceil(frames / model.config.vision_batch_size) for frames in args.frames)
     expected_vision_calls = micro_batches * args.repeats * (len(args.settings) + 1)
@@ -283,16 +298,7 @@ def run_benchmark(args):
         finally:
             shutil.rmtree(model_dir, ignore_errors=True)
 
-    info = dict(
-        build_seconds=build_seconds,
-        total_seconds=time.perf_counter() - started,
-        load_start=load_start,
-        load_end=os.getloadavg(),
-        loads=loads,
-        model_text=model_text,
-        code=code_state(),
-    )
-    return samples, memory, info
+    return samples, memory, dict(build_seconds=build_seconds, loads=loads, model_text=model_text)
 
 
 def run_worker_subprocess(args, model_dir, setting, frames):
@@ -375,21 +381,6 @@ def describe_model(model):
     )
 
 
-def code_state():
-    """The commit and the tracked files that differ from it (`common.code_state`), as one line."""
-    state = common.code_state()
-    changed = f"; uncommitted changes to {', '.join(state['uncommitted_files'])}" if state["dirty"] else ""
-    return f"commit {state['commit'][:12]}{changed}"
-
-
-def machine_description(args):
-    """The GPU, or the CPU with its cores and torch threads (`common.machine`), and the versions, as one line."""
-    machine, versions = common.machine(), common.versions()
-    cpu = f"{machine['cpu']} ({machine['architecture']}), {machine['cpu_count']} cores"
-    device = machine["gpu"] if args.device.startswith("cuda") else f"{cpu}, {machine['torch_threads']} torch threads"
-    return f"{device}, torch {versions['torch']}, Python {versions['python']}, {machine['os']}"
-
-
 def summarize(samples, args):
     """Per (frames, setting): the minimum of every time over the repeats, and ratios paired within a repeat.
 
@@ -426,25 +417,37 @@ def summarize(samples, args):
     return summary
 
 
-def render(summary, memory, info, args, model_text):
-    command = "python benchmarks/bench_compression.py " + " ".join(sys.argv[1:])
+def render_headline(summary, args) -> str:
+    """The headline table: each setting at the largest frame count against `none`."""
     largest = max(args.frames)
     lines = [
-        "# Token compression: per-stage cost of `generate`",
-        "",
-        f"Machine: {machine_description(args)}. Load average (1 min) {info['load_start'][0]:.2f} at the start, "
-        f"{info['load_end'][0]:.2f} at the end; per frame count: "
+        f"| setting ({largest} frames) | visual tokens | prefill s | prefill speed-up | e2e s | e2e speed-up "
+        "| projector % of e2e |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for setting in args.settings:
+        row = summary[largest, setting]
+        lines.append(
+            f"| {setting} | {row['tokens']} | {row['prefill']:.2f} | {row['prefill_speedup']:.2f}x | {row['e2e']:.2f} "
+            f"| {row['e2e_speedup']:.2f}x | {100 * row['shares'][1]:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def render(summary, memory, info, args):
+    """The results file's body: setup, the full table, the shares of e2e, the targets and the checks."""
+    largest = max(args.frames)
+    lines = [
+        "Load average (1 min) per frame count, before -> after: "
         + ", ".join(f"{f}: {a:.2f}->{b:.2f}" for f, (a, b) in info["loads"].items())
         + (
             " (the benchmark alone loads one core: no other job ran)."
-            if max(info["load_start"][0], info["load_end"][0], *(max(pair) for pair in info["loads"].values())) < 1.5
+            if max(max(pair) for pair in info["loads"].values()) < 1.5
             else " (other jobs shared the machine; settings are interleaved, so ratios within a frame count are fair)."
         ),
         "",
-        f"Command: `{command.strip()}` ({info['total_seconds'] / 60:.1f} min in all, model build "
-        f"{info['build_seconds']:.0f} s).",
-        "",
-        f"Model (random weights, {args.dtype}, device {args.device}): {model_text}. Code: {info['code']}.",
+        f"Model (random weights, {args.dtype}, device {args.device}, built in {info['build_seconds']:.0f} s): "
+        f"{info['model_text']}.",
         "",
         f"Prompt: {TEXT_BEFORE} text tokens, the video's placeholders, {TEXT_AFTER} text tokens; {args.new_tokens} "
         f"new tokens, greedy. Times are the minimum of {args.repeats} repeats; speed-ups, stages/e2e and shares of e2e "
@@ -558,13 +561,32 @@ def main():
     args = parse_args()
     if args.worker:
         return run_worker(args)
+    run = start_run()
     samples, memory, info = run_benchmark(args)
     summary = summarize(samples, args)
-    text = render(summary, memory, info, args, info["model_text"])
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
+    data = {
+        "settings": {name: SETTINGS[name] for name in args.settings},
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "image_size": args.image_size,
+        "dtype": args.dtype,
+        "device": args.device,
+        **info,
+        "cells": [
+            {"frames": frames, "setting": setting, **row, "memory": memory.get((frames, setting))}
+            for (frames, setting), row in summary.items()
+        ],
+    }
+    path = write_results(
+        args.out.stem,
+        "# Token compression: per-stage cost of `generate`",
+        render(summary, memory, info, args),
+        data,
+        run,
+        headline=render_headline(summary, args),
+        results_dir=args.out.parent,
+    )
+    print(path.read_text())
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Long-video benchmark.
 
 Part 1 (this file's `run_encoding`): peak memory and time of video ENCODING (vision tower + temporal projector +
-token compressor, `torch.no_grad()`) at 32 .. 1024 frames on the mid-size config of `bench_compression.py`
-(SigLIP-base-like tower, 12 layers, features of layer -2; bidirectional Mamba projector into a Qwen2-0.5B-wide LLM
-space), in two arms measured in the same run:
+token compressor, `torch.no_grad()`) at 32 .. 1024 frames on `common.mid_size_config` (SigLIP-base-like tower, 12
+layers, features of layer -2; bidirectional Mamba projector into a Qwen2-0.5B-wide LLM space), in two arms measured in
+the same run:
 
   all-at-once   the path before issue 9: the FULL SigLIP tower (12 layers + post-layernorm) run on all frames in one
                 call with `output_hidden_states`, so every layer's hidden states of every frame live together, then
@@ -24,20 +24,21 @@ reset. Workers run with glibc's `MALLOC_MMAP_THRESHOLD_=131072`, so freed tensor
 9: growth at 1024 frames <= 2 x (pixels + projector tokens), i.e. no term that grows with the number of vision layers;
 the report also gives the growth per additional frame (the slope), which a fixed buffer does not affect.
 
-    python benchmarks/bench_long_video.py                          # 32 128 512 1024 frames, 32 px frames
-    python benchmarks/bench_long_video.py --frames 32 128 --image-size 128
+    python benchmarks/bench_long_video.py --part encoding          # 32 128 512 1024 frames, 32 px frames
+    python benchmarks/bench_long_video.py --part encoding --frames 32 128 --out /tmp/long_video.md   # a quick check
 
-Writes benchmarks/results/long_video.md, .json and long_video.png (memory vs frames, both arms).
+Writes benchmarks/results/long_video.md, .json and long_video.png (memory vs frames, both arms) through
+`common.write_results` (command, commit, machine, load, versions).
 
 Part 2 (`long_video_hour.py`, `--part hour`): a synthetic 1-hour video answered end to end through the
 `video-text-to-text` pipeline with `max_visual_tokens=8192` (decode, encode, prefill, peak RSS), in a fresh process.
-Writes benchmarks/results/long_video_hour.md and .json. Target: peak RSS <= 8 GB.
+Writes benchmarks/results/long_video_hour.md and .json (the name of `--out` with `_hour`). Target: peak RSS <= 8 GB.
 
-    python benchmarks/bench_long_video.py --part hour                  # 3600 s at 1 fps, 96 px frames
+    python benchmarks/bench_long_video.py --part hour --threads 2      # 3600 s at 1 fps, 96 px frames
+    python benchmarks/bench_long_video.py --part hour --hour-seconds 60 --out /tmp/long_video.md   # a quick check
 """
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -46,16 +47,11 @@ import tempfile
 import time
 from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_compression import code_state, machine_description  # noqa: E402
-from common import mid_size_config, proc_status_kib  # noqa: E402
-from long_video_hour import render_hour, run_hour  # noqa: E402
+from common import PATCH_SIZE, RESULTS, mid_size_config, proc_status_kib, start_run, write_results
+from long_video_hour import render_hour, run_hour
 
 
 ARMS = ("all-at-once", "micro-batched")
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_args():
@@ -70,7 +66,12 @@ def parse_args():
         "2-core machine)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "long_video.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "long_video.md",
+        help="results file of the encoding part; the hour's is its name with `_hour` (a quick check: a path in /tmp)",
+    )
     parser.add_argument("--part", choices=("encoding", "hour", "all"), default="all")
     hour = parser.add_argument_group("part 2: the 1-hour video")
     hour.add_argument("--hour-seconds", type=int, default=3600, help="length of the synthetic video")
@@ -167,9 +168,9 @@ def run_worker(args):
 
 def projector_tokens_mb(config, num_frames: int) -> float:
     """MiB of the projector's output tokens (float32): its tokens (before compression) x LLM width."""
-    from storm_hf.accounting import video_tokens
+    from storm_hf.accounting import NO_COMPRESSION, video_tokens
 
-    tokens = video_tokens(config, num_frames, temporal_pool_size=1, spatial_pool_size=1, temporal_sampling_stride=1)
+    tokens = video_tokens(config, num_frames, **NO_COMPRESSION)
     return tokens * config.text_config.hidden_size * 4 / 2**20
 
 
@@ -215,35 +216,31 @@ def plot(rows, config, path: Path):
     axis.set_title("STORM video encoding memory (vision + projector + compressor)")
     axis.legend()
     figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
 
 
-def render(rows, config, settings) -> str:
-    from storm_hf.accounting import video_tokens
+def render(rows, config, args) -> tuple[str, str]:
+    """The headline table (growth and time of both arms per frame count) and the body (setup, targets)."""
+    from storm_hf.accounting import NO_COMPRESSION, video_tokens
 
-    lines = [
-        "# Long-video encoding: memory and time",
-        "",
-        f"Written whole by `{settings['command']}` on {settings['date']} ({settings['code']}).",
-        "",
-        f"Machine: {settings['machine']}; load average at start {settings['load_start']}, at end "
-        f"{settings['load_end']} (a shared machine: times are noisy, memory is not).",
-        "",
-        f"Model: `common.mid_size_config({settings['image_size']})` (mid-size: SigLIP-base-like tower, 12 "
+    setup = [
+        f"Model: `common.mid_size_config({args.image_size})` (mid-size: SigLIP-base-like tower, 12 "
         f"layers, width 768, features of layer {config.vision_feature_layer}; {config.mamba_num_layers} bidirectional "
         f"Mamba layers into width {config.text_config.hidden_size}; temporal pool {config.temporal_pool_size}), "
-        "float32, "
-        f"{settings['image_size']} px frames (patch 16: {(settings['image_size'] // 16) ** 2} patches, "
-        f"{video_tokens(config, 1, temporal_pool_size=1)} tokens per frame; the image size is reduced from "
-        "bench_compression's 256 px so "
-        "that both arms fit the 6 GB / ~10 min limits at 1024 frames on this shared machine). Micro-batch: "
-        f"`vision_batch_size={config.vision_batch_size}` (the config default). {settings['threads']} torch thread(s) "
-        "per worker; the two arms of a frame count run side by side, each in a fresh process. Both arms share the "
-        "current projector and compressor: the all-at-once arm reproduces the old vision path only.",
+        f"float32, {args.image_size} px frames (patch {PATCH_SIZE}: {(args.image_size // PATCH_SIZE) ** 2} patches, "
+        f"{video_tokens(config, 1, **NO_COMPRESSION)} projector tokens per frame; the image size is reduced from "
+        "bench_compression's 256 px so that both arms fit the 6 GB / ~10 min limits at 1024 frames on this shared "
+        f"machine). Micro-batch: `vision_batch_size={config.vision_batch_size}` (the config default). {args.threads} "
+        "torch thread(s) per worker; the two arms of a frame count run side by side, each in a fresh process. Both "
+        "arms share the current projector and compressor: the all-at-once arm reproduces the old vision path only. "
+        "Times are noisy on a shared machine; memory is not.",
         "",
-        "Peak growth = VmHWM - RSS at the reset (after the model, the pixels and a 32-frame warm-up encoding; "
-        "`MALLOC_MMAP_THRESHOLD_=131072`). Target: growth at 1024 frames <= 2 x (pixels + projector tokens).",
-        "",
+        "Peak growth = VmHWM - RSS at the reset (after the model, the pixels and a "
+        f"{2 * config.vision_batch_size}-frame warm-up encoding; `MALLOC_MMAP_THRESHOLD_=131072`). Target: growth at "
+        "1024 frames <= 2 x (pixels + projector tokens).",
+    ]
+    lines = [
         "| frames | pixels MiB | projector tokens MiB | target MiB | all-at-once growth MiB | micro-batched growth MiB "
         "| all-at-once s | micro-batched s | same tokens |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -269,7 +266,8 @@ def render(rows, config, settings) -> str:
     old_largest, old_smallest = by_key[(ARMS[0], largest)], by_key[(ARMS[0], smallest)]
     slope_verdict = "met" if per_frame <= target_per_frame else "NOT met"
     old_per_frame = (old_largest["growth_mb"] - old_smallest["growth_mb"]) / (largest - smallest) * 1024
-    lines += [
+    body = [
+        *setup,
         "",
         f"Target at {largest} frames: micro-batched growth {growth:.1f} MiB vs 2 x (pixels + tokens) = "
         f"{target:.1f} MiB: **{'met' if growth <= target else 'NOT met'}** ({growth / target:.2f} of the target).",
@@ -282,38 +280,29 @@ def render(rows, config, settings) -> str:
         "and decays, the in_proj output) and the vision micro-batch's activations, which at this tiny frame size "
         "outweigh the pixels.",
         "",
-        "![memory vs frames](long_video.png)",
-        "",
+        f"![memory vs frames]({args.out.stem}.png)",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines), "\n".join(body)
 
 
 # ---------------------------------------------------------------- part 2: a 1-hour video through the pipeline
 
 
-def run_hour_part(args, settings):
-    """Part 2 in this process (its VmHWM is the run's peak): writes long_video_hour.md and .json."""
-    settings = {
-        **settings,
-        **{name: getattr(args, name) for name in ("hour_seconds", "hour_fps", "hour_image_size", "max_visual_tokens")},
-    }
+def run_hour_part(args, run):
+    """Part 2 in this process (its VmHWM is the run's peak): writes `<out>_hour.md` and .json."""
     with tempfile.TemporaryDirectory() as work_dir:
         result = run_hour(args, Path(work_dir))
-    settings["load_end"] = " ".join(f"{load:.1f}" for load in os.getloadavg())
-    out = args.out.with_name(args.out.stem + "_hour.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    header = [
+    headline, body = render_hour(result)
+    path = write_results(
+        args.out.stem + "_hour",
         "# Long video: a 1-hour video through the pipeline",
-        "",
-        f"Written whole by `{settings['command']}` on {settings['date']} ({settings['code']}).",
-        "",
-        f"Machine: {settings['machine']}; load average at start {settings['load_start']}, at end "
-        f"{settings['load_end']} (times are noisy on a loaded machine; memory is not).",
-        "",
-    ]
-    out.write_text("\n".join(header + render_hour(result)))
-    out.with_suffix(".json").write_text(json.dumps({"settings": settings, "hour": result}, indent=2) + "\n")
-    print(out.read_text())
+        body,
+        {"hour": result},
+        run,
+        headline=headline,
+        results_dir=args.out.parent,
+    )
+    print(path.read_text())
 
 
 def main():
@@ -325,29 +314,29 @@ def main():
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = {
-        "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "code": code_state(),
-        "machine": machine_description(argparse.Namespace(device="cpu")),
-        "load_start": " ".join(f"{load:.1f}" for load in os.getloadavg()),
-        "threads": args.threads,
-    }
+    run = start_run()
     if args.part == "hour":
-        run_hour_part(args, settings)
+        run_hour_part(args, run)
         return
     if args.part == "all":  # the hour in a fresh process of its own, so that its peak RSS is its own
         hour = [arg for arg in sys.argv[1:] if arg not in ("--part", "all")]
         subprocess.run([sys.executable, __file__, "--part", "hour", *hour], check=True)
-    settings.update(image_size=args.image_size, frames=args.frames)
+        run = start_run()  # the encoding part's own provenance (load, wall time), after the hour
     rows = run_encoding(args)
-    settings["load_end"] = " ".join(f"{load:.1f}" for load in os.getloadavg())
     config = mid_size_config(args.image_size)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, config, args.out.with_suffix(".png"))
-    args.out.write_text(render(rows, config, settings))
-    args.out.with_suffix(".json").write_text(json.dumps({"settings": settings, "encoding": rows}, indent=2) + "\n")
-    print(args.out.read_text())
+    headline, body = render(rows, config, args)
+    data = {"image_size": args.image_size, "frames": args.frames, "threads": args.threads, "encoding": rows}
+    path = write_results(
+        args.out.stem,
+        "# Long-video encoding: memory and time",
+        body,
+        data,
+        run,
+        headline=headline,
+        results_dir=args.out.parent,
+    )
+    print(path.read_text())
 
 
 if __name__ == "__main__":

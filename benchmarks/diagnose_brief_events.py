@@ -10,25 +10,22 @@ learning rate 1e-3, cosine), greedy exact match on `--test` clips checked unseen
     python benchmarks/diagnose_brief_events.py   # 6 probes and 6 runs, 2 at a time, ~6 min on an idle 2-core machine
     python benchmarks/diagnose_brief_events.py --rendering small_flashes \
         --out benchmarks/results/brief_events_diagnosis_small_flashes.md   # flashing shapes of half-side 3-6 px
+    python benchmarks/diagnose_brief_events.py --train 80 --test 6 --probe-clips 60 --steps 4 \
+        --out /tmp/brief_events_diagnosis.md      # a quick check of the script
 
-writes benchmarks/results/brief_events_diagnosis.md and .json.
+writes benchmarks/results/brief_events_diagnosis.md and .json through `common.write_results` (command, commit,
+machine, load, versions).
 """
 
 import argparse
-import json
-import os
-import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from common import RESULTS, start_run, write_results
+from diagnose_temporal_task import BATCH_SIZE, probe_at_init, run_one
 
-sys.path.insert(0, str(Path(__file__).parent))
-from diagnose_temporal_task import BATCH_SIZE, environment_lines, probe_at_init, run_environment, run_one
 
-
-RESULTS = Path(__file__).parent / "results"
 QUESTION_TYPES = ("first", "count", "return")
 PRIOR_BOUND = {"first": 50.0, "count": 33.3, "return": 50.0}  # the best a bag of frames can do (README)
 PROJECTORS = {2: "STORM (2 Mamba layers) + T.Pool", 0: "Linear + T.Pool"}
@@ -47,9 +44,11 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--probe-clips", type=int, default=600, help="clips of each probe at initialisation")
     parser.add_argument("--rendering", choices=list(RENDERING_DESCRIPTIONS), default="task")
-    parser.add_argument("--out", type=Path, default=RESULTS / "brief_events_diagnosis.md")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "brief_events_diagnosis.md", help="results file; its .json beside it"
+    )
     args = parser.parse_args(argv)
-    started, load_before = time.time(), os.getloadavg()
+    run = start_run(argv)
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         probes = {
             (question, layers): pool.submit(probe_at_init, layers, args.probe_clips, question, 0, args.rendering)
@@ -65,50 +64,44 @@ def main(argv=None):
         }
         probes = {key: future.result() for key, future in probes.items()}
         runs = {key: future.result() for key, future in runs.items()}
-    environment = run_environment("diagnose_brief_events.py", argv, started, load_before)
-    lines = [
-        "# Temporal task: are the brief-event questions learnable, and is their answer in the visual tokens?",
-        "",
-        (
-            f"Rendering: {RENDERING_DESCRIPTIONS[args.rendering]}. Each question alone: {args.train} training clips, "
-            f"{args.steps} steps of {BATCH_SIZE} clips from scratch "
-            f"(the task's recipe: `temporal_task_config`, learning rate 1e-3, cosine), seed {args.seed}, greedy exact "
-            f"match on {args.test} test clips checked unseen by hash (overlap in the .json). Probes: logistic "
-            f"regression on the 8 visual tokens of a randomly initialised model, {args.probe_clips} clips, held-out "
-            "half; the bag-of-frames bound is the best any answer can do without the frames' order."
-        ),
-        "",
+    headline = [
         "| question | projector | probe at init: 8 tokens concatenated | probe at init: their mean | trained: "
         "accuracy | bag-of-frames bound | train loss (run average) | train CPU s |",
         "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {question} | {PROJECTORS[layers]} | {100 * probes[question, layers]['concatenated']:.1f} "
+            f"| {100 * probes[question, layers]['mean']:.1f} | {100 * run_['accuracy']:.1f} | {PRIOR_BOUND[question]} "
+            f"| {run_['train_loss_run_average']} | {run_['train_cpu_seconds']} |"
+            for (question, layers), run_ in runs.items()
+        ),
     ]
-    for (question, layers), run in runs.items():
-        probe = probes[(question, layers)]
-        lines.append(
-            f"| {question} | {PROJECTORS[layers]} | {100 * probe['concatenated']:.1f} | {100 * probe['mean']:.1f} | "
-            f"{100 * run['accuracy']:.1f} | {PRIOR_BOUND[question]} | {run['train_loss_run_average']} | "
-            f"{run['train_cpu_seconds']} |"
-        )
-    lines += [
-        "",
-        *environment_lines(environment, args.jobs),
-    ]
-    args.out.write_text("\n".join(lines))
-    args.out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "environment": environment,
-                "runs": list(runs.values()),
-                "probes_at_init": [
-                    {"question_type": question, "mamba_num_layers": layers, **accuracy}
-                    for (question, layers), accuracy in probes.items()
-                ],
-            },
-            indent=2,
-        )
-        + "\n"
+    body = (
+        f"Rendering: {RENDERING_DESCRIPTIONS[args.rendering]}. Each question alone: {args.train} training clips, "
+        f"{args.steps} steps of {BATCH_SIZE} clips from scratch "
+        f"(the task's recipe: `temporal_task_config`, learning rate 1e-3, cosine), seed {args.seed}, greedy exact "
+        f"match on {args.test} test clips checked unseen by hash (overlap in the .json). Probes: logistic "
+        f"regression on the 8 visual tokens of a randomly initialised model, {args.probe_clips} clips, held-out "
+        "half; the bag-of-frames bound is the best any answer can do without the frames' order. "
+        f"{args.jobs} runs at a time, each in a fresh process with 1 torch thread."
     )
-    print("\n".join(lines))
+    data = {
+        "rendering": args.rendering,
+        "runs": list(runs.values()),
+        "probes_at_init": [
+            {"question_type": question, "mamba_num_layers": layers, **accuracy}
+            for (question, layers), accuracy in probes.items()
+        ],
+    }
+    path = write_results(
+        args.out.stem,
+        "# Temporal task: are the brief-event questions learnable, and is their answer in the visual tokens?",
+        body,
+        data,
+        run,
+        headline="\n".join(headline),
+        results_dir=args.out.parent,
+    )
+    print(path.read_text())
 
 
 if __name__ == "__main__":

@@ -10,29 +10,23 @@ initialised models measure what the LLM is given. The first rendering (shapes of
 like the task's `TASK_RENDERING`.
 
     python benchmarks/diagnose_temporal_task.py   # 2 probes and 6 runs, 2 at a time, ~10 min on an idle 2-core machine
+    python benchmarks/diagnose_temporal_task.py --train 80 --test 8 --probe-clips 60 --steps 4 \
+        --out /tmp/temporal_task_diagnosis.md       # a quick check of the script
 
-writes benchmarks/results/temporal_task_diagnosis.md and .json.
+writes benchmarks/results/temporal_task_diagnosis.md and .json through `common.write_results` (command, commit,
+machine, load, versions).
 """
 
 import argparse
-import json
-import os
-import platform
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, start_run, write_results
 
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_temporal_task import git_commit
-
-
-RESULTS = Path(__file__).parent / "results"
 QWEN2_INITIALIZER_RANGE = 0.02  # the LLM's initialisation before the recipe (Qwen2's default)
 RUNS = [  # (rendering, LLM initializer_range or None for the task's, seed): 300 steps of 8 clips each
     ("first", QWEN2_INITIALIZER_RANGE, 1),
@@ -173,75 +167,46 @@ def probe_at_init(
     return accuracies
 
 
-def run_environment(script: str, argv: list[str] | None, started: float, load_before: tuple[float, ...]) -> dict:
-    """What a diagnosis results file records of its run: command, commit, machine, load before/after, date, wall
-    time (`started`: `time.time()` at the start)."""
-    return {
-        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv),
-        "commit": git_commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
-        "load_before": [round(x, 1) for x in load_before],
-        "load_after": [round(x, 1) for x in os.getloadavg()],
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "wall_minutes": round((time.time() - started) / 60, 1),
-    }
-
-
-def environment_lines(environment: dict, jobs: int, machine_note: str = "") -> list[str]:
-    """The results file's closing lines: the run's `environment` (see `run_environment`)."""
-    return [
-        f"Command: `{environment['command']}`  ",
-        f"Commit: {environment['commit']}  ",
-        (
-            f"Machine: {environment['machine']}; load average {environment['load_before']} before, "
-            f"{environment['load_after']} after{machine_note}  "
-        ),
-        (
-            f"Date: {environment['date']}; wall time {environment['wall_minutes']} min, {jobs} runs at a time, "
-            "1 torch thread each"
-        ),
-        "",
-    ]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=int, default=800, help="training clips")
     parser.add_argument("--test", type=int, default=64, help="test clips, checked unseen by hash")
+    parser.add_argument("--steps", type=int, default=STEPS, help="training steps of 8 clips per run")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--probe-clips", type=int, default=600, help="clips of the probe at initialisation")
-    parser.add_argument("--out", type=Path, default=RESULTS / "temporal_task_diagnosis.md")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "temporal_task_diagnosis.md", help="results file; its .json beside it"
+    )
     args = parser.parse_args(argv)
-    started, load_before = time.time(), os.getloadavg()
+    run = start_run(argv)
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         probes = {layers: pool.submit(probe_at_init, layers, args.probe_clips, "direction") for layers in (0, 2)}
         probes = {layers: future.result() for layers, future in probes.items()}
-        futures = [pool.submit(run_one, *run, args.train, args.test) for run in RUNS]
+        futures = [pool.submit(run_one, *run_, args.train, args.test, "direction", args.steps) for run_ in RUNS]
         results = [future.result() for future in futures]
-    environment = run_environment("diagnose_temporal_task.py", argv, started, load_before)
-    lines = [
-        "# Temporal task: why STORM + T.Pool did not learn in a short run, and what the recipe changed",
-        "",
-        (
-            f"STORM + T.Pool k=4, {args.train} training clips of the `direction` question, {STEPS} steps of "
-            f"{BATCH_SIZE} clips, learning rate 1e-3 (cosine, 30 warm-up steps), greedy exact match on {args.test} "
-            "test clips checked unseen by hash (overlap in the .json: 0); left/right, bag-of-frames bound 50%. "
-            "Rendering `first`: shapes of half-side 2-4 px on gradients of 0-140, 0-2 bright distractors, noise up to "
-            "8; `task`: the current `storm_hf.synthetic.render` (half-side 3-6 px, gradients of 0-70, 0-1 dimmer "
-            "distractors, noise up to 4). LLM `initializer_range`: 0.02 (Qwen2's default, sized for 3584-wide layers) "
-            "or 0.088 = 1/sqrt(128) (`temporal_task_config`)."
-        ),
-        "",
+    overlap = sum(counts["clips"] + counts["scenes"] for r in results for counts in r["test_overlap"].values())
+    headline = [
         "| rendering | LLM initializer_range | seed | steps x batch | train loss (run average) | train CPU s "
         "| accuracy |",
         "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
+        *(
             f"| {r['rendering']} | {r['initializer_range']:.3f} | {r['seed']} | {r['steps']} x {r['batch_size']} | "
             f"{r['train_loss_run_average']} | {r['train_cpu_seconds']} | {100 * r['accuracy']:.1f} |"
-        )
-    lines += [
+            for r in results
+        ),
+    ]
+    body = [
+        (
+            f"STORM + T.Pool k=4, {args.train} training clips of the `direction` question, {args.steps} steps of "
+            f"{BATCH_SIZE} clips, learning rate 1e-3 (cosine, 30 warm-up steps), greedy exact match on {args.test} "
+            "test clips checked unseen by hash (test clips sharing a clip or a scene with training, all runs: "
+            f"{overlap}); left/right, bag-of-frames bound 50%. "
+            "Rendering `first`: shapes of half-side 2-4 px on gradients of 0-140, 0-2 bright distractors, noise up to "
+            "8; `task`: the current `storm_hf.synthetic.render` (half-side 3-6 px, gradients of 0-70, 0-1 dimmer "
+            "distractors, noise up to 4). LLM `initializer_range`: 0.02 (Qwen2's default, sized for 3584-wide layers) "
+            f"or 0.088 = 1/sqrt(128) (`temporal_task_config`). {args.jobs} runs at a time, each in a fresh process "
+            "with 1 torch thread."
+        ),
         "",
         (
             "Linear probes on the 8 visual tokens of a randomly initialised model (`temporal_task_config`, before any "
@@ -255,14 +220,17 @@ def main(argv=None):
             f"{100 * accuracy['mean']:.1f} |"
             for layers, accuracy in probes.items()
         ),
-        "",
-        *environment_lines(environment, args.jobs, machine_note=" (a machine shared by several jobs)"),
     ]
-    args.out.write_text("\n".join(lines))
-    args.out.with_suffix(".json").write_text(
-        json.dumps({"environment": environment, "runs": results, "probes_at_init": probes}, indent=2) + "\n"
+    path = write_results(
+        args.out.stem,
+        "# Temporal task: why STORM + T.Pool did not learn in a short run, and what the recipe changed",
+        "\n".join(body),
+        {"runs": results, "probes_at_init": probes},
+        run,
+        headline="\n".join(headline),
+        results_dir=args.out.parent,
     )
-    print("\n".join(lines))
+    print(path.read_text())
 
 
 if __name__ == "__main__":
