@@ -40,11 +40,17 @@ def test_a_block_gets_the_headline_table_and_its_source(results):
 def test_check_fails_on_a_stale_block_and_passes_on_a_filled_one(results, tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- results:bench -->\n| a | b |\n|---|---|\n| 1 | 3 |\n<!-- /results:bench -->\n")
-    argv = ["--readme", str(readme), "--results", str(results)]
+    argv = ["--documents", str(readme), "--results", str(results)]
     assert readme_tables.main([*argv, "--check"]) == 1
-    assert "the tables of bench differ" in capsys.readouterr().err
+    assert "README.md: the tables of bench differ" in capsys.readouterr().err
     assert readme_tables.main(argv) == 0  # rewrites the README
     assert readme_tables.main([*argv, "--check"]) == 0
+
+
+def test_a_docs_page_links_the_results_file_from_its_own_folder(results):
+    page = readme_tables.ROOT / "docs" / "page.md"  # never written: the link is computed from the path
+    filled = readme_tables.filled("<!-- results:bench -->\n<!-- /results:bench -->\n", results, page)
+    assert "From [`benchmarks/results/bench.md`](../benchmarks/results/bench.md): commit 0123456" in filled
 
 
 def test_a_results_file_without_a_headline_is_named(results):
