@@ -31,7 +31,8 @@ Per (arm, frames), `torch.no_grad()`, in one fresh process per arm (the frame co
   video      a check that the video reaches the model: the last-position logits of a 4-frame prompt change when its
              pixels change
 Wall and process CPU times (all threads) are recorded, in total and per part; the table shows CPU times, the steadier
-number on a shared machine (with one thread, the time the arm actually ran), and the prefill's wall time.
+number on a shared machine (with one thread, the time the arm actually ran), and the prefill's wall time. The speed of
+each STORM arm against a peer is the peer's prefill CPU time over the arm's at the same frames (above 1: STORM faster).
 
     python benchmarks/bench_peers.py --frames 16 32 64 --llm 0.5b                     # CPU, float32
     python benchmarks/bench_peers.py --device cuda --dtype bfloat16 --vision so400m --llm 7b --frames 16 32 64 128
@@ -508,17 +509,24 @@ def check_matched_parts(rows: list[dict], args) -> list[str]:
 def render(rows: list[dict], args) -> tuple[str, str]:
     header = (
         "| arm | frames | visual tokens | prefill CPU s (vision / projector / LLM / other) | projector share "
-        "| prefill wall s | decode ms/token CPU (wall) | peak MiB | video reaches model |"
+        "| prefill speed vs LLaVA-OneVision / Qwen2-VL | prefill wall s | decode ms/token CPU (wall) | peak MiB "
+        "| video reaches model |"
     )
-    lines = [header, "|---|---:|---:|---|---:|---:|---:|---:|---|"]
+    lines = [header, "|---|---:|---:|---|---:|---|---:|---:|---:|---|"]
+    prefill = {(row["arm"], row["frames"]): row["prefill_cpu_s"] for row in rows}
     for row in sorted(rows, key=lambda row: (row["frames"], ARMS.index(row["arm"]))):
         split = row["split_cpu_s"]
         parts = " / ".join(f"{split.get(part, 0.0):.2f}" for part in (*PARTS, "other"))
         share = f"{split['projector'] / row['prefill_cpu_s']:.1%}" if "projector" in split else "-"
         reaches = {True: "yes", False: "**NO**", None: "-"}[row["video_reaches_model"]]
+        speed = " / ".join(
+            f"{prefill[peer, row['frames']] / row['prefill_cpu_s']:.2f}x" if (peer, row["frames"]) in prefill else "-"
+            for peer in ("LLaVA-OneVision", "Qwen2-VL")
+        )
+        speed = speed if row["arm"] in STORM_ARMS else "-"
         lines.append(
             f"| {row['arm']} | {row['frames']} | {row['visual_tokens']} | {row['prefill_cpu_s']:.2f} ({parts}) "
-            f"| {share} | {row['prefill_s']:.2f} | {row['decode_cpu_ms']:.0f} ({row['decode_ms']:.0f}) "
+            f"| {share} | {speed} | {row['prefill_s']:.2f} | {row['decode_cpu_ms']:.0f} ({row['decode_ms']:.0f}) "
             f"| {row['peak_mib']:.0f} | {reaches} |"
         )
     loads = [row["load"] for row in rows]
