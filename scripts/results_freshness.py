@@ -2,7 +2,9 @@
 `benchmarks/common.py`, the measured code (`src/`, `benchmarks/common.py`, the benchmark script its command names and
 the benchmark modules that script imports) is compared, with git, between the commit the file records and HEAD.
 
-A file is *current* when none of that code changed since its commit and none of it was uncommitted when it ran.
+A file is *current* when none of that code changed since its commit and none of it was uncommitted when it ran. A
+Python file whose syntax tree is the same once docstrings are removed (a comment or docstring edit) counts as
+unchanged; any other file that differs counts as changed.
 The table goes into docs/benchmarks.md between `<!-- freshness -->` markers, so that "rerun on the current code" is
 checked by this script rather than written by hand. It needs the git history of the recorded commits (not a shallow
 clone).
@@ -12,6 +14,7 @@ clone).
 """
 
 import argparse
+import ast
 import json
 import re
 import subprocess
@@ -43,6 +46,28 @@ def measured_code(script: str) -> list[str]:
     return sorted(paths)
 
 
+def code_of(source: str) -> str:
+    """The syntax tree of Python `source` without docstrings or comments, as text."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_changed(path: str, commit: str) -> bool:
+    """Whether `path` differs between `commit` and HEAD in more than docstrings and comments."""
+    if not path.endswith(".py"):
+        return True
+    try:
+        before, after = (git("show", f"{revision}:{path}") for revision in (commit, "HEAD"))
+    except subprocess.CalledProcessError:  # added or deleted since
+        return True
+    return code_of(before) != code_of(after)
+
+
 def freshness(payload: dict) -> tuple[str, str]:
     """(measured at, what changed since) of one results file's provenance."""
     provenance = payload["provenance"]
@@ -50,7 +75,11 @@ def freshness(payload: dict) -> tuple[str, str]:
     if script is None:
         raise ValueError(f"no `python benchmarks/<script>.py` in the recorded command {provenance['command']!r}")
     paths = measured_code(script[1])
-    changed = git("diff", "--name-only", provenance["commit"], "HEAD", "--", *paths).split()
+    changed = [
+        path
+        for path in git("diff", "--name-only", provenance["commit"], "HEAD", "--", *paths).split()
+        if code_changed(path, provenance["commit"])
+    ]
     uncommitted = [path for path in provenance.get("uncommitted_files", []) if path.startswith(tuple(paths))]
     notes = []
     if changed:
