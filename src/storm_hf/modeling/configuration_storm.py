@@ -71,8 +71,8 @@ class StormConfig(PreTrainedConfig):
             `None`: always at once. Training and mamba-ssm's CUDA scan always scan the whole sequence. 128 keeps
             `benchmarks/bench_long_video.py` within its memory target. `benchmarks/bench_chunk_length.py`
             (2 layers of width 896, one CPU thread, `results/chunk_length.md`): at 4096 / 16384 positions 128 takes
-            1.6x / 1.5x the time of the whole sequence (the per-direction `in_proj`/`out_proj`) for 44 / 128 MiB
-            instead of 221 / 855 MiB; 512 is no faster, 2048 1.4x / 1.2x, 32 2.8x / 2.2x. Set `None` (or more) where
+            1.3x / 1.3x the time of the whole sequence (the per-direction `in_proj`/`out_proj`) for 44 / 128 MiB
+            instead of 221 / 855 MiB; 512 1.4x / 1.15x, 2048 1.2x / 1.2x, 32 1.9x / 1.5x. Set `None` (or more) where
             the projector's speed matters more than its memory.
         temporal_pool_size (`int`, defaults to 4):
             Frames averaged into one after the projector (trained; the paper's best model uses 4). A last group with
