@@ -41,7 +41,7 @@ def source_line(name: str, results: Path = RESULTS, document: Path = ROOT / "REA
 def block_body(name: str, results: Path = RESULTS, document: Path = ROOT / "README.md") -> str:
     path = results / f"{name}.md"
     if not path.is_file():
-        raise FileNotFoundError(f"README names results:{name}, but {path} does not exist")
+        raise FileNotFoundError(f"{document.name} names results:{name}, but {path} does not exist")
     match = HEADLINE.search(path.read_text())
     if match is None:
         raise ValueError(f"{path} has no <!-- headline --> ... <!-- /headline --> table")
