@@ -16,6 +16,7 @@ the plain model.
 """
 
 import argparse
+import collections
 import shlex
 import statistics
 import sys
@@ -31,6 +32,7 @@ from common import start_run, write_results  # noqa: E402
 
 MODELS = {"plain Qwen2 (AutoModelForCausalLM)": "LLM alone", "inside STORM": "STORM T.Pool"}
 MODELS["inside LLaVA-OneVision"] = "LLaVA-OneVision"
+OPERATION_TOKENS = (3, 9)  # generated tokens of the two profiled calls: what differs more at 9 differs per step
 
 
 def parse_args():
@@ -94,6 +96,43 @@ def generate_timed(model, input_ids, new_tokens: int) -> dict:
     }
 
 
+def operation_counts(model, input_ids, new_tokens: int) -> collections.Counter:
+    """How many times `generate` of `new_tokens` greedy tokens calls each aten operation (torch.profiler)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=PAD_TOKEN_ID,
+        )
+    return collections.Counter({event.key: event.count for event in profiler.key_averages()})
+
+
+def operation_differences(counts: dict) -> dict:
+    """Per wrapper, the operations it calls more (+) or less (-) often than the plain model: `{name: {op: count}}`."""
+    plain = counts["plain Qwen2 (AutoModelForCausalLM)"]
+    differences = {}
+    for name, wrapper in counts.items():
+        if wrapper is not plain:
+            changed = {op: wrapper[op] - plain[op] for op in wrapper.keys() | plain.keys() if wrapper[op] != plain[op]}
+            differences[name] = dict(sorted(changed.items()))
+    return differences
+
+
+def describe_operations(name: str, differences: dict, per_step: dict) -> str:
+    """One sentence: the operations `name` calls more or less often than the plain model, and which of them per step."""
+    if not differences:
+        return f"{name}: the same operations, as many times."
+    listed = ", ".join(f"`{op}` {count:+d}" for op, count in differences.items())
+    steps = ", ".join(f"`{op}` {count:+g}" for op, count in sorted(per_step.items())) or "none"
+    return f"{name}: {listed} at {max(OPERATION_TOKENS)} tokens; per decode step: {steps}."
+
+
 def render(runs: dict) -> str:
     best = {
         name: {key: min(run[key] for run in model_runs) for key in model_runs[0] if key != "tokens"}
@@ -130,6 +169,21 @@ def main():
             for name, model in models.items():
                 runs[name].append(generate_timed(model, input_ids, args.new_tokens))
                 print(repeat, name, {k: v for k, v in runs[name][-1].items() if k != "tokens"}, flush=True)
+        differences = {
+            tokens: operation_differences(
+                {name: operation_counts(model, input_ids[:, :64], tokens) for name, model in models.items()}
+            )
+            for tokens in OPERATION_TOKENS
+        }
+    few, many = OPERATION_TOKENS
+    per_step = {  # operations a wrapper adds (or saves) per decode step: the growth of its difference with the tokens
+        name: {
+            op: (differences[many][name].get(op, 0) - differences[few][name].get(op, 0)) / (many - few)
+            for op in differences[few][name].keys() | differences[many][name].keys()
+            if differences[many][name].get(op, 0) != differences[few][name].get(op, 0)
+        }
+        for name in differences[few]
+    }
     same_tokens = len({tuple(run["tokens"]) for model_runs in runs.values() for run in model_runs}) == 1
     if not same_tokens:
         raise SystemExit("the three models generated different tokens: they do not run the same LLM")
@@ -140,9 +194,11 @@ def main():
         "one set of random weights, the same modules in all three, float32, "
         f"{args.threads} torch thread(s), sdpa attention. A text-only prompt of {args.prompt_tokens} tokens, "
         f"{args.new_tokens} greedy tokens; all three generated the same tokens (checked). Minimum over {args.repeats} "
-        "interleaved repeats."
+        "interleaved repeats.\n\nOperations (torch.profiler): the aten operations `generate` calls for a 64-token "
+        f"prompt and {few} or {many} greedy tokens, per wrapper against the plain model. "
+        + " ".join(describe_operations(name, differences[many][name], per_step[name]) for name in per_step)
     )
-    data = {"runs": runs, "settings": vars(args)}
+    data = {"runs": runs, "operation_differences": differences, "operations_per_step": per_step, "settings": vars(args)}
     path = write_results(args.name, title, body, data, run, headline=render(runs))
     print(path.read_text())
 
