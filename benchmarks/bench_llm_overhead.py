@@ -63,6 +63,21 @@ def build_models(args) -> dict:
     return models
 
 
+def greedy_generate(model, input_ids, new_tokens: int, **kwargs):
+    """`generate` of exactly `new_tokens` greedy tokens from an unpadded prompt."""
+    import torch
+
+    return model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=PAD_TOKEN_ID,
+        **kwargs,
+    )
+
+
 def generate_timed(model, input_ids, new_tokens: int) -> dict:
     """Greedy `generate`; returns the tokens, the prefill (to the first token) and the median decode step, in CPU and
     wall seconds."""
@@ -77,15 +92,7 @@ def generate_timed(model, input_ids, new_tokens: int) -> dict:
             return torch.zeros(input_ids.shape[0], dtype=torch.bool)
 
     start = (time.perf_counter(), time.process_time())
-    tokens = model.generate(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        pad_token_id=PAD_TOKEN_ID,
-        stopping_criteria=StoppingCriteriaList([Clock()]),
-    )
+    tokens = greedy_generate(model, input_ids, new_tokens, stopping_criteria=StoppingCriteriaList([Clock()]))
     steps = list(zip(marks, marks[1:]))
     return {
         "tokens": tokens[0, input_ids.shape[1] :].tolist(),
@@ -98,18 +105,10 @@ def generate_timed(model, input_ids, new_tokens: int) -> dict:
 
 def operation_counts(model, input_ids, new_tokens: int) -> collections.Counter:
     """How many times `generate` of `new_tokens` greedy tokens calls each aten operation (torch.profiler)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=PAD_TOKEN_ID,
-        )
+        greedy_generate(model, input_ids, new_tokens)
     return collections.Counter({event.key: event.count for event in profiler.key_averages()})
 
 
