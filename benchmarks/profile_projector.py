@@ -6,7 +6,8 @@ peers' shape, once per Mamba inference chunk length, under `torch.profiler`; eac
 of a Mamba layer (convolution, `dt_proj` matmul, softplus, gating, sequence reversal) is the layer's time minus these.
 The share of each part is taken against the STORM T.Pool prefill that `bench_peers.py`'s worker measures in the same
 run (defaults, same frames), so the table says which parts alone already exceed a share of the prefill (issue 24, item
-3: projector <= 5% on CPU).
+3: projector <= 5% on CPU). A last measurement times the selective scan alone with both directions of a layer in one
+call (batch 2) against one call per direction, the mixer's way (item 3's "both directions batched").
 
     python benchmarks/profile_projector.py                        # 64 frames, 0.5b LLM, chunk 128 and whole, 1 thread
     python benchmarks/profile_projector.py --frames 16 --chunk-lengths 128 --no-prefill
@@ -123,6 +124,51 @@ def profile_projector(args, chunk_length: int | None) -> dict:
     }
 
 
+def time_directions_batched(args, config, positions: int, chunk_length: int | None) -> dict:
+    """Seconds of one layer's two scan directions over `positions` positions, `chunk_length` at a time, as the mixer
+    runs them (one `selective_scan` call per direction and chunk, batch 1) and batched (one call per chunk, batch 2);
+    min over `args.repeats`. Both batch entries share one `A`: a batched mixer would need a per-entry `A`, which only
+    adds a broadcast."""
+    from storm_hf.modeling.selective_scan import selective_scan
+
+    width = config.mamba_expand * config.text_config.hidden_size
+    length = chunk_length or positions
+    generator = torch.Generator().manual_seed(0)
+
+    def inputs(batch: int) -> dict:
+        # (batch, length, channels) memory seen as (batch, channels, length), the layout the mixer passes
+        def channels_last(channels, scale=1.0, shift=0.0):
+            values = torch.randn(batch, length, channels, generator=generator) * scale + shift
+            return values.transpose(1, 2)
+
+        return dict(
+            u=channels_last(width),
+            delta=channels_last(width, shift=-4.0),
+            A=-torch.arange(1, config.mamba_state_size + 1.0).expand(width, -1).contiguous(),
+            B=channels_last(config.mamba_state_size),
+            C=channels_last(config.mamba_state_size),
+            D=torch.ones(width),
+            z=channels_last(width),
+            delta_bias=torch.zeros(width),
+            delta_softplus=True,
+            return_last_state=True,
+        )
+
+    def best(batch: int, calls: int) -> float:
+        scan_inputs = inputs(batch)
+        times = []
+        with torch.inference_mode():
+            for _ in range(args.repeats + 1):  # the first is a warm-up
+                start = time.perf_counter()
+                for _ in range(calls):
+                    selective_scan(**scan_inputs)
+                times.append(time.perf_counter() - start)
+        return min(times[1:])
+
+    chunks = -(-positions // length)
+    return {"chunk_length": chunk_length, "two_calls_s": best(1, 2 * chunks), "batched_s": best(2, chunks)}
+
+
 def render(profiles: list[dict], prefill_s: float | None) -> str:
     share = (lambda seconds: f" ({seconds / prefill_s:.1%})") if prefill_s else (lambda seconds: "")
     columns = " | ".join(PARTS)
@@ -140,6 +186,8 @@ def main():
     run = start_run([shlex.quote(arg) for arg in sys.argv[1:]])
     chunk_lengths = [None if value.lower() == "none" else int(value) for value in args.chunk_lengths]
     profiles = [profile_projector(args, chunk_length) for chunk_length in chunk_lengths]
+    _, config = build_projector(args, None)
+    batched = [time_directions_batched(args, config, profiles[0]["positions"], length) for length in chunk_lengths]
     prefill = None
     if not args.no_prefill:
         settings = argparse.Namespace(arm="STORM T.Pool", frames=args.frames, llm=args.llm, vision=args.vision)
@@ -166,7 +214,17 @@ def main():
     for row in profiles:
         ops = ", ".join(f"`{name}` {seconds:.3f} s ({count} calls)" for name, seconds, count in row["top_ops"])
         body.append(f"\nTop ops by self CPU time, chunk length {row['chunk_length'] or 'whole sequence'}: {ops}.")
-    data = {"profiles": profiles, "prefill": prefill, "args": vars(args)}
+    directions = "; ".join(
+        f"chunk length {row['chunk_length'] or 'whole sequence'}: {row['two_calls_s']:.3f} s as two calls, "
+        f"{row['batched_s']:.3f} s batched ({row['batched_s'] / row['two_calls_s'] - 1:+.1%})"
+        for row in batched
+    )
+    body.append(
+        f"\nBoth scan directions in one call: the selective scan alone over {positions} positions per direction "
+        f"(one layer, random inputs in the mixer's layout, min of {args.repeats}), one call per direction and chunk "
+        f"(as the mixer runs it) against one call of batch 2 per chunk: {directions}."
+    )
+    data = {"profiles": profiles, "directions_batched": batched, "prefill": prefill, "args": vars(args)}
     path = write_results(args.name, title, "\n".join(body), data, run, headline=render(profiles, prefill_s))
     print(path.read_text())
     print(json.dumps({"prefill_cpu_s": prefill_s}))
