@@ -123,6 +123,19 @@ def operation_differences(counts: dict) -> dict:
     return differences
 
 
+def operations_per_step(fewer: dict, more: dict, steps: int) -> dict:
+    """Per wrapper, the operations it adds (+) or saves (-) per decode step: how its differences from the plain model
+    (`operation_differences` of two calls) grow over the `steps` more tokens of the second call."""
+    return {
+        name: {
+            op: (more[name].get(op, 0) - fewer[name].get(op, 0)) / steps
+            for op in fewer[name].keys() | more[name].keys()
+            if more[name].get(op, 0) != fewer[name].get(op, 0)
+        }
+        for name in fewer
+    }
+
+
 def describe_operations(name: str, differences: dict, per_step: dict) -> str:
     """One sentence: the operations `name` calls more or less often than the plain model, and which of them per step."""
     if not differences:
@@ -175,14 +188,7 @@ def main():
             for tokens in OPERATION_TOKENS
         }
     few, many = OPERATION_TOKENS
-    per_step = {  # operations a wrapper adds (or saves) per decode step: the growth of its difference with the tokens
-        name: {
-            op: (differences[many][name].get(op, 0) - differences[few][name].get(op, 0)) / (many - few)
-            for op in differences[few][name].keys() | differences[many][name].keys()
-            if differences[many][name].get(op, 0) != differences[few][name].get(op, 0)
-        }
-        for name in differences[few]
-    }
+    per_step = operations_per_step(differences[few], differences[many], many - few)
     same_tokens = len({tuple(run["tokens"]) for model_runs in runs.values() for run in model_runs}) == 1
     if not same_tokens:
         raise SystemExit("the three models generated different tokens: they do not run the same LLM")

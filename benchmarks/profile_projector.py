@@ -51,18 +51,15 @@ def parse_args():
     return parser.parse_args()
 
 
-def build_projector(args, chunk_length: int | None):
-    """The STORM arm's temporal projector (bench_peers' shapes, StormConfig defaults otherwise), in eval mode."""
+def projector_config(args, chunk_length: int | None):
+    """The STORM arm's config (bench_peers' shapes, StormConfig defaults otherwise) with `chunk_length`."""
     from storm_hf import StormConfig
-    from storm_hf.modeling.modeling_storm import StormTemporalProjector
 
-    config = StormConfig(
+    return StormConfig(
         vision_config=siglip_config(args, VISION_SHAPES[args.vision]["layers_used"] + 1),
         text_config=text_config(args),
         mamba_inference_chunk_length=chunk_length,
     )
-    torch.manual_seed(0)
-    return StormTemporalProjector(config).eval(), config
 
 
 def label_modules(projector) -> None:
@@ -86,7 +83,11 @@ def _exit(module, inputs, output) -> None:
 def profile_projector(args, chunk_length: int | None) -> dict:
     """Seconds per part (profiled CPU time, one call) and the unprofiled wall time (min over repeats) of one projector
     call on `args.frames` frames."""
-    projector, config = build_projector(args, chunk_length)
+    from storm_hf.modeling.modeling_storm import StormTemporalProjector
+
+    config = projector_config(args, chunk_length)
+    torch.manual_seed(0)
+    projector = StormTemporalProjector(config).eval()
     grid = VISION_SHAPES[args.vision]["px"] // VISION_SHAPES[args.vision]["patch"]
     features = torch.randn(args.frames, grid, grid, config.vision_config.hidden_size)
     with torch.inference_mode():
@@ -186,7 +187,7 @@ def main():
     run = start_run([shlex.quote(arg) for arg in sys.argv[1:]])
     chunk_lengths = [None if value.lower() == "none" else int(value) for value in args.chunk_lengths]
     profiles = [profile_projector(args, chunk_length) for chunk_length in chunk_lengths]
-    _, config = build_projector(args, None)
+    config = projector_config(args, None)
     batched = [time_directions_batched(args, config, profiles[0]["positions"], length) for length in chunk_lengths]
     prefill = None
     if not args.no_prefill:
